@@ -1,0 +1,18 @@
+# moelab_add_plugin(<name> <sources>...): builds the plugin library moelab_<name>.so against the SDK.
+# Used in this tree and, installed, by out-of-tree plugin projects (find_package(moelab)).
+function(moelab_add_plugin name)
+  set(target moelab_plugin_${name})
+  add_library(${target} MODULE ${ARGN})
+  set_target_properties(${target} PROPERTIES PREFIX "" OUTPUT_NAME moelab_${name} CXX_VISIBILITY_PRESET hidden)
+  target_link_libraries(${target} PRIVATE moelab::sdk)
+  if(TARGET moelab_pch)
+    target_precompile_headers(${target} REUSE_FROM moelab_pch)
+  endif()
+  if(DEFINED MOELAB_PLUGIN_DIR)
+    set_target_properties(${target} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${MOELAB_PLUGIN_DIR})
+  endif()
+  if(PROJECT_NAME STREQUAL "moelab")
+    set_target_properties(${target} PROPERTIES INSTALL_RPATH "$ORIGIN/../..")
+    install(TARGETS ${target} LIBRARY DESTINATION lib/moelab/plugins)
+  endif()
+endfunction()

@@ -1,0 +1,112 @@
+// runexp: runs an experiment file. See `runexp --help`.
+#include "experiment_file.h"
+#include "experiment_run.h"
+#include "moelab/log.h"
+#include "plugin_registry.h"
+#include "schema.h"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace {
+
+constexpr const char* kUsage = R"(usage:
+  runexp EXPERIMENT.toml [--set key.path=value]... [--resume] [--dry-run] [--plugin-path DIR]... [-v]
+  runexp --list-plugins [--plugin-path DIR]...
+  runexp --describe PLUGIN [--plugin-path DIR]...
+
+  --set k=v       override a key; the value is parsed as TOML (a bare word is a string)
+  --dry-run       validate and print the resolved config (defaults included), run nothing
+  --resume        continue the newest run with the same resolved config, skipping finished stages
+  --plugin-path   also search DIR for plugin libraries (also: $MOELAB_PLUGIN_PATH, plugin_path in the file)
+  -v              debug output on the console
+)";
+
+struct Options {
+  std::string file, describe;
+  std::vector<std::string> overrides;
+  std::vector<std::filesystem::path> plugin_path;
+  bool dry_run = false, resume = false, list = false, verbose = false;
+};
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  auto value_of = [&](int& i, const std::string& flag) -> std::string {
+    if (i + 1 >= argc) throw std::runtime_error(flag + " needs a value");
+    return argv[++i];
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--set") o.overrides.push_back(value_of(i, a));
+    else if (a.rfind("--set=", 0) == 0) o.overrides.push_back(a.substr(6));
+    else if (a == "--plugin-path") o.plugin_path.emplace_back(std::filesystem::absolute(value_of(i, a)));
+    else if (a == "--describe") o.describe = value_of(i, a);
+    else if (a == "--dry-run") o.dry_run = true;
+    else if (a == "--resume") o.resume = true;
+    else if (a == "--list-plugins") o.list = true;
+    else if (a == "-v" || a == "--verbose") o.verbose = true;
+    else if (a == "-h" || a == "--help") {
+      std::cout << kUsage;
+      std::exit(0);
+    } else if (!a.empty() && a[0] == '-') throw std::runtime_error("unknown option " + a + "\n" + kUsage);
+    else if (o.file.empty()) o.file = a;
+    else throw std::runtime_error("only one experiment file can be given; also got " + a);
+  }
+  if (o.file.empty() && !o.list && o.describe.empty()) throw std::runtime_error(std::string("no experiment file given\n") + kUsage);
+  return o;
+}
+
+void list_plugins(const moelab::PluginRegistry& registry) {
+  for (const auto* p : registry.all())
+    std::cout << fmt::format("{:<20} {:<10} {:<8} {}\n    {}\n", p->descriptor->name, moelab::kind_name(p->descriptor->kind),
+                             p->descriptor->version, p->descriptor->description, p->file.string());
+  if (registry.all().empty()) std::cout << "no plugins found\n";
+}
+
+void describe(const moelab::PluginRegistry& registry, const std::string& name) {
+  const auto& d = *registry.get(name).descriptor;
+  std::cout << fmt::format("{} ({} {}): {}\n", d.name, moelab::kind_name(d.kind), d.version, d.description);
+  for (const auto& k : d.keys)
+    std::cout << fmt::format("  {:<22} {:<20} {:<16} {}\n", k.name, moelab::key_type_name(k.type),
+                             k.default_toml.empty() ? "(required)" : k.default_toml, k.help);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    Options o = parse_args(argc, argv);
+    if (o.verbose) moelab::log::set_level(moelab::LogLevel::debug);
+    moelab::PluginRegistry registry;
+    auto folders = moelab::PluginRegistry::default_search_path();
+    folders.insert(folders.end(), o.plugin_path.begin(), o.plugin_path.end());
+    if (o.list || !o.describe.empty()) {
+      registry.scan(folders);
+      if (o.list) list_plugins(registry);
+      if (!o.describe.empty()) describe(registry, o.describe);
+      return 0;
+    }
+    std::filesystem::path file = std::filesystem::absolute(o.file);
+    toml::table merged = moelab::load_experiment(file, o.overrides);
+    auto extra = moelab::experiment_plugin_path(merged);
+    folders.insert(folders.end(), extra.begin(), extra.end());
+    registry.scan(folders);
+    moelab::ResolvedExperiment experiment = moelab::resolve_experiment(merged, file, registry);
+    if (o.dry_run) {
+      std::cout << moelab::to_toml(experiment.table);
+      return 0;
+    }
+    if (!o.verbose) moelab::log::set_level(experiment.log_level == "debug" ? moelab::LogLevel::debug
+                                           : experiment.log_level == "warn" ? moelab::LogLevel::warn
+                                           : experiment.log_level == "error" ? moelab::LogLevel::error
+                                                                             : moelab::LogLevel::info);
+    moelab::ExperimentRun run(std::move(experiment), registry, o.resume);
+    run.run_stages();
+    return 0;
+  } catch (const std::exception& e) {
+    moelab::log::error("{}", e.what());
+    return 1;
+  }
+}

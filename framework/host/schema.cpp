@@ -1,0 +1,266 @@
+#include "schema.h"
+
+#include "experiment_file.h"
+#include "suggest.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <sstream>
+#include <stdexcept>
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Keys of the experiment's top level and of [model], declared like a plugin's.
+const Descriptor& host_keys() {
+  static const Descriptor d = Descriptor("experiment", Kind::stage, "", "top-level keys")
+                                  .string("name", "", "experiment name; default: the file name without .toml")
+                                  .integer("seed", 0, "drives every random source of the run")
+                                  .path("run_dir", "runs", "runs go to <run_dir>/<name>/<timestamp>/")
+                                  .strings("plugin_path", {}, "extra folders searched for plugin libraries")
+                                  .choice("log_level", "info", {"debug", "info", "warn", "error"}, "console log level")
+                                  .required("stages", KeyType::string_list, "ids of the stage tables to run, in order");
+  return d;
+}
+
+const Descriptor& model_keys() {
+  static const Descriptor d =
+      Descriptor("model", Kind::stage, "", "[model]")
+          .string("path", "builtin:tiny-olmoe", "Hugging Face model folder, or builtin:tiny-olmoe")
+          .choice("device", "auto", {"auto", "cpu", "cuda"}, "where the model runs; auto picks cuda when present")
+          .choice("dtype", "float32", {"float32", "bfloat16"}, "compute dtype of the model weights");
+  return d;
+}
+
+[[noreturn]] void fail(const std::string& where, const std::string& message) {
+  throw std::runtime_error(where + ": " + message);
+}
+
+std::vector<std::string> key_names(const Descriptor& d) {
+  std::vector<std::string> names;
+  for (const auto& k : d.keys) names.push_back(k.name);
+  return names;
+}
+
+std::string expected(const ConfigKey& key) {
+  std::string text(key_type_name(key.type));
+  if (key.type == KeyType::component) text = fmt::format("name of a {} table", key.choices.at(0));
+  else if (!key.choices.empty()) text += fmt::format(" (one of: {})", fmt::join(key.choices, ", "));
+  return text;
+}
+
+std::string found(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string: return "string \"" + *node.value<std::string>() + "\"";
+    case toml::node_type::integer: return "integer " + std::to_string(*node.value<long long>());
+    case toml::node_type::floating_point: return fmt::format("number {}", *node.value<double>());
+    case toml::node_type::boolean: return *node.value<bool>() ? "true" : "false";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    default: return "a date/time";
+  }
+}
+
+bool array_of(const toml::node& node, bool (*is_item)(const toml::node&)) {
+  const toml::array* a = node.as_array();
+  if (!a) return false;
+  for (const auto& item : *a)
+    if (!is_item(item)) return false;
+  return true;
+}
+
+bool type_matches(const toml::node& node, KeyType type) {
+  switch (type) {
+    case KeyType::boolean: return node.is_boolean();
+    case KeyType::integer: return node.is_integer();
+    case KeyType::real: return node.is_number();
+    case KeyType::string:
+    case KeyType::path:
+    case KeyType::component: return node.is_string();
+    case KeyType::integer_list: return array_of(node, [](const toml::node& n) { return n.is_integer(); });
+    case KeyType::real_list: return array_of(node, [](const toml::node& n) { return n.is_number(); });
+    case KeyType::string_list: return array_of(node, [](const toml::node& n) { return n.is_string(); });
+  }
+  return false;
+}
+
+fs::path absolute_from(const std::string& value, const toml::node* set_by) {
+  if (value.empty() || value.rfind("builtin:", 0) == 0) return value;
+  fs::path p(value);
+  if (p.is_absolute()) return p.lexically_normal();
+  const auto& src = set_by ? set_by->source().path : nullptr;
+  bool from_file = src && src->rfind("--set ", 0) != 0;
+  fs::path base = from_file ? fs::absolute(*src).parent_path() : fs::current_path();
+  return (base / p).lexically_normal();
+}
+
+// Validates `table` against `descriptor`; returns the config with defaults and absolute paths.
+std::shared_ptr<Config::Impl> check_table(const std::string& id, const toml::table& table, const Descriptor& descriptor,
+                                          const std::string& table_where, bool allow_plugin_key) {
+  auto impl = std::make_shared<Config::Impl>();
+  impl->id = id;
+  std::vector<std::string> names = key_names(descriptor);
+  for (const auto& [key, node] : table) {
+    std::string k(key.str());
+    if (allow_plugin_key && k == "plugin") continue;
+    bool known = false;
+    for (const auto& n : names) known = known || n == k;
+    if (!known) {
+      std::string place = id.empty() ? "the top level" : "[" + id + "]";
+      std::string owner = descriptor.kind == Kind::stage && descriptor.version.empty()
+                              ? ""
+                              : fmt::format(" (plugin {} accepts: {})", descriptor.name, fmt::join(names, ", "));
+      fail(source_of(node), fmt::format("unknown key '{}' in {}{}{}", k, place, did_you_mean(k, names), owner));
+    }
+  }
+  for (const auto& key : descriptor.keys) {
+    const toml::node* node = table.get(key.name);
+    toml::table parsed_default;
+    if (!node) {
+      if (key.default_toml.empty())
+        fail(table_where, fmt::format("[{}] needs key '{}' ({}): {}", id, key.name, expected(key), key.help));
+      parsed_default = toml::parse("v = " + key.default_toml);
+      node = parsed_default.get("v");
+      impl->where[key.name] = "default";
+    } else {
+      impl->where[key.name] = source_of(*node);
+    }
+    if (!type_matches(*node, key.type))
+      fail(impl->where[key.name], fmt::format("key '{}' must be {}, found {}", key.name, expected(key), found(*node)));
+    if (key.type == KeyType::string && !key.choices.empty()) {
+      std::string value = *node->value<std::string>();
+      bool ok = false;
+      for (const auto& c : key.choices) ok = ok || c == value;
+      if (!ok)
+        fail(impl->where[key.name], fmt::format("key '{}' must be one of: {}; found \"{}\"{}", key.name,
+                                                fmt::join(key.choices, ", "), value, did_you_mean(value, key.choices)));
+    }
+    if (key.type == KeyType::path) {
+      const toml::node* set_by = impl->where[key.name] == "default" ? nullptr : node;
+      impl->table.insert(key.name, absolute_from(*node->value<std::string>(), set_by).string());
+    } else {
+      impl->table.insert(key.name, *node);
+    }
+  }
+  return impl;
+}
+
+// Collects tables with a `plugin` key; plain tables (like [data]) only group components.
+void collect_components(const toml::table& table, const std::string& prefix, std::map<std::string, const toml::table*>& out) {
+  for (const auto& [key, node] : table) {
+    std::string id = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+    if (prefix.empty() && (key.str() == "model" || !node.is_table())) continue;
+    if (!node.is_table())
+      fail(source_of(node), fmt::format("'{}' is a value inside [{}], which holds no plugin = \"...\"; "
+                                        "every table other than [model] configures a plugin",
+                                        id, prefix));
+    const toml::table& child = *node.as_table();
+    if (child.contains("plugin")) out[id] = &child;
+    else if (child.empty()) fail(source_of(node), fmt::format("[{}] is empty; add plugin = \"<name>\"", id));
+    else collect_components(child, id, out);
+  }
+}
+
+toml::table as_toml(const Config::Impl& impl, const std::string& plugin) {
+  toml::table t;
+  if (!plugin.empty()) t.insert("plugin", plugin);
+  for (const auto& [k, v] : impl.table) t.insert(k, v);
+  return t;
+}
+
+void insert_dotted(toml::table& root, const std::string& id, toml::table value) {
+  toml::table* at = &root;
+  std::size_t start = 0;
+  for (std::size_t dot; (dot = id.find('.', start)) != std::string::npos; start = dot + 1) {
+    std::string part = id.substr(start, dot - start);
+    if (!at->contains(part)) at->insert(part, toml::table{});
+    at = at->get(part)->as_table();
+  }
+  at->insert_or_assign(id.substr(start), std::move(value));
+}
+
+}  // namespace
+
+std::vector<fs::path> experiment_plugin_path(const toml::table& merged) {
+  std::vector<fs::path> folders;
+  const toml::node* node = merged.get("plugin_path");
+  if (!node) return folders;
+  if (!type_matches(*node, KeyType::string_list))
+    fail(source_of(*node), "key 'plugin_path' must be an array of strings (folders), found " + found(*node));
+  for (const auto& item : *node->as_array()) folders.push_back(absolute_from(*item.value<std::string>(), node));
+  return folders;
+}
+
+ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path& file, const PluginRegistry& registry) {
+  ResolvedExperiment out;
+  std::string file_where = file.string();
+
+  toml::table top;
+  for (const auto& [key, node] : merged)
+    if (!node.is_table()) top.insert(key, node);
+  auto host = check_table("", top, host_keys(), file_where, false);
+  out.name = *host->table.get("name")->value<std::string>();
+  if (out.name.empty()) out.name = file.stem().string();
+  host->table.insert_or_assign("name", out.name);
+  out.seed = static_cast<std::uint64_t>(*host->table.get("seed")->value<long long>());
+  out.log_level = *host->table.get("log_level")->value<std::string>();
+  out.run_dir = *host->table.get("run_dir")->value<std::string>();
+
+  const toml::node* model_node = merged.get("model");
+  if (model_node && !model_node->is_table()) fail(source_of(*model_node), "'model' must be a table ([model])");
+  out.model = check_table("model", model_node ? *model_node->as_table() : toml::table{}, model_keys(), file_where, false);
+
+  std::map<std::string, const toml::table*> tables;
+  collect_components(merged, "", tables);
+  for (const auto& [id, table] : tables) {
+    const toml::node* plugin_node = table->get("plugin");
+    if (!plugin_node->is_string()) fail(source_of(*plugin_node), fmt::format("[{}] plugin must be a string", id));
+    std::string plugin = *plugin_node->value<std::string>();
+    const LoadedPlugin* loaded = registry.find(plugin);
+    if (!loaded) {
+      try {
+        registry.get(plugin);
+      } catch (const std::exception& e) {
+        fail(source_of(*plugin_node), fmt::format("[{}] {}", id, e.what()));
+      }
+    }
+    out.components[id] = {plugin, check_table(id, *table, *loaded->descriptor, source_of(*plugin_node), true)};
+  }
+
+  auto kind_of = [&](const std::string& id) { return registry.get(out.components.at(id).plugin).descriptor->kind; };
+  auto check_reference = [&](const std::string& where, const std::string& id, Kind kind, const std::string& what) {
+    std::vector<std::string> candidates;
+    for (const auto& [cid, c] : out.components)
+      if (kind_of(cid) == kind) candidates.push_back(cid);
+    if (!out.components.count(id) || kind_of(id) != kind)
+      fail(where, fmt::format("{} '{}' is not a {} table{}; {} tables here: {}", what, id, kind_name(kind),
+                              did_you_mean(id, candidates), kind_name(kind),
+                              candidates.empty() ? "none" : fmt::format("{}", fmt::join(candidates, ", "))));
+  };
+  for (const auto& item : *host->table.get("stages")->as_array()) out.stages.push_back(*item.value<std::string>());
+  for (const auto& id : out.stages) check_reference(host->where.at("stages"), id, Kind::stage, "stage");
+  for (const auto& [id, component] : out.components) {
+    const Descriptor& d = *registry.get(component.plugin).descriptor;
+    for (const auto& key : d.keys)
+      if (key.type == KeyType::component)
+        check_reference(component.config->where.at(key.name), *component.config->table.get(key.name)->value<std::string>(),
+                        kind_from_name(key.choices.at(0)), fmt::format("[{}] {} =", id, key.name));
+  }
+
+  out.table = as_toml(*host, "");
+  out.table.insert("model", as_toml(*out.model, ""));
+  for (const auto& [id, component] : out.components) insert_dotted(out.table, id, as_toml(*component.config, component.plugin));
+  return out;
+}
+
+std::string to_toml(const toml::table& table) {
+  std::ostringstream ss;
+  ss << table << "\n";
+  return ss.str();
+}
+
+}  // namespace moelab

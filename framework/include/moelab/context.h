@@ -1,0 +1,42 @@
+// What a plugin sees of the running experiment: its folder, seeds, metrics, and the other
+// components named in the experiment file.
+#pragma once
+
+#include "moelab/plugin.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace moelab {
+
+class RunContext {
+ public:
+  virtual ~RunContext();
+
+  virtual const std::string& experiment_name() const = 0;
+  virtual const std::filesystem::path& run_dir() const = 0;
+  virtual std::uint64_t seed() const = 0;
+  // A seed for one named random source, derived from the run seed so that sources stay independent.
+  std::uint64_t seed_for(const std::string& stream) const;
+
+  // Appends one JSON object as a line of metrics.jsonl (a "time" field is added).
+  virtual void record_metrics(nlohmann::json row) = 0;
+
+  // Builds the component configured by table `id` (a table with plugin = "<name>") of the given kind.
+  virtual std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) = 0;
+
+  template <class T>
+  std::shared_ptr<T> make(const std::string& id) {
+    auto object = std::dynamic_pointer_cast<T>(make_component(id, T::kKind));
+    if (!object) throw std::runtime_error("component '" + id + "' does not implement the " +
+                                          std::string(kind_name(T::kKind)) + " interface");
+    return object;
+  }
+};
+
+}  // namespace moelab

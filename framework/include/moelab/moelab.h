@@ -1,0 +1,15 @@
+// The plugin SDK in one include.
+#pragma once
+
+#include "moelab/analyzer.h"
+#include "moelab/config.h"
+#include "moelab/context.h"
+#include "moelab/dataset.h"
+#include "moelab/embedder.h"
+#include "moelab/files.h"
+#include "moelab/log.h"
+#include "moelab/objective.h"
+#include "moelab/plugin.h"
+#include "moelab/sampler.h"
+#include "moelab/stage.h"
+#include "moelab/transform.h"

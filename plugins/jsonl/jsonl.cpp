@@ -1,0 +1,118 @@
+// Dataset of JSON Lines records: multiple-choice items (ARC, OpenBookQA, SciQ forms) or plain text.
+// Field names are dotted paths into each record; choices may be strings or {"text","label"} objects,
+// and answers a letter, a 0-based index, or a numeric key "1".."N" (ARC's numeric items).
+#include "moelab/moelab.h"
+
+#include <fstream>
+
+namespace {
+
+using moelab::Example;
+using nlohmann::json;
+
+const json* lookup(const json& record, const std::string& dotted) {
+  const json* at = &record;
+  std::size_t start = 0;
+  while (true) {
+    std::size_t dot = dotted.find('.', start);
+    std::string part = dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (!at->is_object() || !at->contains(part)) return nullptr;
+    at = &(*at)[part];
+    if (dot == std::string::npos) return at;
+    start = dot + 1;
+  }
+}
+
+class JsonlDataset final : public moelab::Dataset {
+ public:
+  JsonlDataset(const moelab::Config& config, moelab::RunContext&) {
+    std::filesystem::path path = config.get_path("path");
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error(fmt::format("{} ({}): cannot open {}", config.id(), config.where("path"), path.string()));
+    long long limit = config.get_int("limit");
+    std::string line;
+    for (long long number = 1; std::getline(in, line); ++number) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      std::string origin = fmt::format("{}:{}", path.string(), number);
+      json record;
+      try {
+        record = json::parse(line);
+      } catch (const json::parse_error& e) {
+        throw std::runtime_error(fmt::format("{}: not valid JSON: {}", origin, e.what()));
+      }
+      examples_.push_back(to_example(record, config, origin, examples_.size()));
+      if (limit > 0 && static_cast<long long>(examples_.size()) >= limit) break;
+    }
+    if (examples_.empty()) throw std::runtime_error(fmt::format("{}: no records", path.string()));
+  }
+
+  std::size_t size() const override { return examples_.size(); }
+  const Example& at(std::size_t index) const override { return examples_.at(index); }
+
+ private:
+  static Example to_example(const json& record, const moelab::Config& config, const std::string& origin, std::size_t row) {
+    Example ex;
+    ex.origin = origin;
+    ex.record = record;
+    auto field = [&](const std::string& key) { return lookup(record, config.get_string(key)); };
+    const json* text = field("text_field");
+    if (!text || !text->is_string())
+      throw std::runtime_error(fmt::format("{}: field '{}' (text_field) missing or not a string", origin,
+                                           config.get_string("text_field")));
+    ex.text = text->get<std::string>();
+    const json* id = field("id_field");
+    ex.id = !id ? std::to_string(row) : id->is_string() ? id->get<std::string>() : id->dump();
+    const json* choices = field("choices_field");
+    if (!choices) return ex;
+    if (choices->is_object() && choices->contains("text")) choices = &(*choices)["text"];  // {"text": [...], "label": [...]}
+    if (!choices->is_array()) throw std::runtime_error(fmt::format("{}: choices must be an array", origin));
+    for (std::size_t i = 0; i < choices->size(); ++i) {
+      const json& c = (*choices)[i];
+      if (c.is_string()) {
+        ex.choices.push_back(c.get<std::string>());
+        ex.letters.push_back(std::string(1, static_cast<char>('A' + i)));
+      } else if (c.is_object() && c.contains("text")) {
+        ex.choices.push_back(c["text"].get<std::string>());
+        ex.letters.push_back(c.contains("label") ? c["label"].get<std::string>() : std::string(1, static_cast<char>('A' + i)));
+      } else {
+        throw std::runtime_error(fmt::format("{}: choice {} is neither a string nor {{\"text\", \"label\"}}", origin, i));
+      }
+    }
+    ex.answer = answer_index(field("answer_field"), ex, origin);
+    // Numeric labels ("1".."4") are shown as letters, as lm-eval does for ARC.
+    for (std::size_t i = 0; i < ex.letters.size(); ++i)
+      if (ex.letters[i] == std::to_string(i + 1)) ex.letters[i] = std::string(1, static_cast<char>('A' + i));
+    return ex;
+  }
+
+  static long long answer_index(const json* answer, const Example& ex, const std::string& origin) {
+    if (!answer) return -1;
+    if (answer->is_number_integer()) {
+      long long i = answer->get<long long>();
+      if (i < 0 || i >= static_cast<long long>(ex.choices.size()))
+        throw std::runtime_error(fmt::format("{}: answer index {} outside the {} choices", origin, i, ex.choices.size()));
+      return i;
+    }
+    if (!answer->is_string()) throw std::runtime_error(fmt::format("{}: answer must be a string or an index", origin));
+    std::string key = answer->get<std::string>();
+    for (std::size_t i = 0; i < ex.letters.size(); ++i)
+      if (ex.letters[i] == key) return static_cast<long long>(i);
+    throw std::runtime_error(fmt::format("{}: answer \"{}\" is not one of the choice labels", origin, key));
+  }
+
+  std::vector<Example> examples_;
+};
+
+moelab::Descriptor describe() {
+  return moelab::Descriptor("jsonl", moelab::Kind::dataset, "0.1.0", "JSON Lines records: multiple choice or plain text")
+      .required("path", moelab::KeyType::path, "the .jsonl file")
+      .string("text_field", "question.stem", "dotted path of the question or text")
+      .string("choices_field", "question.choices", "dotted path of the choices (absent: plain text)")
+      .string("answer_field", "answerKey", "dotted path of the answer (letter, label or index)")
+      .string("id_field", "id", "dotted path of the record id (absent: the row number)")
+      .integer("limit", 0, "read at most this many records (0: all)");
+}
+
+}  // namespace
+
+MOELAB_PLUGIN(describe, JsonlDataset)
