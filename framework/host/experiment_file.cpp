@@ -9,13 +9,14 @@ namespace moelab {
 namespace fs = std::filesystem;
 
 namespace {
-void merge_into(toml::table& base, const toml::table& over) {
-  for (const auto& [key, node] : over) {
+// Nodes are moved, never copied: a toml++ copy drops the source position that errors quote.
+void merge_into(toml::table& base, toml::table&& over) {
+  for (auto&& [key, node] : over) {
     toml::node* existing = base.get(key);
     if (existing && existing->is_table() && node.is_table()) {
-      merge_into(*existing->as_table(), *node.as_table());
+      merge_into(*existing->as_table(), std::move(*node.as_table()));
     } else {
-      base.insert_or_assign(key, node);
+      base.insert_or_assign(key, std::move(node));
     }
   }
 }
@@ -47,7 +48,7 @@ toml::table load_with_extends(const fs::path& file, std::vector<fs::path>& chain
                                          base_file.string()));
   toml::table merged = load_with_extends(base_file, chain);
   table.erase("extends");
-  merge_into(merged, table);
+  merge_into(merged, std::move(table));
   return merged;
 }
 
@@ -82,7 +83,7 @@ void apply_override(toml::table& table, const std::string& assignment) {
       throw std::runtime_error(fmt::format("--set {}: '{}' is a value, not a table", assignment, key.substr(0, dot)));
     at = child->as_table();
   }
-  at->insert_or_assign(key.substr(start), *parsed.get("value"));
+  at->insert_or_assign(key.substr(start), std::move(*parsed.get("value")));
 }
 }  // namespace
 

@@ -100,13 +100,13 @@ fs::path absolute_from(const std::string& value, const toml::node* set_by) {
 
 // Validates `table` against `descriptor`; returns the config with defaults and absolute paths.
 std::shared_ptr<Config::Impl> check_table(const std::string& id, const toml::table& table, const Descriptor& descriptor,
-                                          const std::string& table_where, bool allow_plugin_key) {
+                                          const std::string& table_where, bool allow_plugin_key, bool skip_tables = false) {
   auto impl = std::make_shared<Config::Impl>();
   impl->id = id;
   std::vector<std::string> names = key_names(descriptor);
   for (const auto& [key, node] : table) {
     std::string k(key.str());
-    if (allow_plugin_key && k == "plugin") continue;
+    if ((allow_plugin_key && k == "plugin") || (skip_tables && node.is_table())) continue;
     bool known = false;
     for (const auto& n : names) known = known || n == k;
     if (!known) {
@@ -199,10 +199,7 @@ ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path&
   ResolvedExperiment out;
   std::string file_where = file.string();
 
-  toml::table top;
-  for (const auto& [key, node] : merged)
-    if (!node.is_table()) top.insert(key, node);
-  auto host = check_table("", top, host_keys(), file_where, false);
+  auto host = check_table("", merged, host_keys(), file_where, false, true);
   out.name = *host->table.get("name")->value<std::string>();
   if (out.name.empty()) out.name = file.stem().string();
   host->table.insert_or_assign("name", out.name);

@@ -11,7 +11,8 @@ class TaskCrossEntropy final : public moelab::Objective {
   moelab::LossTerms compute(const moelab::ObjectiveBatch& batch) override {
     TORCH_CHECK(batch.last_logits.dim() == 2 && batch.choice_ids.dim() == 2, "task_ce needs last_logits [B,V] and choice_ids [B,C]");
     torch::Tensor valid = batch.choice_ids.ge(0);
-    torch::Tensor option_logits = batch.last_logits.gather(1, batch.choice_ids.clamp_min(0)).to(torch::kFloat32);
+    torch::Tensor option_logits = batch.last_logits.gather(1, batch.choice_ids.clamp_min(0));
+    if (option_logits.scalar_type() != torch::kFloat64) option_logits = option_logits.to(torch::kFloat32);
     option_logits = option_logits.masked_fill(valid.logical_not(), -std::numeric_limits<float>::infinity());
     torch::Tensor log_probs = option_logits.log_softmax(1);
     torch::Tensor nll = -log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1);

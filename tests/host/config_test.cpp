@@ -1,0 +1,136 @@
+// Experiment files: declared keys only, typed values, defaults, --set overrides and `extends`.
+#include "test_run.h"
+
+#include <gmock/gmock.h>
+
+using moelab::test::error_of;
+using moelab::test::resolve_text;
+using moelab::test::TempDir;
+using testing::HasSubstr;
+
+namespace {
+
+const char* kBase = R"(stages = ["neighbours"]
+[data]
+plugin = "jsonl"
+path = "questions.jsonl"
+[embed]
+plugin = "hashed_bow"
+[neighbours]
+plugin = "neighbours"
+dataset = "data"
+embedder = "embed"
+)";
+
+TEST(Config, FillsDefaultsAndResolvesPathsAgainstTheFile) {
+  TempDir dir;
+  auto e = resolve_text(dir, kBase);
+  EXPECT_EQ(e.name, "experiment");
+  EXPECT_EQ(e.seed, 0u);
+  const auto& neighbours = *e.components.at("neighbours").config;
+  EXPECT_EQ(*neighbours.table.get("k")->value<long long>(), 5);
+  EXPECT_EQ(neighbours.where.at("k"), "default");
+  EXPECT_EQ(*e.components.at("data").config->table.get("path")->value<std::string>(), (dir.path() / "questions.jsonl").string());
+  EXPECT_EQ(*e.model->table.get("dtype")->value<std::string>(), "float32");
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndSuggestion) {
+  TempDir dir;
+  std::string error = error_of([&] { resolve_text(dir, std::string(kBase) + "sigmaa = 0.3\n"); });
+  EXPECT_THAT(error, HasSubstr("experiment.toml:11"));
+  EXPECT_THAT(error, HasSubstr("unknown key 'sigmaa' in [neighbours]"));
+  EXPECT_THAT(error, HasSubstr("did you mean 'sigma'?"));
+}
+
+TEST(Config, UnknownTopLevelKeySuggestsHostKey) {
+  TempDir dir;
+  std::string error = error_of([&] { resolve_text(dir, std::string("sed = 3\n") + kBase); });
+  EXPECT_THAT(error, HasSubstr("experiment.toml:1"));
+  EXPECT_THAT(error, HasSubstr("did you mean 'seed'?"));
+}
+
+TEST(Config, WrongTypeNamesExpectedType) {
+  TempDir dir;
+  std::string error = error_of([&] { resolve_text(dir, std::string(kBase) + "k = \"five\"\n"); });
+  EXPECT_THAT(error, HasSubstr("experiment.toml:11"));
+  EXPECT_THAT(error, HasSubstr("key 'k' must be integer, found string \"five\""));
+  error = error_of([&] { resolve_text(dir, std::string(kBase) + "sigma = true\n"); });
+  EXPECT_THAT(error, HasSubstr("must be number"));
+}
+
+TEST(Config, ChoiceKeysRejectOtherValues) {
+  TempDir dir;
+  std::string error = error_of([&] { resolve_text(dir, std::string(kBase) + "[model]\ndtype = \"bfloat61\"\n"); });
+  EXPECT_THAT(error, HasSubstr("one of: float32, bfloat16"));
+  EXPECT_THAT(error, HasSubstr("did you mean 'bfloat16'?"));
+}
+
+TEST(Config, MissingRequiredKeyAndUnknownPlugin) {
+  TempDir dir;
+  EXPECT_THAT(error_of([&] { resolve_text(dir, "stages = []\n[data]\nplugin = \"jsonl\"\n"); }),
+              HasSubstr("[data] needs key 'path'"));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, "stages = []\n[data]\nplugin = \"jsnol\"\n"); }),
+              AllOf(HasSubstr("experiment.toml:3"), HasSubstr("no plugin named 'jsnol' (did you mean 'jsonl'?)")));
+}
+
+TEST(Config, ComponentReferencesMustNameTablesOfTheRightKind) {
+  TempDir dir;
+  std::string toml = kBase;
+  toml.replace(toml.find("embedder = \"embed\""), 18, "embedder = \"data\"");
+  std::string error = error_of([&] { resolve_text(dir, toml); });
+  EXPECT_THAT(error, HasSubstr("'data' is not a embedder table"));
+  EXPECT_THAT(error, HasSubstr("embedder tables here: embed"));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, "stages = [\"data\"]\n[data]\nplugin = \"jsonl\"\npath = \"x\"\n"); }),
+              HasSubstr("stage 'data' is not a stage table"));
+}
+
+TEST(Config, SetOverridesParseTomlValues) {
+  TempDir dir;
+  auto e = resolve_text(dir, kBase, {"neighbours.k=7", "neighbours.sigma=0.25", "seed=11", "model.path=/models/olmoe"});
+  const auto& n = *e.components.at("neighbours").config;
+  EXPECT_EQ(*n.table.get("k")->value<long long>(), 7);
+  EXPECT_DOUBLE_EQ(*n.table.get("sigma")->value<double>(), 0.25);
+  EXPECT_EQ(n.where.at("k"), "--set neighbours.k=7");
+  EXPECT_EQ(e.seed, 11u);
+  EXPECT_EQ(*e.model->table.get("path")->value<std::string>(), "/models/olmoe");
+  EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"neighbours.kk=7"}); }),
+              AllOf(HasSubstr("--set neighbours.kk=7"), HasSubstr("did you mean 'k'?")));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"neighbours.k=\"7\""}); }), HasSubstr("must be integer"));
+}
+
+TEST(Config, ExtendsMergesTablesAndTheExtendingFileWins) {
+  TempDir dir;
+  dir.write("base.toml", std::string("seed = 3\nname = \"base\"\n") + kBase + "k = 2\nsigma = 0.5\n");
+  auto e = resolve_text(dir, "extends = \"base.toml\"\nname = \"child\"\n[neighbours]\nk = 4\n");
+  EXPECT_EQ(e.name, "child");
+  EXPECT_EQ(e.seed, 3u);
+  const auto& n = *e.components.at("neighbours").config;
+  EXPECT_EQ(*n.table.get("k")->value<long long>(), 4);
+  EXPECT_DOUBLE_EQ(*n.table.get("sigma")->value<double>(), 0.5);
+  EXPECT_THAT(n.where.at("sigma"), HasSubstr("base.toml:"));
+  EXPECT_FALSE(e.table.contains("extends"));
+}
+
+TEST(Config, ExtendsCycleAndMissingBaseAreErrors) {
+  TempDir dir;
+  dir.write("a.toml", "extends = \"experiment.toml\"\n");
+  EXPECT_THAT(error_of([&] { resolve_text(dir, "extends = \"a.toml\"\n"); }), HasSubstr("cycle"));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, "extends = \"nope.toml\"\n"); }),
+              AllOf(HasSubstr("experiment.toml:1"), HasSubstr("nope.toml does not exist")));
+}
+
+TEST(Config, InvalidTomlNamesLineAndColumn) {
+  TempDir dir;
+  EXPECT_THAT(error_of([&] { resolve_text(dir, "stages = [\"a\"\nseed = 1\n"); }),
+              AllOf(HasSubstr("experiment.toml:"), HasSubstr("invalid TOML")));
+}
+
+TEST(Config, ResolvedTomlRoundTrips) {
+  TempDir dir;
+  auto e = resolve_text(dir, kBase);
+  std::string text = moelab::to_toml(e.table);
+  auto again = resolve_text(dir, text);
+  EXPECT_EQ(moelab::to_toml(again.table), text);
+}
+
+}  // namespace

@@ -1,0 +1,91 @@
+// Plugin libraries: found by name, ABI checked, unique names, kept loaded while their objects live.
+#include "moelab/moelab.h"
+#include "test_run.h"
+
+#include <dlfcn.h>
+#include <gmock/gmock.h>
+
+using moelab::PluginRegistry;
+using moelab::test::error_of;
+using testing::HasSubstr;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kBuiltDir = MOELAB_PLUGIN_BUILD_DIR;
+const fs::path kTestDir = MOELAB_TEST_PLUGIN_DIR;
+
+TEST(PluginRegistry, FindsEveryKindByName) {
+  PluginRegistry registry;
+  registry.scan({kBuiltDir});
+  std::map<std::string, moelab::Kind> expected = {
+      {"task_ce", moelab::Kind::objective}, {"jsonl", moelab::Kind::dataset},     {"greedy", moelab::Kind::sampler},
+      {"expert_usage", moelab::Kind::analyzer}, {"rtn", moelab::Kind::transform}, {"hashed_bow", moelab::Kind::embedder},
+      {"neighbours", moelab::Kind::stage}};
+  for (const auto& [name, kind] : expected) {
+    const auto* plugin = registry.find(name);
+    ASSERT_NE(plugin, nullptr) << name;
+    EXPECT_EQ(plugin->descriptor->kind, kind) << name;
+    EXPECT_FALSE(plugin->descriptor->description.empty());
+  }
+  EXPECT_THAT(error_of([&] { registry.get("greddy"); }), HasSubstr("did you mean 'greedy'?"));
+}
+
+TEST(PluginRegistry, RefusesOtherAbiVersionNamingFileAndVersions) {
+  PluginRegistry registry;
+  fs::path file = kTestDir / "abi_mismatch" / "moelab_abi_mismatch.so";
+  std::string error = error_of([&] { registry.load(file); });
+  EXPECT_THAT(error, HasSubstr(file.string()));
+  EXPECT_THAT(error, HasSubstr("ABI version 999"));
+  EXPECT_THAT(error, HasSubstr("uses version " + std::to_string(moelab::kPluginAbiVersion)));
+  EXPECT_EQ(registry.find("old_sampler"), nullptr);
+}
+
+TEST(PluginRegistry, DuplicateNamesNameBothFiles) {
+  PluginRegistry registry;
+  std::string error = error_of([&] { registry.scan({kBuiltDir, kTestDir / "duplicate_jsonl"}); });
+  EXPECT_THAT(error, HasSubstr("two plugins are named 'jsonl'"));
+  EXPECT_THAT(error, HasSubstr((kBuiltDir / "moelab_jsonl.so").string()));
+  EXPECT_THAT(error, HasSubstr((kTestDir / "duplicate_jsonl" / "moelab_duplicate_jsonl.so").string()));
+}
+
+TEST(PluginRegistry, SearchPathIncludesEnvironmentFolders) {
+  setenv("MOELAB_PLUGIN_PATH", "/first:/second", 1);
+  auto folders = PluginRegistry::default_search_path();
+  unsetenv("MOELAB_PLUGIN_PATH");
+  EXPECT_NE(std::find(folders.begin(), folders.end(), fs::path("/first")), folders.end());
+  EXPECT_NE(std::find(folders.begin(), folders.end(), fs::path("/second")), folders.end());
+}
+
+bool library_loaded(const fs::path& file) {
+  void* handle = dlopen(file.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (handle) dlclose(handle);
+  return handle != nullptr;
+}
+
+TEST(PluginRegistry, LibraryStaysLoadedWhileAnObjectLives) {
+  moelab::test::TempDir dir;
+  // A private copy, so that no other test of this process has it loaded.
+  fs::path greedy_file = dir.path() / "moelab_greedy_copy.so";
+  fs::copy_file(kBuiltDir / "moelab_greedy.so", greedy_file);
+  ASSERT_FALSE(library_loaded(greedy_file));
+  std::shared_ptr<moelab::Sampler> sampler;
+  {
+    auto registry = std::make_unique<PluginRegistry>();
+    registry->load(greedy_file);
+    auto experiment = moelab::test::resolve_text(dir, "run_dir = \"runs\"\nstages = []\n[pick]\nplugin = \"greedy\"\n");
+    moelab::Config config(experiment.components.at("pick").config);
+    auto run = std::make_unique<moelab::ExperimentRun>(std::move(experiment), *registry, false);
+    sampler = std::dynamic_pointer_cast<moelab::Sampler>(registry->create("greedy", config, *run));
+  }
+  ASSERT_TRUE(sampler);
+  EXPECT_TRUE(library_loaded(greedy_file));
+  auto picked = sampler->choose(torch::tensor({{0.1f, 2.0f, -1.0f}, {3.0f, 0.0f, 3.5f}}));
+  EXPECT_EQ(picked[0].item<int64_t>(), 1);
+  EXPECT_EQ(picked[1].item<int64_t>(), 2);
+  sampler.reset();
+  EXPECT_FALSE(library_loaded(greedy_file));
+}
+
+}  // namespace
