@@ -2,6 +2,7 @@
 #include "moelab/context.h"
 #include "moelab/dataset.h"
 #include "moelab/embedder.h"
+#include "moelab/model.h"
 #include "moelab/objective.h"
 #include "moelab/sampler.h"
 #include "moelab/stage.h"
@@ -138,6 +139,7 @@ Transform::~Transform() = default;
 Embedder::~Embedder() = default;
 Stage::~Stage() = default;
 RunContext::~RunContext() = default;
+Model::~Model() = default;
 
 std::uint64_t RunContext::seed_for(const std::string& stream) const {
   // FNV-1a of the stream name mixed with the run seed through splitmix64.

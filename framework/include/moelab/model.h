@@ -1,0 +1,63 @@
+// The model as plugins see it: a Hugging Face MoE checkpoint running forward passes, with every MoE
+// layer's routing exposed and its router (gate) weights readable, replaceable and trainable.
+#pragma once
+
+#include "moelab/transform.h"
+
+#include <torch/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+struct ModelInfo {
+  std::string model_type;
+  long long num_layers = 0, vocab_size = 0, hidden_size = 0, num_experts = 0, top_k = 0;
+  std::vector<int> moe_layers;  // decoder layer indices that route to experts
+  long long pad_token_id = -1, eos_token_id = -1;
+};
+
+// One MoE layer's routing in the last forward; rows are the B*T tokens in row-major order.
+struct RouterTrace {
+  int layer = 0;
+  torch::Tensor logits;        // [N, E] float32, before any router transform
+  torch::Tensor topk_ids;      // [N, k] int64, experts used
+  torch::Tensor topk_weights;  // [N, k] their weights in the layer output
+};
+
+// Keys and values of earlier tokens, per layer; grows along the sequence with every forward.
+struct KVCache {
+  std::vector<torch::Tensor> first, second;  // per layer: keys/values, or MLA's latent and rotary key
+  torch::Tensor mask;                        // [B, S] 1 for real tokens, 0 for padding
+  long long length() const { return mask.defined() ? mask.size(1) : 0; }
+};
+
+// Changes a layer's router logits [N, E] before top-k selection (for example RoE's Gumbel noise).
+using RouterTransform = std::function<torch::Tensor(int layer, const torch::Tensor& logits)>;
+
+class Model {
+ public:
+  virtual ~Model();
+  virtual const ModelInfo& info() const = 0;
+  virtual torch::Device device() const = 0;
+  virtual torch::ScalarType dtype() const = 0;
+
+  // input_ids [B, T] int64; attention_mask [B, T] (1 token, 0 pad; left or right padding) or undefined.
+  // With a cache, the tokens continue the cached sequence and the cache is extended. Returns float
+  // logits [B, T, V].
+  virtual torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                KVCache* cache = nullptr) = 0;
+  // Routing of every MoE layer in the last forward, in layer order.
+  virtual const std::vector<RouterTrace>& routing() const = 0;
+  virtual void set_router_transform(RouterTransform transform) = 0;
+
+  // The router (gate) weight [E, hidden] of a MoE layer, kept in float32; set requires_grad on it to train it.
+  virtual torch::Tensor router_weight(int layer) = 0;
+  // All weights by checkpoint name, sharing storage with the model.
+  virtual NamedTensors named_weights() = 0;
+};
+
+}  // namespace moelab

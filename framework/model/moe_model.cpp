@@ -1,0 +1,369 @@
+#include "moe_model.h"
+
+#include "moelab/log.h"
+#include "moelab/safetensors.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace moelab {
+
+namespace {
+
+using torch::Tensor;
+using torch::indexing::Slice;
+
+struct Mlp {
+  Tensor gate, up, down;  // [I, H], [I, H], [H, I]
+  Tensor operator()(const Tensor& x) const {
+    return torch::matmul(torch::silu(torch::matmul(x, gate.t())) * torch::matmul(x, up.t()), down.t());
+  }
+};
+
+struct Layer {
+  Tensor input_norm, post_norm;
+  // Standard attention.
+  Tensor q, k, v, o, q_bias, k_bias, v_bias, q_norm, k_norm;
+  // MLA.
+  Tensor q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b;
+  // MLP: dense, or routed experts (stacked [E, ...]) with optional shared expert.
+  bool moe = false;
+  Mlp dense, shared;
+  Tensor router, shared_gate;
+  Tensor expert_gate, expert_up, expert_down;  // [E, I, H], [E, I, H], [E, H, I]
+};
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  Tensor xf = x.to(torch::kFloat32);
+  xf = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+Tensor rotate_half(const Tensor& x) {
+  auto half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+class MoeModel final : public Model {
+ public:
+  MoeModel(ModelConfig config, const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype)
+      : c_(std::move(config)), device_(device), dtype_(dtype) {
+    info_.model_type = c_.arch->model_type;
+    info_.num_layers = c_.num_layers;
+    info_.vocab_size = c_.vocab_size;
+    info_.hidden_size = c_.hidden_size;
+    info_.num_experts = c_.num_experts;
+    info_.top_k = c_.top_k;
+    info_.pad_token_id = c_.pad_token_id;
+    info_.eos_token_id = c_.eos_token_id;
+    for (int i = 0; i < c_.num_layers; ++i)
+      if (c_.moe_layer[i]) info_.moe_layers.push_back(i);
+    load(folder);
+    int64_t rotary = c_.arch->mla ? c_.qk_rope_head_dim : c_.head_dim;
+    inv_freq_ = 1.0 / torch::pow(c_.rope_theta, torch::arange(0, rotary, 2, torch::kFloat32) / static_cast<double>(rotary));
+    inv_freq_ = inv_freq_.to(device_);
+  }
+
+  const ModelInfo& info() const override { return info_; }
+  torch::Device device() const override { return device_; }
+  torch::ScalarType dtype() const override { return dtype_; }
+  const std::vector<RouterTrace>& routing() const override { return routing_; }
+  void set_router_transform(RouterTransform transform) override { transform_ = std::move(transform); }
+
+  Tensor router_weight(int layer) override {
+    if (layer < 0 || layer >= c_.num_layers || !layers_[layer].moe)
+      throw std::runtime_error(fmt::format("layer {} is not a MoE layer; MoE layers: {}", layer, fmt::join(info_.moe_layers, ", ")));
+    return layers_[layer].router;
+  }
+
+  NamedTensors named_weights() override { return named_; }
+
+  Tensor forward(const Tensor& input_ids_in, const Tensor& attention_mask, KVCache* cache) override {
+    Tensor input_ids = input_ids_in.to(device_);
+    const int64_t B = input_ids.size(0), T = input_ids.size(1);
+    Tensor mask = attention_mask.defined() ? attention_mask.to(device_, torch::kBool) : torch::ones({B, T}, torch::dtype(torch::kBool).device(device_));
+    int64_t past = cache ? cache->length() : 0;
+    Tensor past_mask = past > 0 ? cache->mask.to(torch::kBool) : torch::zeros({B, 0}, mask.options());
+    Tensor full_mask = torch::cat({past_mask, mask}, 1);  // [B, S]
+    // Positions count real tokens only, so left padding gives the same positions as no padding.
+    Tensor positions = (full_mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).narrow(1, past, T);
+    // allowed[b, i, j]: query i may see key j (causal, not padding; itself always, to keep pad rows finite).
+    Tensor key_index = torch::arange(past + T, torch::dtype(torch::kInt64).device(device_));
+    Tensor query_index = torch::arange(past, past + T, torch::dtype(torch::kInt64).device(device_));
+    Tensor causal = key_index.unsqueeze(0) <= query_index.unsqueeze(1);  // [T, S]
+    Tensor allowed = (causal.unsqueeze(0) & full_mask.unsqueeze(1)) | (key_index.unsqueeze(0) == query_index.unsqueeze(1)).unsqueeze(0);
+    allowed = allowed.unsqueeze(1);  // [B, 1, T, S]
+    Tensor freqs = positions.unsqueeze(-1).to(torch::kFloat32) * inv_freq_;  // [B, T, R/2]
+
+    if (cache && cache->first.empty()) {
+      cache->first.resize(c_.num_layers);
+      cache->second.resize(c_.num_layers);
+    }
+    routing_.clear();
+    Tensor x = embed_.index_select(0, input_ids.reshape(-1)).reshape({B, T, c_.hidden_size});
+    for (int i = 0; i < c_.num_layers; ++i) {
+      const Layer& L = layers_[i];
+      Tensor h = rms_norm(x, L.input_norm, c_.rms_eps);
+      x = x + (c_.arch->mla ? mla_attention(L, h, freqs, allowed, cache, i) : attention(L, h, freqs, allowed, cache, i));
+      h = rms_norm(x, L.post_norm, c_.rms_eps);
+      x = x + (L.moe ? moe(L, h, i) : L.dense(h));
+    }
+    if (cache) cache->mask = full_mask.to(torch::kInt64);
+    x = rms_norm(x, final_norm_, c_.rms_eps);
+    return torch::matmul(x, lm_head_.t()).to(torch::kFloat32);
+  }
+
+ private:
+  Tensor rope(const Tensor& x, const Tensor& freqs) const {  // x [B, H, T, R]
+    Tensor cos = freqs.cos().unsqueeze(1), sin = freqs.sin().unsqueeze(1);  // [B, 1, T, R/2]
+    if (c_.arch->rope_interleaved) {
+      Tensor xf = x.to(torch::kFloat32);
+      Tensor re = xf.index({"...", Slice(0, torch::indexing::None, 2)}), im = xf.index({"...", Slice(1, torch::indexing::None, 2)});
+      return torch::stack({re * cos - im * sin, re * sin + im * cos}, -1).flatten(-2).to(x.scalar_type());
+    }
+    Tensor c2 = torch::cat({cos, cos}, -1).to(x.scalar_type()), s2 = torch::cat({sin, sin}, -1).to(x.scalar_type());
+    return x * c2 + rotate_half(x) * s2;
+  }
+
+  static Tensor append(Tensor& slot, const Tensor& fresh) {
+    slot = slot.defined() ? torch::cat({slot, fresh}, 2) : fresh;
+    return slot;
+  }
+
+  Tensor attend(const Tensor& q, Tensor k, Tensor v, const Tensor& allowed, double scale) const {
+    int64_t groups = q.size(1) / k.size(1);
+    if (groups > 1) {
+      k = k.repeat_interleave(groups, 1);
+      v = v.repeat_interleave(groups, 1);
+    }
+    Tensor scores = torch::matmul(q, k.transpose(-1, -2)).to(torch::kFloat32) * scale;
+    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    Tensor probs = scores.softmax(-1).to(q.scalar_type());
+    return torch::matmul(probs, v);  // [B, H, T, Dv]
+  }
+
+  Tensor attention(const Layer& L, const Tensor& h, const Tensor& freqs, const Tensor& allowed, KVCache* cache, int i) const {
+    const int64_t B = h.size(0), T = h.size(1), D = c_.head_dim;
+    auto project = [&](const Tensor& w, const Tensor& b) { return b.defined() ? torch::matmul(h, w.t()) + b : torch::matmul(h, w.t()); };
+    Tensor q = project(L.q, L.q_bias), k = project(L.k, L.k_bias), v = project(L.v, L.v_bias);
+    if (c_.arch->qk_norm == QkNorm::full_width) {
+      q = rms_norm(q, L.q_norm, c_.rms_eps);
+      k = rms_norm(k, L.k_norm, c_.rms_eps);
+    }
+    if (c_.clip_qkv > 0) {
+      q = q.clamp(-c_.clip_qkv, c_.clip_qkv);
+      k = k.clamp(-c_.clip_qkv, c_.clip_qkv);
+      v = v.clamp(-c_.clip_qkv, c_.clip_qkv);
+    }
+    q = q.view({B, T, -1, D});
+    k = k.view({B, T, -1, D});
+    v = v.view({B, T, -1, D}).transpose(1, 2);
+    if (c_.arch->qk_norm == QkNorm::per_head) {
+      q = rms_norm(q, L.q_norm, c_.rms_eps);
+      k = rms_norm(k, L.k_norm, c_.rms_eps);
+    }
+    q = rope(q.transpose(1, 2), freqs);
+    k = rope(k.transpose(1, 2), freqs);
+    if (cache) {
+      k = append(cache->first[i], k);
+      v = append(cache->second[i], v);
+    }
+    Tensor out = attend(q, k, v, allowed, 1.0 / std::sqrt(static_cast<double>(D)));
+    return torch::matmul(out.transpose(1, 2).reshape({B, T, -1}), L.o.t());
+  }
+
+  // DeepSeek-V2 multi-head latent attention; the cache holds the normalized latent and the rotary key.
+  Tensor mla_attention(const Layer& L, const Tensor& h, const Tensor& freqs, const Tensor& allowed, KVCache* cache, int i) const {
+    const int64_t B = h.size(0), T = h.size(1), nope = c_.qk_nope_head_dim, rot = c_.qk_rope_head_dim, vd = c_.v_head_dim;
+    Tensor q = c_.q_lora_rank > 0 ? torch::matmul(rms_norm(torch::matmul(h, L.q_a.t()), L.q_a_norm, c_.rms_eps), L.q_b.t())
+                                  : torch::matmul(h, L.q.t());
+    q = q.view({B, T, -1, nope + rot}).transpose(1, 2);
+    Tensor q_nope = q.narrow(-1, 0, nope), q_rot = rope(q.narrow(-1, nope, rot), freqs);
+    Tensor compressed = torch::matmul(h, L.kv_a.t());
+    Tensor latent = rms_norm(compressed.narrow(-1, 0, c_.kv_lora_rank), L.kv_a_norm, c_.rms_eps).unsqueeze(1);  // [B,1,T,r]
+    Tensor k_rot = rope(compressed.narrow(-1, c_.kv_lora_rank, rot).unsqueeze(1), freqs);                      // [B,1,T,rot]
+    if (cache) {
+      latent = append(cache->first[i], latent);
+      k_rot = append(cache->second[i], k_rot);
+    }
+    const int64_t S = latent.size(2);
+    Tensor kv = torch::matmul(latent.squeeze(1), L.kv_b.t()).view({B, S, -1, nope + vd}).transpose(1, 2);
+    Tensor k = torch::cat({kv.narrow(-1, 0, nope), k_rot.expand({B, kv.size(1), S, rot})}, -1);
+    Tensor v = kv.narrow(-1, nope, vd);
+    Tensor out = attend(torch::cat({q_nope, q_rot}, -1), k, v, allowed, 1.0 / std::sqrt(static_cast<double>(nope + rot)));
+    return torch::matmul(out.transpose(1, 2).reshape({B, T, -1}), L.o.t());
+  }
+
+  Tensor moe(const Layer& L, const Tensor& h, int layer) {
+    const auto shape = h.sizes().vec();
+    Tensor x = h.reshape({-1, c_.hidden_size});
+    Tensor logits = torch::matmul(x.to(torch::kFloat32), L.router.t());  // routers run in float32
+    Tensor selection_logits = transform_ ? transform_(layer, logits) : logits;
+    Tensor probs = selection_logits.softmax(-1);
+    Tensor weights, ids;
+    if (c_.arch->router == RouterRule::group_limited_topk && c_.n_group > 1) {
+      Tensor group_best = std::get<0>(probs.view({-1, c_.n_group, c_.num_experts / c_.n_group}).max(-1));
+      Tensor keep_groups = torch::zeros_like(group_best).scatter_(1, std::get<1>(group_best.topk(c_.topk_group, -1)), 1.0);
+      Tensor keep = keep_groups.unsqueeze(-1).expand({-1, c_.n_group, c_.num_experts / c_.n_group}).reshape({-1, c_.num_experts});
+      std::tie(weights, ids) = probs.masked_fill(keep.logical_not(), 0.0).topk(c_.top_k, -1);
+    } else {
+      std::tie(weights, ids) = probs.topk(c_.top_k, -1);
+    }
+    if (c_.arch->router == RouterRule::softmax_topk_renorm || (c_.arch->router == RouterRule::softmax_topk && c_.norm_topk_prob))
+      weights = weights / weights.sum(-1, true);
+    if (c_.arch->router == RouterRule::group_limited_topk) weights = weights * c_.routed_scaling_factor;
+    routing_.push_back({layer, logits, ids, weights});
+
+    Tensor out = dispatch(L, x, ids, weights.to(x.scalar_type()));
+    if (L.shared.gate.defined()) {
+      Tensor s = L.shared(x);
+      if (L.shared_gate.defined()) s = torch::sigmoid(torch::matmul(x, L.shared_gate.t())) * s;
+      out = out + s;
+    }
+    return out.view(shape);
+  }
+
+  // Tokens grouped by expert: one sort, then one matmul chain per expert that received tokens.
+  Tensor dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights) const {
+    Tensor flat_ids = ids.reshape(-1);
+    Tensor order = flat_ids.argsort();
+    Tensor token_of = order.div(c_.top_k, "floor");
+    Tensor counts = torch::bincount(flat_ids, {}, c_.num_experts).cpu();
+    Tensor sorted_x = x.index_select(0, token_of);
+    Tensor sorted_w = weights.reshape(-1).index_select(0, order).unsqueeze(1);
+    Tensor out = torch::zeros_like(x);
+    const auto* count = counts.data_ptr<int64_t>();
+    int64_t start = 0;
+    for (int64_t e = 0; e < c_.num_experts; ++e) {
+      if (count[e] == 0) continue;
+      Tensor xe = sorted_x.narrow(0, start, count[e]);
+      Tensor ye = torch::matmul(torch::silu(torch::matmul(xe, L.expert_gate[e].t())) * torch::matmul(xe, L.expert_up[e].t()),
+                                L.expert_down[e].t());
+      out.index_add_(0, token_of.narrow(0, start, count[e]), ye * sorted_w.narrow(0, start, count[e]));
+      start += count[e];
+    }
+    return out;
+  }
+
+  void load(const std::filesystem::path& folder) {
+    Checkpoint ckpt(folder);
+    std::vector<std::string> missing;
+    auto take = [&](const std::string& name, bool required = true, torch::ScalarType dtype = torch::kFloat32, bool keep_dtype = false) {
+      if (!ckpt.contains(name)) {
+        if (required) missing.push_back(name);
+        return Tensor();
+      }
+      Tensor t = ckpt.get(name).to(device_, keep_dtype ? dtype : dtype_).contiguous();
+      named_.emplace_back(name, t);
+      return t;
+    };
+    embed_ = take("model.embed_tokens.weight");
+    final_norm_ = take("model.norm.weight");
+    lm_head_ = c_.tie_embeddings ? embed_ : take("lm_head.weight");
+    const Architecture& a = *c_.arch;
+    for (int64_t i = 0; i < c_.num_layers; ++i) {
+      std::string p = fmt::format("model.layers.{}.", i);
+      Layer L;
+      L.input_norm = take(p + "input_layernorm.weight");
+      L.post_norm = take(p + "post_attention_layernorm.weight");
+      std::string at = p + "self_attn.";
+      if (a.mla) {
+        if (c_.q_lora_rank > 0) {
+          L.q_a = take(at + "q_a_proj.weight");
+          L.q_a_norm = take(at + "q_a_layernorm.weight");
+          L.q_b = take(at + "q_b_proj.weight");
+        } else {
+          L.q = take(at + "q_proj.weight");
+        }
+        L.kv_a = take(at + "kv_a_proj_with_mqa.weight");
+        L.kv_a_norm = take(at + "kv_a_layernorm.weight");
+        L.kv_b = take(at + "kv_b_proj.weight");
+      } else {
+        L.q = take(at + "q_proj.weight");
+        L.k = take(at + "k_proj.weight");
+        L.v = take(at + "v_proj.weight");
+        if (c_.qkv_bias) {
+          L.q_bias = take(at + "q_proj.bias");
+          L.k_bias = take(at + "k_proj.bias");
+          L.v_bias = take(at + "v_proj.bias");
+        }
+        if (a.qk_norm != QkNorm::none) {
+          L.q_norm = take(at + "q_norm.weight");
+          L.k_norm = take(at + "k_norm.weight");
+        }
+      }
+      L.o = take(at + "o_proj.weight");
+      L.moe = c_.moe_layer[i];
+      if (!L.moe) {
+        L.dense = {take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight"), take(p + "mlp.down_proj.weight")};
+      } else {
+        std::string m = p + a.moe_module + ".";
+        L.router = take(m + "gate.weight", true, torch::kFloat32, true);
+        std::vector<Tensor> g, u, d;
+        for (int64_t e = 0; e < c_.num_experts; ++e) {
+          std::string ep = fmt::format("{}experts.{}.", m, e);
+          g.push_back(take(ep + a.expert_names[0] + ".weight"));
+          u.push_back(take(ep + a.expert_names[1] + ".weight"));
+          d.push_back(take(ep + a.expert_names[2] + ".weight"));
+        }
+        if (missing.empty()) {
+          // Stacked copies for dispatch; the per-expert tensors in named_ become views of them.
+          L.expert_gate = torch::stack(g);
+          L.expert_up = torch::stack(u);
+          L.expert_down = torch::stack(d);
+          rebind_experts(m, a, L);
+        }
+        if (!a.shared_expert.empty() && c_.shared_intermediate_size > 0) {
+          std::string s = m + a.shared_expert + ".";
+          L.shared = {take(s + "gate_proj.weight"), take(s + "up_proj.weight"), take(s + "down_proj.weight")};
+          if (a.shared_expert_gate) L.shared_gate = take(m + "shared_expert_gate.weight");
+        }
+      }
+      layers_.push_back(std::move(L));
+    }
+    if (!missing.empty()) {
+      std::size_t shown = std::min<std::size_t>(missing.size(), 12);
+      throw std::runtime_error(fmt::format("{}: checkpoint lacks {} tensor(s) that {} needs: {}{}", folder.string(), missing.size(),
+                                           c_.arch->model_type, fmt::join(missing.begin(), missing.begin() + shown, ", "),
+                                           missing.size() > shown ? ", ..." : ""));
+    }
+  }
+
+  void rebind_experts(const std::string& m, const Architecture& a, const Layer& L) {
+    for (auto& [name, t] : named_) {
+      if (name.rfind(m + "experts.", 0) != 0) continue;
+      std::string rest = name.substr(m.size() + 8);
+      int64_t e = std::stoll(rest.substr(0, rest.find('.')));
+      std::string proj = rest.substr(rest.find('.') + 1);
+      if (proj == a.expert_names[0] + ".weight") t = L.expert_gate[e];
+      else if (proj == a.expert_names[1] + ".weight") t = L.expert_up[e];
+      else if (proj == a.expert_names[2] + ".weight") t = L.expert_down[e];
+    }
+  }
+
+  ModelConfig c_;
+  ModelInfo info_;
+  torch::Device device_;
+  torch::ScalarType dtype_;
+  Tensor embed_, final_norm_, lm_head_, inv_freq_;
+  std::vector<Layer> layers_;
+  NamedTensors named_;
+  std::vector<RouterTrace> routing_;
+  RouterTransform transform_;
+};
+
+}  // namespace
+
+std::unique_ptr<Model> load_model(const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype) {
+  ModelConfig config = read_model_config(folder);
+  auto model = std::make_unique<MoeModel>(std::move(config), folder, device, dtype);
+  log::info("model {} ({}, {} layers, {} experts, top-{}) on {} in {}; MoE dispatch: per-expert loop over tokens grouped by expert",
+            folder.string(), model->info().model_type, model->info().num_layers, model->info().num_experts, model->info().top_k,
+            device.str(), c10::toString(dtype));
+  return model;
+}
+
+}  // namespace moelab

@@ -1,0 +1,150 @@
+// The model core against transformers' outputs (fixtures from tests/fixtures/models/make_fixtures.py):
+// fp32 logits within 1e-4, the same router top-k sets, the same greedy tokens; padding and KV cache.
+#include "moe_model.h"
+#include "moelab/safetensors.h"
+#include "test_run.h"
+
+#include <gmock/gmock.h>
+
+namespace {
+
+namespace fs = std::filesystem;
+using torch::Tensor;
+
+const fs::path kFixtures = fs::path(MOELAB_SOURCE_DIR) / "tests" / "fixtures" / "models";
+
+std::unique_ptr<moelab::Model> load(const std::string& name) {
+  return moelab::load_model(kFixtures / name, torch::kCPU, torch::kFloat32);
+}
+
+// The expert sets transformers' router picks from its logits (softmax, then top-k; DeepSeek-V2 first
+// keeps the best `topk_group` of `n_group` groups).
+Tensor reference_topk(const Tensor& logits, const moelab::ModelInfo& info, long long n_group, long long topk_group) {
+  Tensor probs = logits.softmax(-1);
+  if (n_group > 1) {
+    Tensor best = std::get<0>(probs.view({probs.size(0), n_group, -1}).max(-1));
+    Tensor keep = torch::zeros_like(best).scatter_(1, std::get<1>(best.topk(topk_group, -1)), 1.0);
+    probs = probs.masked_fill(keep.repeat_interleave(info.num_experts / n_group, 1).logical_not(), 0.0);
+  }
+  return std::get<0>(std::get<1>(probs.topk(info.top_k, -1)).sort(-1));
+}
+
+Tensor greedy(moelab::Model& model, const Tensor& prompt, int steps) {
+  moelab::KVCache cache;
+  Tensor logits = model.forward(prompt, {}, &cache);
+  std::vector<Tensor> out;
+  for (int s = 0; s < steps; ++s) {
+    Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1, true);
+    out.push_back(next);
+    logits = model.forward(next, {}, &cache);
+  }
+  return torch::cat(out, 1);
+}
+
+class Fixture : public testing::TestWithParam<std::string> {};
+
+TEST_P(Fixture, MatchesTransformers) {
+  auto model = load(GetParam());
+  moelab::SafetensorsFile expected(kFixtures / GetParam() / "expected.safetensors");
+  auto config = moelab::read_model_config(kFixtures / GetParam());
+  Tensor logits = model->forward(expected.get("input_ids"), {});
+  EXPECT_LE((logits - expected.get("logits")).abs().max().item<double>(), 1e-4);
+
+  ASSERT_EQ(model->routing().size(), model->info().moe_layers.size());
+  for (const auto& trace : model->routing()) {
+    Tensor ref = expected.get("router_logits." + std::to_string(trace.layer));
+    EXPECT_LE((trace.logits - ref).abs().max().item<double>(), 1e-4) << "layer " << trace.layer;
+    Tensor ours = std::get<0>(trace.topk_ids.sort(-1));
+    EXPECT_TRUE(torch::equal(ours, reference_topk(ref, model->info(), config.n_group, config.topk_group))) << "layer " << trace.layer;
+  }
+  EXPECT_TRUE(torch::equal(greedy(*model, expected.get("prompt_ids"), 8), expected.get("greedy_ids")));
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, Fixture,
+                         testing::Values("olmoe", "olmoe_clip_norm", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
+
+class PerArchitecture : public testing::TestWithParam<std::string> {};
+
+TEST_P(PerArchitecture, PaddedRowsGiveTheLogitsOfUnpaddedRows) {
+  auto model = load(GetParam());
+  Tensor ids = torch::randint(2, 256, {1, 7}, torch::kInt64);
+  Tensor alone = model->forward(ids, {});
+  const long long pad = 3;
+  Tensor pads = torch::full({1, pad}, 1, torch::kInt64);
+  // Left padding.
+  Tensor left = model->forward(torch::cat({pads, ids}, 1), torch::cat({torch::zeros({1, pad}), torch::ones({1, 7})}, 1));
+  EXPECT_LE((left.narrow(1, pad, 7) - alone).abs().max().item<double>(), 1e-4);
+  // Right padding, in a batch with an unpadded longer row.
+  Tensor longer = torch::randint(2, 256, {1, 10}, torch::kInt64);
+  Tensor batch = torch::cat({torch::cat({ids, pads}, 1), longer}, 0);
+  Tensor mask = torch::cat({torch::cat({torch::ones({1, 7}), torch::zeros({1, pad})}, 1), torch::ones({1, 10})}, 0);
+  Tensor right = model->forward(batch, mask);
+  EXPECT_LE((right[0].narrow(0, 0, 7) - alone[0]).abs().max().item<double>(), 1e-4);
+  EXPECT_LE((right[1] - model->forward(longer, {})[0]).abs().max().item<double>(), 1e-4);
+}
+
+TEST_P(PerArchitecture, CachedDecodingMatchesFullForward) {
+  auto model = load(GetParam());
+  Tensor ids = torch::randint(2, 256, {2, 9}, torch::kInt64);
+  Tensor mask = torch::ones({2, 9});
+  mask[0][0] = 0;  // a left-padded row
+  Tensor full = model->forward(ids, mask);
+  moelab::KVCache cache;
+  std::vector<Tensor> pieces = {model->forward(ids.narrow(1, 0, 5), mask.narrow(1, 0, 5), &cache)};
+  for (long long t = 5; t < 9; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), mask.narrow(1, t, 1), &cache));
+  EXPECT_EQ(cache.length(), 9);
+  EXPECT_LE((torch::cat(pieces, 1) - full).narrow(1, 1, 8).abs().max().item<double>(), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, PerArchitecture, testing::Values("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
+
+TEST(Model, RouterWeightsAreFloat32AndTrainable) {
+  auto model = load("olmoe");
+  Tensor w = model->router_weight(2);
+  EXPECT_EQ(w.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(w.sizes(), (std::vector<int64_t>{8, 64}));
+  w.requires_grad_(true);
+  Tensor logits = model->forward(torch::tensor({{5, 6, 7}}, torch::kInt64), {});
+  logits.sum().backward();
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_GT(w.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_THAT(moelab::test::error_of([&] { load("qwen2_moe")->router_weight(1); }), testing::HasSubstr("not a MoE layer; MoE layers: 0, 2"));
+}
+
+TEST(Model, RouterTransformChangesSelectionButNotRecordedLogits) {
+  auto model = load("olmoe");
+  Tensor ids = torch::tensor({{5, 6, 7, 8}}, torch::kInt64);
+  model->forward(ids, {});
+  Tensor clean = model->routing()[0].logits.clone();
+  // Force expert 7 and 6 to the top in layer 0 only.
+  model->set_router_transform([](int layer, const Tensor& logits) {
+    if (layer != 0) return logits;
+    Tensor boosted = logits.clone();
+    boosted.select(1, 7) += 100;
+    boosted.select(1, 6) += 50;
+    return boosted;
+  });
+  model->forward(ids, {});
+  EXPECT_TRUE(torch::allclose(model->routing()[0].logits, clean));
+  EXPECT_TRUE(model->routing()[0].topk_ids.select(1, 0).eq(7).all().item<bool>());
+  EXPECT_TRUE(model->routing()[0].topk_ids.select(1, 1).eq(6).all().item<bool>());
+}
+
+TEST(Model, MissingTensorsAndUnknownTypesAreNamed) {
+  moelab::test::TempDir dir;
+  fs::copy_file(kFixtures / "olmoe" / "config.json", dir.path() / "config.json");
+  moelab::SafetensorsFile full(kFixtures / "olmoe" / "model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> kept;
+  for (const auto& name : full.names())
+    if (name != "model.layers.1.mlp.gate.weight" && name != "lm_head.weight") kept.emplace_back(name, full.get(name));
+  moelab::write_safetensors(dir.path() / "model.safetensors", kept);
+  std::string error = moelab::test::error_of([&] { moelab::load_model(dir.path(), torch::kCPU, torch::kFloat32); });
+  EXPECT_THAT(error, testing::HasSubstr("lacks 2 tensor(s)"));
+  EXPECT_THAT(error, testing::HasSubstr("model.layers.1.mlp.gate.weight"));
+  EXPECT_THAT(error, testing::HasSubstr("lm_head.weight"));
+  dir.write("config.json", R"({"model_type": "gpt_oss"})");
+  EXPECT_THAT(moelab::test::error_of([&] { moelab::load_model(dir.path(), torch::kCPU, torch::kFloat32); }),
+              testing::HasSubstr("\"gpt_oss\" is not supported; supported: olmoe, mixtral, qwen2_moe, qwen3_moe, deepseek_v2"));
+}
+
+}  // namespace
