@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
 using moelab::test::run_command;
 using moelab::test::runexp_binary;
 using moelab::test::TempDir;
@@ -85,9 +87,11 @@ TEST(Runexp, LoadsAPluginBuiltOutOfTreeAgainstTheInstalledSdk) {
     EXPECT_EQ(r.status, 0) << cmd << "\n" << r.output;
     return r.status == 0;
   };
+  std::string prefix_path = prefix.string() + "|" + MOELAB_TEST_PREFIX_PATH;
+  std::replace(prefix_path.begin(), prefix_path.end(), '|', ';');
   ASSERT_TRUE(step("cmake --install " + std::string(MOELAB_BINARY_DIR) + " --prefix " + prefix.string()));
   ASSERT_TRUE(step("cmake -S " + std::string(MOELAB_SOURCE_DIR) + "/tests/sdk/out_of_tree -B " + build.string() +
-                   " -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=" + prefix.string()));
+                   " -DCMAKE_BUILD_TYPE=Release \"-DCMAKE_PREFIX_PATH=" + prefix_path + "\" \"-DCMAKE_CXX_FLAGS=" + MOELAB_TEST_CXX_FLAGS + "\""));
   ASSERT_TRUE(step("cmake --build " + build.string()));
   fs::path config = dir.write("shout.toml", "stages = [\"loud\"]\nrun_dir = \"runs\"\n[loud]\nplugin = \"shout\"\n"
                                             "message = \"routers matter\"\ntimes = 2\n");

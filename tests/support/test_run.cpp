@@ -4,7 +4,10 @@
 
 #include <array>
 #include <cstdio>
-#include <random>
+#include <atomic>
+#include <csignal>
+#include <execinfo.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 namespace moelab::test {
@@ -12,8 +15,8 @@ namespace moelab::test {
 namespace fs = std::filesystem;
 
 TempDir::TempDir() {
-  std::random_device rd;
-  path_ = fs::path(MOELAB_BINARY_DIR) / "test_tmp" / std::to_string(rd());
+  static std::atomic<int> counter{0};
+  path_ = fs::path(MOELAB_BINARY_DIR) / "test_tmp" / (std::to_string(::getpid()) + "-" + std::to_string(counter++));
   fs::create_directories(path_);
 }
 
@@ -60,3 +63,19 @@ CommandResult run_command(const std::string& command) {
 std::string runexp_binary() { return std::string(MOELAB_BINARY_DIR) + "/bin/runexp"; }
 
 }  // namespace moelab::test
+
+namespace {
+// A crash in a test prints its stack (symbol names need -rdynamic, set in tests/CMakeLists.txt).
+void print_stack(int signal) {
+  void* frames[64];
+  int n = backtrace(frames, 64);
+  std::fprintf(stderr, "fatal signal %d; stack:\n", signal);
+  backtrace_symbols_fd(frames, n, 2);
+  std::_Exit(128 + signal);
+}
+const bool kStackOnCrash = [] {
+  std::signal(SIGSEGV, print_stack);
+  std::signal(SIGABRT, print_stack);
+  return true;
+}();
+}  // namespace
