@@ -3,11 +3,13 @@
 #include "../sdk/log_sink.h"
 #include "moelab/files.h"
 #include "moelab/log.h"
+#include "moe_model.h"
 #include "moelab/stage.h"
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <ATen/Context.h>
+#include <torch/cuda.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -83,6 +85,24 @@ std::shared_ptr<Plugin> ExperimentRun::make_component(const std::string& id, Kin
     throw std::runtime_error(fmt::format("[{}] uses plugin {} of kind {}, where a {} is needed", id, plugin.descriptor->name,
                                          kind_name(plugin.descriptor->kind), kind_name(kind)));
   return registry_.create(it->second.plugin, Config(it->second.config), *this);
+}
+
+Model& ExperimentRun::model() {
+  if (model_) return *model_;
+  const auto& t = experiment_.model->table;
+  std::string path = *t.get("path")->value<std::string>();
+  std::string device = *t.get("device")->value<std::string>();
+  if (path.rfind("builtin:", 0) == 0)
+    throw std::runtime_error(fmt::format("[model] path = \"{}\" ({}): the built-in tiny model is not available in this build; "
+                                         "set model.path to a Hugging Face model folder",
+                                         path, experiment_.model->where.at("path")));
+  if (device == "cuda" && !torch::cuda::is_available())
+    throw std::runtime_error(fmt::format("[model] device = \"cuda\" ({}), but this LibTorch sees no CUDA device",
+                                         experiment_.model->where.at("device")));
+  bool cuda = device == "cuda" || (device == "auto" && torch::cuda::is_available());
+  bool bf16 = *t.get("dtype")->value<std::string>() == "bfloat16";
+  model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU), bf16 ? torch::kBFloat16 : torch::kFloat32);
+  return *model_;
 }
 
 void ExperimentRun::run_stages() {

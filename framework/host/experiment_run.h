@@ -24,6 +24,7 @@ class ExperimentRun final : public RunContext {
   std::uint64_t seed() const override { return experiment_.seed; }
   void record_metrics(nlohmann::json row) override;
   std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) override;
+  Model& model() override;
 
  private:
   void write_summary();
@@ -34,6 +35,7 @@ class ExperimentRun final : public RunContext {
   std::filesystem::path run_dir_;
   std::ofstream metrics_;
   nlohmann::json summary_;
+  std::unique_ptr<Model> model_;
 };
 
 }  // namespace moelab

@@ -30,7 +30,7 @@ const Descriptor& host_keys() {
 const Descriptor& model_keys() {
   static const Descriptor d =
       Descriptor("model", Kind::stage, "", "[model]")
-          .string("path", "builtin:tiny-olmoe", "Hugging Face model folder, or builtin:tiny-olmoe")
+          .path("path", "builtin:tiny-olmoe", "Hugging Face model folder (config.json, safetensors)")
           .choice("device", "auto", {"auto", "cpu", "cuda"}, "where the model runs; auto picks cuda when present")
           .choice("dtype", "float32", {"float32", "bfloat16"}, "compute dtype of the model weights");
   return d;

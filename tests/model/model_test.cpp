@@ -148,3 +148,31 @@ TEST(Model, MissingTensorsAndUnknownTypesAreNamed) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(DumpLogits, RunexpWritesTransformersLogitsForGivenIds) {
+  moelab::test::TempDir dir;
+  fs::path config = dir.write("dump.toml", "stages = [\"dump\"]\nrun_dir = \"runs\"\n[model]\npath = \"" + (kFixtures / "mixtral").string() +
+                                               "\"\ndevice = \"cpu\"\n[dump]\nplugin = \"dump_logits\"\ninput = \"" +
+                                               (kFixtures / "mixtral" / "expected.safetensors").string() + "\"\n");
+  auto r = moelab::test::run_command(moelab::test::runexp_binary() + " " + config.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  fs::path run = fs::directory_iterator(dir.path() / "runs" / "dump")->path();
+  moelab::SafetensorsFile out(run / "dump" / "logits.safetensors"), expected(kFixtures / "mixtral" / "expected.safetensors");
+  EXPECT_LE((out.get("logits") - expected.get("logits")).abs().max().item<double>(), 1e-4);
+  for (int layer : {0, 1, 2})
+    EXPECT_LE((out.get("router_logits." + std::to_string(layer)) - expected.get("router_logits." + std::to_string(layer))).abs().max().item<double>(), 1e-4);
+  EXPECT_EQ(out.metadata().at("model_type"), "mixtral");
+}
+
+TEST(DumpLogits, BuiltinModelIsAClearErrorUntilItExists) {
+  moelab::test::TempDir dir;
+  fs::path config = dir.write("dump.toml", "stages = [\"dump\"]\nrun_dir = \"runs\"\n[dump]\nplugin = \"dump_logits\"\ninput = \"" +
+                                               (kFixtures / "mixtral" / "expected.safetensors").string() + "\"\n");
+  auto r = moelab::test::run_command(moelab::test::runexp_binary() + " " + config.string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, testing::HasSubstr("built-in tiny model is not available"));
+}
+
+}  // namespace

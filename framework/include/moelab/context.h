@@ -2,6 +2,7 @@
 // components named in the experiment file.
 #pragma once
 
+#include "moelab/model.h"
 #include "moelab/plugin.h"
 
 #include <nlohmann/json.hpp>
@@ -26,6 +27,9 @@ class RunContext {
 
   // Appends one JSON object as a line of metrics.jsonl (a "time" field is added).
   virtual void record_metrics(nlohmann::json row) = 0;
+
+  // The experiment's model ([model] table), loaded on first use and shared by all stages.
+  virtual Model& model() = 0;
 
   // Builds the component configured by table `id` (a table with plugin = "<name>") of the given kind.
   virtual std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) = 0;

@@ -1,0 +1,44 @@
+// Runs the model on token ids from a safetensors file (input_ids int64 [batch, seq], optional
+// attention_mask) and writes logits and router_logits.<layer> (float32) for numerical comparison with
+// other stacks.
+#include "moelab/moelab.h"
+
+namespace {
+
+class DumpLogits final : public moelab::Stage {
+ public:
+  DumpLogits(const moelab::Config& config, moelab::RunContext& context)
+      : input_(config.get_path("input")), output_(config.get_string("output")), context_(context) {}
+
+  void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
+    moelab::SafetensorsFile in(input_);
+    if (!in.contains("input_ids")) throw std::runtime_error(fmt::format("{}: no tensor 'input_ids'", input_.string()));
+    torch::Tensor ids = in.get("input_ids");
+    if (ids.dim() != 2 || ids.scalar_type() != torch::kInt64)
+      throw std::runtime_error(fmt::format("{}: input_ids must be int64 [batch, seq]", input_.string()));
+    torch::Tensor mask = in.contains("attention_mask") ? in.get("attention_mask") : torch::Tensor();
+    moelab::Model& model = context_.model();
+    torch::NoGradGuard no_grad;
+    torch::Tensor logits = model.forward(ids, mask);
+    std::vector<std::pair<std::string, torch::Tensor>> out = {{"logits", logits}};
+    for (const auto& trace : model.routing()) out.emplace_back("router_logits." + std::to_string(trace.layer), trace.logits);
+    moelab::write_safetensors(out_dir / output_, out, {{"model_type", model.info().model_type}, {"source", input_.string()}});
+    summary = {{"batch", ids.size(0)}, {"tokens", ids.numel()}, {"output", (out_dir / output_).string()}};
+    moelab::log::info("dump_logits: {} rows x {} tokens -> {}", ids.size(0), ids.size(1), (out_dir / output_).string());
+  }
+
+ private:
+  std::filesystem::path input_;
+  std::string output_;
+  moelab::RunContext& context_;
+};
+
+moelab::Descriptor describe() {
+  return moelab::Descriptor("dump_logits", moelab::Kind::stage, "0.1.0", "writes logits and router logits for given token ids")
+      .required("input", moelab::KeyType::path, "safetensors file with input_ids int64 [batch, seq] (and optional attention_mask)")
+      .string("output", "logits.safetensors", "file name inside the stage folder");
+}
+
+}  // namespace
+
+MOELAB_PLUGIN(describe, DumpLogits)
