@@ -14,5 +14,8 @@ cmake -S . -B build-gpu -G Ninja -DMOELAB_CUDA_TESTS=ON \
   "-DCMAKE_PREFIX_PATH=$torch_prefix;/tmp/deps/usr" -DCMAKE_CXX_FLAGS=-I/tmp/deps/usr/include 2>&1 | tee "$OUT/configure.log"
 ( time cmake --build build-gpu -j 16 ) > "$OUT/build.log" 2>&1 || { grep -E -A3 "error|FAILED" "$OUT/build.log" | head -60; exit 1; }
 tail -4 "$OUT/build.log"
-ctest --test-dir build-gpu --output-on-failure -j 8 2>&1 | tee "$OUT/ctest.log"
+status=0
+ctest --test-dir build-gpu --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1 || status=$?
+grep -E "tests passed|Failed|SegFault" "$OUT/ctest.log" || true
 build-gpu/bin/model_cuda_test 2>&1 | grep "bf16:" | tee "$OUT/bf16.txt"
+exit $status

@@ -1,5 +1,6 @@
 #include "moe_model.h"
 
+#include "moelab/compat.h"
 #include "moelab/log.h"
 #include "moelab/safetensors.h"
 
@@ -62,6 +63,8 @@ class MoeModel final : public Model {
     for (int i = 0; i < c_.num_layers; ++i)
       if (c_.moe_layer[i]) info_.moe_layers.push_back(i);
     load(folder);
+    grouped_mm_ = compat::kHasGroupedMm && device_.is_cuda() && dtype_ == torch::kBFloat16 && c_.hidden_size % 8 == 0 &&
+                  c_.expert_intermediate_size % 8 == 0;
     int64_t rotary = c_.arch->mla ? c_.qk_rope_head_dim : c_.head_dim;
     inv_freq_ = 1.0 / torch::pow(c_.rope_theta, torch::arange(0, rotary, 2, torch::kFloat32) / static_cast<double>(rotary));
     inv_freq_ = inv_freq_.to(device_);
@@ -70,6 +73,7 @@ class MoeModel final : public Model {
   const ModelInfo& info() const override { return info_; }
   torch::Device device() const override { return device_; }
   torch::ScalarType dtype() const override { return dtype_; }
+  bool uses_grouped_mm() const { return grouped_mm_; }
   const std::vector<RouterTrace>& routing() const override { return routing_; }
   void set_router_transform(RouterTransform transform) override { transform_ = std::move(transform); }
 
@@ -226,15 +230,21 @@ class MoeModel final : public Model {
     return out.view(shape);
   }
 
-  // Tokens grouped by expert: one sort, then one matmul chain per expert that received tokens.
+  // Tokens grouped by expert (one sort), then either one grouped matmul per projection (CUDA bf16,
+  // no host sync) or one matmul chain per expert that received tokens.
   Tensor dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights) const {
     Tensor flat_ids = ids.reshape(-1);
     Tensor order = flat_ids.argsort();
     Tensor token_of = order.div(c_.top_k, "floor");
-    Tensor counts = torch::bincount(flat_ids, {}, c_.num_experts).cpu();
     Tensor sorted_x = x.index_select(0, token_of);
     Tensor sorted_w = weights.reshape(-1).index_select(0, order).unsqueeze(1);
     Tensor out = torch::zeros_like(x);
+    if (grouped_mm_) {
+      Tensor ends = torch::bincount(flat_ids, {}, c_.num_experts).cumsum(0).to(torch::kInt32);
+      Tensor hidden = torch::silu(compat::grouped_mm(sorted_x, L.expert_gate, ends)) * compat::grouped_mm(sorted_x, L.expert_up, ends);
+      return out.index_add_(0, token_of, compat::grouped_mm(hidden, L.expert_down, ends) * sorted_w);
+    }
+    Tensor counts = torch::bincount(flat_ids, {}, c_.num_experts).cpu();
     const auto* count = counts.data_ptr<int64_t>();
     int64_t start = 0;
     for (int64_t e = 0; e < c_.num_experts; ++e) {
@@ -348,6 +358,7 @@ class MoeModel final : public Model {
   ModelInfo info_;
   torch::Device device_;
   torch::ScalarType dtype_;
+  bool grouped_mm_ = false;
   Tensor embed_, final_norm_, lm_head_, inv_freq_;
   std::vector<Layer> layers_;
   NamedTensors named_;
@@ -360,9 +371,11 @@ class MoeModel final : public Model {
 std::unique_ptr<Model> load_model(const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype) {
   ModelConfig config = read_model_config(folder);
   auto model = std::make_unique<MoeModel>(std::move(config), folder, device, dtype);
-  log::info("model {} ({}, {} layers, {} experts, top-{}) on {} in {}; MoE dispatch: per-expert loop over tokens grouped by expert",
-            folder.string(), model->info().model_type, model->info().num_layers, model->info().num_experts, model->info().top_k,
-            device.str(), c10::toString(dtype));
+  log::info("model {} ({}, {} layers, {} experts, top-{}) on {} in {}; MoE dispatch: {}", folder.string(),
+            model->info().model_type, model->info().num_layers, model->info().num_experts, model->info().top_k, device.str(),
+            c10::toString(dtype),
+            model->uses_grouped_mm() ? "at::_grouped_mm over tokens grouped by expert"
+                                     : "per-expert loop over tokens grouped by expert (grouped_mm needs CUDA, bf16, LibTorch >= 2.8)");
   return model;
 }
 

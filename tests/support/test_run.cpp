@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <atomic>
 #include <csignal>
+#include <cstdint>
+#include <ucontext.h>
 #include <execinfo.h>
 #include <unistd.h>
 #include <sys/wait.h>
@@ -20,10 +22,18 @@ TempDir::TempDir() {
   fs::create_directories(path_);
 }
 
-TempDir::~TempDir() {
+namespace {
+// Not std::filesystem::remove_all: pip's libtorch.so exports its own copy of it, which calls a
+// function it does not have (a null call) once it is bound ahead of libstdc++ in a process.
+void remove_tree(const fs::path& path) {
   std::error_code ec;
-  fs::remove_all(path_, ec);
+  if (fs::is_directory(fs::symlink_status(path, ec)))
+    for (const auto& entry : fs::directory_iterator(path, ec)) remove_tree(entry.path());
+  fs::remove(path, ec);
 }
+}  // namespace
+
+TempDir::~TempDir() { remove_tree(path_); }
 
 fs::path TempDir::write(const std::string& name, const std::string& content) const {
   fs::path file = path_ / name;
@@ -65,17 +75,32 @@ std::string runexp_binary() { return std::string(MOELAB_BINARY_DIR) + "/bin/rune
 }  // namespace moelab::test
 
 namespace {
-// A crash in a test prints its stack (symbol names need -rdynamic, set in tests/CMakeLists.txt).
-void print_stack(int signal) {
+// A crash in a test prints the faulting instruction's library and the stack (symbols need -rdynamic).
+void print_crash(int signal, siginfo_t* info, void* context) {
+  const auto& registers = static_cast<ucontext_t*>(context)->uc_mcontext.gregs;
+  auto pc = static_cast<std::uintptr_t>(registers[REG_RIP]);
+  // A jump to address 0 leaves its caller's return address on top of the stack.
+  if (pc == 0) pc = *reinterpret_cast<const std::uintptr_t*>(registers[REG_RSP]);
+  std::fprintf(stderr, "fatal signal %d at address %p, pc %p\n", signal, info->si_addr, reinterpret_cast<void*>(pc));
+  if (FILE* maps = std::fopen("/proc/self/maps", "r")) {
+    char line[512];
+    while (std::fgets(line, sizeof line, maps)) {
+      unsigned long lo = 0, hi = 0, offset = 0;
+      if (std::sscanf(line, "%lx-%lx %*s %lx", &lo, &hi, &offset) == 3 && pc >= lo && pc < hi)
+        std::fprintf(stderr, "pc is in: %s  (offset in file %#lx)\n", line, pc - lo + offset);
+    }
+    std::fclose(maps);
+  }
   void* frames[64];
-  int n = backtrace(frames, 64);
-  std::fprintf(stderr, "fatal signal %d; stack:\n", signal);
-  backtrace_symbols_fd(frames, n, 2);
+  backtrace_symbols_fd(frames, backtrace(frames, 64), 2);
   std::_Exit(128 + signal);
 }
-const bool kStackOnCrash = [] {
-  std::signal(SIGSEGV, print_stack);
-  std::signal(SIGABRT, print_stack);
+const bool kReportCrashes = [] {
+  struct sigaction action {};
+  action.sa_sigaction = print_crash;
+  action.sa_flags = SA_SIGINFO;
+  sigaction(SIGSEGV, &action, nullptr);
+  sigaction(SIGBUS, &action, nullptr);
   return true;
 }();
 }  // namespace
