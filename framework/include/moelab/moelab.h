@@ -14,4 +14,5 @@
 #include "moelab/safetensors.h"
 #include "moelab/sampler.h"
 #include "moelab/stage.h"
+#include "moelab/tokenizer.h"
 #include "moelab/transform.h"

@@ -1,0 +1,358 @@
+#include "moelab/tokenizer.h"
+
+#include "moelab/files.h"
+#include "unicode.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <pcre2.h>
+
+#include <limits>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace moelab {
+
+Tokenizer::~Tokenizer() = default;
+
+namespace {
+
+using nlohmann::json;
+using Id = std::int64_t;
+
+// GPT-2's pre-tokenizer pattern, used by ByteLevel when use_regex is true.
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+class Regex {
+ public:
+  Regex(const std::string& pattern, const std::string& where) {
+    int error = 0;
+    PCRE2_SIZE offset = 0;
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
+    if (!code_) {
+      PCRE2_UCHAR message[256];
+      pcre2_get_error_message(error, message, sizeof message);
+      throw std::runtime_error(fmt::format("{}: regex /{}/ does not compile at offset {}: {}", where, pattern, offset,
+                                           reinterpret_cast<const char*>(message)));
+    }
+    pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);
+    data_ = pcre2_match_data_create_from_pattern(code_, nullptr);
+  }
+  ~Regex() {
+    pcre2_match_data_free(data_);
+    pcre2_code_free(code_);
+  }
+  Regex(const Regex&) = delete;
+  Regex& operator=(const Regex&) = delete;
+
+  // Calls f(begin, end) for each non-empty match, left to right.
+  template <class F>
+  void for_each_match(std::string_view text, F&& f) const {
+    std::lock_guard lock(mutex_);
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start, PCRE2_NO_UTF_CHECK, data_, nullptr);
+      if (rc < 0) break;
+      PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data_);
+      std::size_t begin = ovector[0], end = ovector[1];
+      if (end == begin) {  // skip an empty match by one character
+        std::size_t next = begin;
+        if (next >= text.size()) break;
+        unicode::next_code_point(text, next);
+        start = next;
+        continue;
+      }
+      f(begin, end);
+      start = end;
+    }
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+  pcre2_match_data* data_ = nullptr;
+  mutable std::mutex mutex_;
+};
+
+// A pre-tokenizer step: splits each piece of text into smaller pieces.
+struct Step {
+  enum class Kind { split, byte_level } kind;
+  std::unique_ptr<Regex> regex;  // split pattern, or GPT-2's for ByteLevel with use_regex
+  bool add_prefix_space = false;
+};
+
+struct AddedToken {
+  std::string content;
+  Id id;
+  bool special;
+};
+
+std::string describe(const json& j) { return j.dump().substr(0, 160); }
+
+class BpeTokenizer final : public Tokenizer {
+ public:
+  explicit BpeTokenizer(const std::filesystem::path& file) : file_(file.string()) {
+    json j;
+    try {
+      j = json::parse(read_file(file));
+    } catch (const json::exception& e) {
+      throw std::runtime_error(fmt::format("{}: not valid JSON ({})", file_, e.what()));
+    }
+    if (!j.is_object() || !j.contains("model")) fail("top level", "expected an object with a \"model\"");
+    read_model(j["model"]);
+    read_normalizer(j.value("normalizer", json()));
+    read_pre_tokenizer(j.value("pre_tokenizer", json()));
+    read_decoder(j.value("decoder", json()));
+    read_added_tokens(j.value("added_tokens", json::array()));
+  }
+
+  std::vector<Id> encode(std::string_view text) const override {
+    std::vector<Id> ids;
+    std::size_t plain_start = 0;
+    for (std::size_t i = 0; i < text.size();) {
+      const AddedToken* hit = match_added(text, i);
+      if (!hit) {
+        ++i;
+        continue;
+      }
+      encode_plain(text.substr(plain_start, i - plain_start), ids);
+      ids.push_back(hit->id);
+      i += hit->content.size();
+      plain_start = i;
+    }
+    encode_plain(text.substr(plain_start), ids);
+    return ids;
+  }
+
+  std::string decode(const std::vector<Id>& ids, bool skip_special_tokens) const override {
+    std::string bytes;
+    for (Id id : ids) {
+      if (id < 0 || static_cast<std::size_t>(id) >= id_to_token_.size() || id_to_token_[id] == nullptr)
+        throw std::runtime_error(fmt::format("{}: token id {} is not in the vocabulary", file_, id));
+      if (skip_special_tokens && special_ids_.count(id)) continue;
+      const std::string& token = *id_to_token_[id];
+      // ByteLevel: every character stands for a byte; a token with other characters keeps its bytes.
+      std::string mapped;
+      bool all_bytes = true;
+      for (std::size_t i = 0; i < token.size() && all_bytes;) {
+        int b = unicode::char_to_byte(unicode::next_code_point(token, i));
+        if (b < 0) all_bytes = false;
+        else mapped += static_cast<char>(b);
+      }
+      bytes += all_bytes ? mapped : token;
+    }
+    return unicode::utf8_lossy(bytes);
+  }
+
+  Id token_id(std::string_view token) const override {
+    auto it = vocab_.find(std::string(token));
+    return it == vocab_.end() ? -1 : it->second;
+  }
+  std::size_t vocab_size() const override { return id_to_token_.size(); }
+
+ private:
+  [[noreturn]] void fail(const std::string& component, const std::string& what) const {
+    throw std::runtime_error(fmt::format("{}: {}: {}", file_, component, what));
+  }
+
+  void read_model(const json& m) {
+    std::string type = m.value("type", "");
+    if (type != "BPE") fail("model", fmt::format("type \"{}\" is not supported (BPE only)", type));
+    if (m.value("byte_fallback", false)) fail("model", "byte_fallback is not supported yet (SentencePiece-style files)");
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix", "unk_token"})
+      if (m.contains(key) && !m[key].is_null() && m[key] != "") fail("model", fmt::format("{} is not supported", key));
+    if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() > 0) fail("model", "BPE dropout is not supported");
+    ignore_merges_ = m.value("ignore_merges", false);
+    if (!m.contains("vocab") || !m["vocab"].is_object()) fail("model", "needs a \"vocab\" object");
+    for (const auto& [token, id] : m["vocab"].items()) add_token(token, id.get<Id>());
+    Id rank = 0;
+    for (const auto& merge : m.value("merges", json::array())) {
+      std::string left, right;
+      if (merge.is_string()) {
+        std::string s = merge.get<std::string>();
+        auto space = s.find(' ');
+        if (space == std::string::npos) fail("model.merges", fmt::format("merge \"{}\" is not \"left right\"", s));
+        left = s.substr(0, space);
+        right = s.substr(space + 1);
+      } else if (merge.is_array() && merge.size() == 2) {
+        left = merge[0].get<std::string>();
+        right = merge[1].get<std::string>();
+      } else {
+        fail("model.merges", "each merge must be \"left right\" or [left, right], found " + describe(merge));
+      }
+      Id a = token_id(left), b = token_id(right), merged = token_id(left + right);
+      if (a < 0 || b < 0 || merged < 0) fail("model.merges", fmt::format("merge {} uses tokens missing from the vocab", describe(merge)));
+      merges_.emplace(pair_key(a, b), std::make_pair(rank++, merged));
+    }
+  }
+
+  void add_token(const std::string& token, Id id) {
+    if (id < 0) fail("vocab", fmt::format("negative id for \"{}\"", token));
+    vocab_[token] = id;
+    if (static_cast<std::size_t>(id) >= id_to_token_.size()) id_to_token_.resize(id + 1, nullptr);
+    id_to_token_[id] = &vocab_.find(token)->first;
+  }
+
+  void read_normalizer(const json& n) {
+    if (n.is_null()) return;
+    std::string type = n.value("type", "");
+    if (type == "Sequence") {
+      for (const auto& child : n.value("normalizers", json::array())) read_normalizer(child);
+    } else if (type == "NFC") {
+      nfc_ = true;
+    } else {
+      fail("normalizer", fmt::format("type \"{}\" is not supported (NFC, Sequence)", type));
+    }
+  }
+
+  void read_pre_tokenizer(const json& p) {
+    if (p.is_null()) fail("pre_tokenizer", "missing; byte-level BPE files need ByteLevel");
+    std::string type = p.value("type", "");
+    if (type == "Sequence") {
+      for (const auto& child : p.value("pretokenizers", json::array())) read_pre_tokenizer(child);
+    } else if (type == "Split") {
+      if (p.value("behavior", "") != "Isolated") fail("pre_tokenizer.Split", fmt::format("behavior \"{}\" is not supported (Isolated)", p.value("behavior", "")));
+      if (p.value("invert", false)) fail("pre_tokenizer.Split", "invert is not supported");
+      const json& pattern = p["pattern"];
+      std::string regex;
+      if (pattern.contains("Regex")) regex = pattern["Regex"].get<std::string>();
+      else fail("pre_tokenizer.Split", "only Regex patterns are supported, found " + describe(pattern));
+      steps_.push_back({Step::Kind::split, std::make_unique<Regex>(regex, file_ + ": pre_tokenizer.Split"), false});
+    } else if (type == "ByteLevel") {
+      Step step{Step::Kind::byte_level, nullptr, p.value("add_prefix_space", false)};
+      if (p.value("use_regex", true)) step.regex = std::make_unique<Regex>(kGpt2Pattern, file_ + ": pre_tokenizer.ByteLevel");
+      steps_.push_back(std::move(step));
+    } else {
+      fail("pre_tokenizer", fmt::format("type \"{}\" is not supported (Split, ByteLevel, Sequence)", type));
+    }
+  }
+
+  void read_decoder(const json& d) {
+    std::string type = d.is_null() ? "" : d.value("type", "");
+    if (type != "ByteLevel") fail("decoder", fmt::format("type \"{}\" is not supported (ByteLevel)", type));
+  }
+
+  void read_added_tokens(const json& tokens) {
+    for (const auto& t : tokens) {
+      for (const char* flag : {"lstrip", "rstrip", "single_word"})
+        if (t.value(flag, false)) fail("added_tokens", fmt::format("\"{}\" sets {}, which is not supported", t.value("content", ""), flag));
+      if (t.value("normalized", false) && nfc_)
+        fail("added_tokens", fmt::format("\"{}\" is normalized, with a normalizer: not supported", t.value("content", "")));
+      AddedToken token{t.at("content").get<std::string>(), t.at("id").get<Id>(), t.value("special", false)};
+      if (token.content.empty()) fail("added_tokens", "an added token is empty");
+      add_token(token.content, token.id);
+      if (token.special) special_ids_[token.id] = true;
+      added_by_first_byte_[static_cast<unsigned char>(token.content[0])].push_back(std::move(token));
+    }
+    for (auto& [byte, list] : added_by_first_byte_)
+      std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.content.size() > b.content.size(); });
+  }
+
+  const AddedToken* match_added(std::string_view text, std::size_t i) const {
+    auto it = added_by_first_byte_.find(static_cast<unsigned char>(text[i]));
+    if (it == added_by_first_byte_.end()) return nullptr;
+    for (const auto& token : it->second)  // longest first
+      if (text.compare(i, token.content.size(), token.content) == 0) return &token;
+    return nullptr;
+  }
+
+  void encode_plain(std::string_view text, std::vector<Id>& ids) const {
+    if (text.empty()) return;
+    std::string normalized = nfc_ ? unicode::nfc(text) : std::string(text);
+    std::vector<std::string> pieces = {normalized};
+    for (const auto& step : steps_) pieces = apply(step, pieces);
+    for (const auto& piece : pieces) bpe(piece, ids);
+  }
+
+  static std::vector<std::string> apply(const Step& step, const std::vector<std::string>& pieces) {
+    std::vector<std::string> out;
+    for (const auto& piece_in : pieces) {
+      std::string piece = piece_in;
+      if (step.kind == Step::Kind::byte_level && step.add_prefix_space && !piece.empty() && piece[0] != ' ') piece = " " + piece;
+      std::vector<std::string> parts;
+      if (step.regex) {
+        std::size_t last = 0;
+        step.regex->for_each_match(piece, [&](std::size_t begin, std::size_t end) {
+          if (begin > last) parts.push_back(piece.substr(last, begin - last));
+          parts.push_back(piece.substr(begin, end - begin));
+          last = end;
+        });
+        if (last < piece.size()) parts.push_back(piece.substr(last));
+      } else {
+        parts.push_back(piece);
+      }
+      for (auto& part : parts) {
+        if (step.kind == Step::Kind::byte_level) {
+          std::string mapped;
+          for (unsigned char b : part) mapped += unicode::byte_to_char()[b];
+          part = std::move(mapped);
+        }
+        out.push_back(std::move(part));
+      }
+    }
+    return out;
+  }
+
+  static std::uint64_t pair_key(Id a, Id b) { return (static_cast<std::uint64_t>(a) << 32) | static_cast<std::uint64_t>(b); }
+
+  // Byte-pair merges by rank (lowest first, leftmost among equals), with a cache of whole words.
+  void bpe(const std::string& word, std::vector<Id>& ids) const {
+    if (word.empty()) return;
+    {
+      std::lock_guard lock(cache_mutex_);
+      if (auto it = cache_.find(word); it != cache_.end()) {
+        ids.insert(ids.end(), it->second.begin(), it->second.end());
+        return;
+      }
+    }
+    std::vector<Id> symbols;
+    if (Id whole = ignore_merges_ ? token_id(word) : -1; whole >= 0) {
+      symbols.push_back(whole);
+    } else {
+      for (auto ch : unicode::characters(word)) {
+        Id id = token_id(ch);
+        if (id < 0) throw std::runtime_error(fmt::format("{}: model: character \"{}\" has no token (and no byte fallback)", file_, std::string(ch)));
+        symbols.push_back(id);
+      }
+      while (symbols.size() > 1) {
+        Id best_rank = std::numeric_limits<Id>::max(), best_merged = -1;
+        std::size_t best_at = 0;
+        for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
+          auto it = merges_.find(pair_key(symbols[i], symbols[i + 1]));
+          if (it != merges_.end() && it->second.first < best_rank) {
+            best_rank = it->second.first;
+            best_merged = it->second.second;
+            best_at = i;
+          }
+        }
+        if (best_merged < 0) break;
+        symbols[best_at] = best_merged;
+        symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best_at) + 1);
+      }
+    }
+    ids.insert(ids.end(), symbols.begin(), symbols.end());
+    std::lock_guard lock(cache_mutex_);
+    if (cache_.size() < 200000) cache_.emplace(word, std::move(symbols));
+  }
+
+  std::string file_;
+  std::unordered_map<std::string, Id> vocab_;
+  std::vector<const std::string*> id_to_token_;
+  std::unordered_map<std::uint64_t, std::pair<Id, Id>> merges_;  // (left, right) -> (rank, merged)
+  bool ignore_merges_ = false, nfc_ = false;
+  std::vector<Step> steps_;
+  std::map<unsigned char, std::vector<AddedToken>> added_by_first_byte_;
+  std::unordered_map<Id, bool> special_ids_;
+  mutable std::mutex cache_mutex_;
+  mutable std::unordered_map<std::string, std::vector<Id>> cache_;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::filesystem::path& tokenizer_json) {
+  return std::make_unique<BpeTokenizer>(tokenizer_json);
+}
+
+}  // namespace moelab

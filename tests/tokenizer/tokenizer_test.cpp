@@ -1,0 +1,75 @@
+// The tokenizer against HF `tokenizers` (ids and decoded text from tests/fixtures/tokenizers/
+// make_expected.py) on a varied corpus, for four real files, and clear errors on malformed files.
+#include "moelab/files.h"
+#include "moelab/tokenizer.h"
+#include "test_run.h"
+
+#include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+
+using moelab::test::error_of;
+using testing::HasSubstr;
+
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kFixtures = fs::path(MOELAB_SOURCE_DIR) / "tests" / "fixtures" / "tokenizers";
+
+fs::path tokenizer_file(const std::string& name) {
+  return name == "gpt_neox" ? kFixtures / "gpt_neox" / "tokenizer.json" : fs::path(MOELAB_TOKENIZER_DIR) / name / "tokenizer.json";
+}
+
+class HfParity : public testing::TestWithParam<std::string> {};
+
+TEST_P(HfParity, EveryCorpusTextEncodesAndDecodesLikeHf) {
+  auto tokenizer = moelab::Tokenizer::from_file(tokenizer_file(GetParam()));
+  std::istringstream lines(moelab::read_file(kFixtures / "expected" / (GetParam() + ".jsonl")));
+  int checked = 0;
+  for (std::string line; std::getline(lines, line); ++checked) {
+    auto expected = nlohmann::json::parse(line);
+    std::string text = expected["text"];
+    std::vector<std::int64_t> ids = expected["ids"];
+    EXPECT_EQ(tokenizer->encode(text), ids) << GetParam() << ": " << text;
+    EXPECT_EQ(tokenizer->decode(ids), expected["decoded"].get<std::string>()) << GetParam() << ": " << text;
+  }
+  EXPECT_EQ(checked, 35);
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, HfParity, testing::Values("gpt_neox", "qwen3", "llama3", "deepseek_v3"));
+
+TEST(Tokenizer, SpecialTokensCanBeSkippedWhenDecoding) {
+  auto tokenizer = moelab::Tokenizer::from_file(tokenizer_file("gpt_neox"));
+  auto ids = tokenizer->encode("hi<|endoftext|>there");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), tokenizer->token_id("<|endoftext|>")), 1);
+  EXPECT_EQ(tokenizer->decode(ids, true), "hithere");
+  EXPECT_EQ(tokenizer->vocab_size(), 1000u);
+}
+
+TEST(Tokenizer, MalformedFilesNameTheComponent) {
+  moelab::test::TempDir dir;
+  auto base = nlohmann::json::parse(moelab::read_file(tokenizer_file("gpt_neox")));
+  auto error_for = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = base;
+    edit(j);
+    fs::path file = dir.write("tokenizer.json", j.dump());
+    return error_of([&] { moelab::Tokenizer::from_file(file); });
+  };
+  EXPECT_THAT(error_for([](auto& j) { j["model"]["type"] = "WordPiece"; }), HasSubstr("model: type \"WordPiece\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }),
+              HasSubstr("pre_tokenizer: type \"Metaspace\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["normalizer"] = {{"type", "NFKC"}}; }), HasSubstr("normalizer: type \"NFKC\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["model"]["merges"][0] = nlohmann::json::array({"zz", "qq"}); }),
+              HasSubstr("model.merges: merge [\"zz\",\"qq\"] uses tokens missing from the vocab"));
+  EXPECT_THAT(error_for([](auto& j) { j["added_tokens"][0]["lstrip"] = true; }), HasSubstr("sets lstrip, which is not supported"));
+  EXPECT_THAT(error_for([](auto& j) {
+                j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}, {"invert", false}};
+              }),
+              HasSubstr("does not compile"));
+  EXPECT_THAT(error_for([](auto& j) { j["decoder"] = {{"type", "WordPiece"}}; }), HasSubstr("decoder: type \"WordPiece\""));
+  fs::path broken = dir.write("broken.json", "{\"model\": ");
+  EXPECT_THAT(error_of([&] { moelab::Tokenizer::from_file(broken); }), AllOf(HasSubstr("broken.json"), HasSubstr("not valid JSON")));
+}
+
+}  // namespace
