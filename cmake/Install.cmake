@@ -12,3 +12,4 @@ configure_package_config_file(cmake/moelabConfig.cmake.in ${CMAKE_BINARY_DIR}/mo
 write_basic_package_version_file(${CMAKE_BINARY_DIR}/moelabConfigVersion.cmake COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_BINARY_DIR}/moelabConfig.cmake ${CMAKE_BINARY_DIR}/moelabConfigVersion.cmake
               cmake/MoelabPlugin.cmake DESTINATION lib/cmake/moelab)
+install(DIRECTORY ${CMAKE_BINARY_DIR}/models/ DESTINATION share/moelab/models)

@@ -5,7 +5,12 @@
 #include "plugin_registry.h"
 #include "schema.h"
 
+#include "moelab/tokenizer.h"
+
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
 
 #include <cstdio>
 #include <iostream>
@@ -16,6 +21,11 @@ constexpr const char* kUsage = R"(usage:
   runexp EXPERIMENT.toml [--set key.path=value]... [--resume] [--dry-run] [--plugin-path DIR]... [-v]
   runexp --list-plugins [--plugin-path DIR]...
   runexp --describe PLUGIN [--plugin-path DIR]...
+  runexp tokenize --tokenizer tokenizer.json [--benchmark] < texts.jsonl
+
+  tokenize        reads JSON lines ({"text": ...} or a JSON string) and prints {"ids": [...]} per line;
+                  --benchmark instead encodes the lines joined by newlines, repeated 200 times, once, and
+                  prints single-thread throughput (the same measurement as HF's in benchmarks/)
 
   --set k=v       override a key; the value is parsed as TOML (a bare word is a string)
   --dry-run       validate and print the resolved config (defaults included), run nothing
@@ -73,10 +83,51 @@ void describe(const moelab::PluginRegistry& registry, const std::string& name) {
                              k.default_toml.empty() ? "(required)" : k.default_toml, k.help);
 }
 
+int tokenize(int argc, char** argv) {
+  std::string file;
+  bool benchmark = false;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--tokenizer" && i + 1 < argc) file = argv[++i];
+    else if (a == "--benchmark") benchmark = true;
+    else throw std::runtime_error("tokenize: unknown argument " + a + "\n" + kUsage);
+  }
+  if (file.empty()) throw std::runtime_error(std::string("tokenize needs --tokenizer FILE\n") + kUsage);
+  auto tokenizer = moelab::Tokenizer::from_file(file);
+  std::vector<std::string> texts;
+  std::string line;
+  for (long long number = 1; std::getline(std::cin, line); ++number) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw std::runtime_error(fmt::format("stdin:{}: not valid JSON ({})", number, e.what()));
+    }
+    if (j.is_object() && j.contains("text") && j["text"].is_string()) texts.push_back(j["text"]);
+    else if (j.is_string()) texts.push_back(j);
+    else throw std::runtime_error(fmt::format("stdin:{}: expected {{\"text\": \"...\"}} or a JSON string", number));
+  }
+  if (!benchmark) {
+    for (const auto& text : texts) std::cout << nlohmann::json({{"ids", tokenizer->encode(text)}}).dump() << "\n";
+    return 0;
+  }
+  std::string joined;
+  for (std::size_t i = 0; i < texts.size(); ++i) joined += (i ? "\n" : "") + texts[i];
+  std::string big;
+  for (int r = 0; r < 200; ++r) big += joined;
+  auto start = std::chrono::steady_clock::now();
+  std::size_t tokens = tokenizer->encode(big).size();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cout << nlohmann::json({{"bytes", big.size()}, {"tokens", tokens}, {"seconds", seconds}, {"MB_per_s", big.size() / seconds / 1e6}}).dump()
+            << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
+    if (argc > 1 && std::string(argv[1]) == "tokenize") return tokenize(argc, argv);
     Options o = parse_args(argc, argv);
     if (o.verbose) moelab::log::set_level(moelab::LogLevel::debug);
     moelab::PluginRegistry registry;

@@ -1,7 +1,9 @@
 // The model core against transformers' outputs (fixtures from tests/fixtures/models/make_fixtures.py):
 // fp32 logits within 1e-4, the same router top-k sets, the same greedy tokens; padding and KV cache.
 #include "moe_model.h"
+#include "moelab/files.h"
 #include "moelab/safetensors.h"
+#include "moelab/tokenizer.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>
@@ -166,13 +168,27 @@ TEST(DumpLogits, RunexpWritesTransformersLogitsForGivenIds) {
   EXPECT_EQ(out.metadata().at("model_type"), "mixtral");
 }
 
-TEST(DumpLogits, BuiltinModelIsAClearErrorUntilItExists) {
+TEST(TinyModel, IsADeterministicOlmoeWithItsTokenizerAndIsTheDefault) {
+  fs::path tiny = fs::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe";
   moelab::test::TempDir dir;
-  fs::path config = dir.write("dump.toml", "stages = [\"dump\"]\nrun_dir = \"runs\"\n[dump]\nplugin = \"dump_logits\"\ninput = \"" +
-                                               (kFixtures / "mixtral" / "expected.safetensors").string() + "\"\n");
-  auto r = moelab::test::run_command(moelab::test::runexp_binary() + " " + config.string());
-  EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.output, testing::HasSubstr("built-in tiny model is not available"));
+  auto r = moelab::test::run_command(std::string(MOELAB_BINARY_DIR) + "/bin/make_tiny_model " + dir.path().string() + " " +
+                                     (fs::path(MOELAB_SOURCE_DIR) / "framework" / "model" / "tiny" / "tokenizer.json").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(moelab::read_file(dir.path() / "model.safetensors"), moelab::read_file(tiny / "model.safetensors"));
+  auto model = moelab::load_model(tiny, torch::kCPU, torch::kFloat32);
+  EXPECT_EQ(model->info().model_type, "olmoe");
+  EXPECT_EQ(model->info().moe_layers.size(), 6u);
+  auto tokenizer = moelab::Tokenizer::from_file(tiny / "tokenizer.json");
+  EXPECT_EQ(static_cast<long long>(tokenizer->vocab_size()), model->info().vocab_size);
+  auto ids = tokenizer->encode("Which gas do plants take in?");
+  Tensor logits = model->forward(torch::tensor(ids).unsqueeze(0), {});
+  EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
+  // The default model.path runs: dump_logits through runexp with no [model] table.
+  moelab::write_safetensors(dir.path() / "ids.safetensors", {{"input_ids", torch::tensor(ids).unsqueeze(0)}});
+  fs::path config = dir.write("dump.toml", "stages = [\"dump\"]\nrun_dir = \"runs\"\n[dump]\nplugin = \"dump_logits\"\ninput = \"ids.safetensors\"\n");
+  r = moelab::test::run_command(moelab::test::runexp_binary() + " " + config.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, testing::HasSubstr("tiny-olmoe (olmoe, 6 layers, 8 experts, top-2)"));
 }
 
 }  // namespace

@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 const fs::path kFixtures = fs::path(MOELAB_SOURCE_DIR) / "tests" / "fixtures" / "tokenizers";
 
 fs::path tokenizer_file(const std::string& name) {
-  return name == "gpt_neox" ? kFixtures / "gpt_neox" / "tokenizer.json" : fs::path(MOELAB_TOKENIZER_DIR) / name / "tokenizer.json";
+  if (name == "gpt_neox") return fs::path(MOELAB_SOURCE_DIR) / "framework" / "model" / "tiny" / "tokenizer.json";
+  return fs::path(MOELAB_TOKENIZER_DIR) / name / "tokenizer.json";
 }
 
 class HfParity : public testing::TestWithParam<std::string> {};
@@ -70,6 +71,26 @@ TEST(Tokenizer, MalformedFilesNameTheComponent) {
   EXPECT_THAT(error_for([](auto& j) { j["decoder"] = {{"type", "WordPiece"}}; }), HasSubstr("decoder: type \"WordPiece\""));
   fs::path broken = dir.write("broken.json", "{\"model\": ");
   EXPECT_THAT(error_of([&] { moelab::Tokenizer::from_file(broken); }), AllOf(HasSubstr("broken.json"), HasSubstr("not valid JSON")));
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Prompt, MultipleChoiceWithChatWrapper) {
+  moelab::Example ex;
+  ex.text = "Which gas do plants take in?";
+  ex.choices = {"oxygen", "carbon dioxide"};
+  ex.letters = {"A", "B"};
+  moelab::PromptFormat format;
+  EXPECT_EQ(moelab::format_prompt(ex, format), "Question: Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nAnswer:");
+  format.chat_template = "<|system|>\n{system}\n<|user|>\n{prompt}\n<|assistant|>\n";
+  format.system = "Answer with one letter.";
+  EXPECT_EQ(moelab::format_prompt(ex, format),
+            "<|system|>\nAnswer with one letter.\n<|user|>\nQuestion: Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nAnswer:\n<|assistant|>\n");
+  format.question_template = "{{json}} {question} {answer}";
+  EXPECT_THAT(error_of([&] { moelab::format_prompt(ex, format); }),
+              AllOf(HasSubstr("question_template: unknown placeholder {answer}"), HasSubstr("known: {choices}, {question}")));
 }
 
 }  // namespace

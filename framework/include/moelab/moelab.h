@@ -10,6 +10,7 @@
 #include "moelab/log.h"
 #include "moelab/model.h"
 #include "moelab/objective.h"
+#include "moelab/prompt.h"
 #include "moelab/plugin.h"
 #include "moelab/safetensors.h"
 #include "moelab/sampler.h"
