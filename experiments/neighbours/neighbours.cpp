@@ -20,30 +20,25 @@ class NeighboursStage final : public moelab::Stage {
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     const long long n = static_cast<long long>(dataset_->size());
     if (n < 2) throw std::runtime_error("neighbours: the dataset needs at least two samples");
-    const long long k = std::min(k_, n - 1);
     std::vector<std::string> texts;
     for (long long i = 0; i < n; ++i) texts.push_back(dataset_->at(i).text);
-    torch::Tensor e = embedder_->embed(texts);
-    torch::Tensor cos = e.matmul(e.t());
-    cos.fill_diagonal_(-std::numeric_limits<float>::infinity());  // a sample is never its own neighbour
-    auto [top_cos, top_index] = cos.topk(k, 1);
-    torch::Tensor w = (-(1 - top_cos).pow(2) / (2 * sigma_ * sigma_)).exp();
-    w = w / w.sum(1, true);
+    moelab::NeighbourGraph g = moelab::nearest_neighbours(embedder_->embed(texts), {}, k_, sigma_);
+    const long long k = g.index.size(1);
 
     nlohmann::json graph = nlohmann::json::object();
     moelab::Progress progress("neighbours", n, "samples");
     for (long long i = 0; i < n; ++i) {
       nlohmann::json row = nlohmann::json::array();
       for (long long j = 0; j < k; ++j)
-        row.push_back({{"id", dataset_->at(top_index[i][j].item<int64_t>()).id},
-                       {"cos", top_cos[i][j].item<double>()},
-                       {"weight", w[i][j].item<double>()}});
+        row.push_back({{"id", dataset_->at(g.index[i][j].item<int64_t>()).id},
+                       {"cos", g.cosine[i][j].item<double>()},
+                       {"weight", g.weight[i][j].item<double>()}});
       graph[dataset_->at(i).id] = row;
       progress.advance(1);
     }
     progress.finish();
     moelab::write_file_atomic(out_dir / "neighbours.json", graph.dump(1) + "\n");
-    double mean_cos = top_cos.mean().item<double>();
+    double mean_cos = g.cosine.mean().item<double>();
     summary = {{"samples", n}, {"k", k}, {"mean_neighbour_cos", mean_cos}};
     context_.record_metrics({{"stage", "neighbours"}, {"mean_neighbour_cos", mean_cos}});
     moelab::log::info("neighbours: {} samples, k={}, mean neighbour cosine {:.3f}", n, k, mean_cos);

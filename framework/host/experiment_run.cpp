@@ -108,8 +108,18 @@ Model& ExperimentRun::model() {
                                          experiment_.model->where.at("device")));
   bool cuda = device == "cuda" || (device == "auto" && torch::cuda::is_available());
   bool bf16 = *t.get("dtype")->value<std::string>() == "bfloat16";
+  model_folder_ = path;
   model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU), bf16 ? torch::kBFloat16 : torch::kFloat32);
   return *model_;
+}
+
+const Tokenizer& ExperimentRun::tokenizer() {
+  if (tokenizer_) return *tokenizer_;
+  model();
+  fs::path file = model_folder_ / "tokenizer.json";
+  if (!fs::exists(file)) throw std::runtime_error(fmt::format("model folder {} has no tokenizer.json", model_folder_.string()));
+  tokenizer_ = Tokenizer::from_file(file);
+  return *tokenizer_;
 }
 
 void ExperimentRun::run_stages() {

@@ -25,6 +25,7 @@ class ExperimentRun final : public RunContext {
   void record_metrics(nlohmann::json row) override;
   std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) override;
   Model& model() override;
+  const Tokenizer& tokenizer() override;
 
  private:
   void write_summary();
@@ -36,6 +37,8 @@ class ExperimentRun final : public RunContext {
   std::ofstream metrics_;
   nlohmann::json summary_;
   std::unique_ptr<Model> model_;
+  std::filesystem::path model_folder_;
+  std::unique_ptr<Tokenizer> tokenizer_;
 };
 
 }  // namespace moelab

@@ -89,7 +89,7 @@ bool type_matches(const toml::node& node, KeyType type) {
 }
 
 fs::path absolute_from(const std::string& value, const toml::node* set_by) {
-  if (value.empty() || value.rfind("builtin:", 0) == 0) return value;
+  if (value.empty() || value.rfind("builtin:", 0) == 0 || value[0] == '@') return value;  // "@stage/file": in the run folder
   fs::path p(value);
   if (p.is_absolute()) return p.lexically_normal();
   const auto& src = set_by ? set_by->source().path : nullptr;

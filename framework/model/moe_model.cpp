@@ -204,7 +204,7 @@ class MoeModel final : public Model {
   Tensor moe(const Layer& L, const Tensor& h, int layer) {
     const auto shape = h.sizes().vec();
     Tensor x = h.reshape({-1, c_.hidden_size});
-    Tensor logits = torch::matmul(x.to(torch::kFloat32), L.router.t());  // routers run in float32
+    Tensor logits = torch::matmul(x.to(L.router.scalar_type()), L.router.t());  // routers run in float32 (or float64)
     Tensor selection_logits = transform_ ? transform_(layer, logits) : logits;
     Tensor probs = selection_logits.softmax(-1);
     Tensor weights, ids;
@@ -311,7 +311,7 @@ class MoeModel final : public Model {
         L.dense = {take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight"), take(p + "mlp.down_proj.weight")};
       } else {
         std::string m = p + a.moe_module + ".";
-        L.router = take(m + "gate.weight", true, torch::kFloat32, true);
+        L.router = take(m + "gate.weight", true, dtype_ == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32, true);
         std::vector<Tensor> g, u, d;
         for (int64_t e = 0; e < c_.num_experts; ++e) {
           std::string ep = fmt::format("{}experts.{}.", m, e);

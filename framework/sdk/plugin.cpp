@@ -141,6 +141,11 @@ Stage::~Stage() = default;
 RunContext::~RunContext() = default;
 Model::~Model() = default;
 
+std::filesystem::path RunContext::run_path(const std::filesystem::path& path) const {
+  std::string text = path.string();
+  return !text.empty() && text[0] == '@' ? run_dir() / text.substr(1) : path;
+}
+
 std::uint64_t RunContext::seed_for(const std::string& stream) const {
   // FNV-1a of the stream name mixed with the run seed through splitmix64.
   std::uint64_t h = 1469598103934665603ull;

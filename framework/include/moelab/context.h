@@ -4,6 +4,7 @@
 
 #include "moelab/model.h"
 #include "moelab/plugin.h"
+#include "moelab/tokenizer.h"
 
 #include <nlohmann/json.hpp>
 
@@ -28,8 +29,12 @@ class RunContext {
   // Appends one JSON object as a line of metrics.jsonl (a "time" field is added).
   virtual void record_metrics(nlohmann::json row) = 0;
 
-  // The experiment's model ([model] table), loaded on first use and shared by all stages.
+  // The experiment's model ([model] table), loaded on first use and shared by all stages, and the
+  // tokenizer.json of its folder.
   virtual Model& model() = 0;
+  virtual const Tokenizer& tokenizer() = 0;
+  // A path a config gave: "@<stage>/<file>" names a file in this run's folder, anything else is as is.
+  std::filesystem::path run_path(const std::filesystem::path& path) const;
 
   // Builds the component configured by table `id` (a table with plugin = "<name>") of the given kind.
   virtual std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) = 0;

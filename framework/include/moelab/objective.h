@@ -18,8 +18,10 @@ struct ObjectiveBatch {
   torch::Tensor labels;                // [B] index of the gold option
   torch::Tensor logits;                // [B, T, V] all logits (language-model objectives)
   torch::Tensor target_ids;            // [B, T] next-token targets, -100 where ignored
-  std::vector<torch::Tensor> routing;  // per target layer: [B, E] live routing weights at the last prompt token
-  std::vector<long long> sample_ids;   // dataset row of each batch row
+  std::vector<int> routing_layers;      // the target MoE layers, in order
+  std::vector<torch::Tensor> routing;  // per target layer: [B, E] live router logits at the last prompt token
+  long long top_k = 0;                 // experts per token of the model
+  std::vector<std::string> sample_keys;  // Example::id of each batch row
   long long step = 0;                  // optimizer step, from 0
 };
 

@@ -1,0 +1,24 @@
+// Router checkpoints: only the trained gate tensors, with metadata that proves what they are (target
+// layers, model fingerprint, base-gate fingerprint, hyper-parameters, steps). Applying one checks
+// the model and logs how far each layer moved from the base; a checkpoint that changes nothing warns.
+#pragma once
+
+#include "moelab/model.h"
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+// A fingerprint of the model (type, sizes, MoE layers) that a checkpoint must match.
+std::string model_fingerprint(const Model& model);
+
+void save_router_checkpoint(const std::filesystem::path& file, Model& model, const std::vector<int>& layers,
+                            const std::map<int, torch::Tensor>& base_routers, std::map<std::string, std::string> metadata);
+
+// Copies the checkpoint's gates into the model; returns the relative change ||W_ft - W_base|| / ||W_base|| per layer.
+std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file, Model& model);
+
+}  // namespace moelab

@@ -1,0 +1,69 @@
+#include "moelab/router_checkpoint.h"
+
+#include "moelab/log.h"
+#include "moelab/safetensors.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <stdexcept>
+
+namespace moelab {
+
+namespace {
+std::string tensor_fingerprint(const torch::Tensor& t) {
+  torch::Tensor d = t.detach().to(torch::kCPU, torch::kFloat64);
+  return fmt::format("sum={:.9g};abs={:.9g};sq={:.9g}", d.sum().item<double>(), d.abs().sum().item<double>(), d.pow(2).sum().item<double>());
+}
+std::string gate_name(int layer) { return fmt::format("router.{}", layer); }
+}  // namespace
+
+std::string model_fingerprint(const Model& model) {
+  const ModelInfo& i = model.info();
+  return fmt::format("{}:L{}:H{}:E{}:k{}:V{}:moe[{}]", i.model_type, i.num_layers, i.hidden_size, i.num_experts, i.top_k, i.vocab_size,
+                     fmt::join(i.moe_layers, ","));
+}
+
+void save_router_checkpoint(const std::filesystem::path& file, Model& model, const std::vector<int>& layers,
+                            const std::map<int, torch::Tensor>& base_routers, std::map<std::string, std::string> metadata) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::vector<std::string> base_prints;
+  for (int layer : layers) {
+    tensors.emplace_back(gate_name(layer), model.router_weight(layer).detach().to(torch::kFloat32));
+    base_prints.push_back(fmt::format("{}={}", layer, tensor_fingerprint(base_routers.at(layer))));
+  }
+  metadata["moelab.kind"] = "router_checkpoint";
+  metadata["target_layers"] = fmt::format("{}", fmt::join(layers, ","));
+  metadata["model_fingerprint"] = model_fingerprint(model);
+  metadata["base_gate_fingerprint"] = fmt::format("{}", fmt::join(base_prints, "|"));
+  write_safetensors(file, tensors, metadata);
+}
+
+std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file, Model& model) {
+  SafetensorsFile ckpt(file);
+  const auto& meta = ckpt.metadata();
+  auto field = [&](const char* key) {
+    auto it = meta.find(key);
+    if (it == meta.end()) throw std::runtime_error(fmt::format("{}: not a router checkpoint (no \"{}\" metadata)", file.string(), key));
+    return it->second;
+  };
+  if (field("model_fingerprint") != model_fingerprint(model))
+    throw std::runtime_error(fmt::format("{}: made for model {}, but this model is {}", file.string(), field("model_fingerprint"),
+                                         model_fingerprint(model)));
+  std::map<int, double> change;
+  torch::NoGradGuard no_grad;
+  for (const auto& name : ckpt.names()) {
+    int layer = std::stoi(name.substr(name.find('.') + 1));
+    torch::Tensor gate = model.router_weight(layer);
+    torch::Tensor trained = ckpt.get(name).to(gate.device(), gate.scalar_type());
+    change[layer] = ((trained - gate).norm() / gate.norm().clamp_min(1e-30)).item<double>();
+    gate.copy_(trained);
+    log::info("router checkpoint {}: layer {} moved {:.3e} relative to the current gate", file.filename().string(), layer, change[layer]);
+  }
+  bool moved = false;
+  for (const auto& [layer, c] : change) moved = moved || c > 0;
+  if (!moved) log::warn("router checkpoint {} changes nothing: its gates equal the model's (was training applied?)", file.string());
+  return change;
+}
+
+}  // namespace moelab
