@@ -1,7 +1,9 @@
-// Multiple-choice evaluation of the base model and of finetuned routers in the same run: the answer
-// is the letter whose token has the highest logit at the last prompt token (never decoded text).
-// Reports both accuracies, the paired difference with a bootstrap 95% interval and an exact McNemar
-// p-value, and warns when accuracy is within chance or one letter takes over 70% of the answers.
+// Multiple-choice evaluation of the base model and of finetuned routers in the same run. "letter":
+// the answer is the letter whose token has the highest logit at the last prompt token (never decoded
+// text). "loglik" (lm-eval style): each choice's text is scored as a continuation of the prompt; acc
+// takes the highest summed log-probability, acc_norm the highest per byte. Reports every accuracy,
+// the paired difference with a bootstrap 95% interval and an exact McNemar p-value, and warns when
+// accuracy is within chance or one letter takes over 70% of the answers.
 #include "moelab/moelab.h"
 
 #include <cmath>
@@ -38,29 +40,33 @@ class Evaluate final : public moelab::Stage {
     for (const auto& item : items) chance += 1.0 / static_cast<double>(item.letters.size());
     chance /= static_cast<double>(items.size());
 
-    nlohmann::json report = {{"questions", items.size()}, {"chance", chance}, {"warnings", nlohmann::json::array()}};
-    Scores base = score(model, items, "base");
-    report["base"] = describe_scores(base, items, chance, "base", report["warnings"]);
-    Scores tuned;
+    nlohmann::json report = {{"questions", items.size()}, {"chance", chance}, {"scoring", config_.get_string("scoring")},
+                             {"warnings", nlohmann::json::array()}};
+    std::map<std::string, Scores> base = score_all(model, items, "base");
+    for (const auto& [metric, s] : base) report["base"][metric] = describe_scores(s, items, chance, "base " + metric, report["warnings"]);
+    std::map<std::string, Scores> tuned;
     std::string routers = config_.get_string("routers");
     if (!routers.empty()) {
       std::filesystem::path file = context_.run_path(routers);
       std::map<int, torch::Tensor> saved;
       for (int l : model.info().moe_layers) saved[l] = model.router_weight(l).detach().clone();
       auto moved = moelab::apply_router_checkpoint(file, model);
-      tuned = score(model, items, "finetuned");
+      tuned = score_all(model, items, "finetuned");
       {
         torch::NoGradGuard no_grad;
         for (auto& [l, w] : saved) model.router_weight(l).copy_(w);
       }
-      report["finetuned"] = describe_scores(tuned, items, chance, "finetuned", report["warnings"]);
+      for (const auto& [metric, s] : tuned) {
+        report["finetuned"][metric] = describe_scores(s, items, chance, "finetuned " + metric, report["warnings"]);
+        report["paired"][metric] = paired(base.at(metric), s);
+      }
       report["router_change"] = moved;
-      report["paired"] = paired(base, tuned);
     }
     nlohmann::json per_item = nlohmann::json::array();
     for (std::size_t i = 0; i < items.size(); ++i) {
-      nlohmann::json row = {{"id", items[i].key}, {"gold", items[i].letters[items[i].answer]}, {"base", items[i].letters[base.predicted[i]]}};
-      if (!tuned.predicted.empty()) row["finetuned"] = items[i].letters[tuned.predicted[i]];
+      nlohmann::json row = {{"id", items[i].key}, {"gold", items[i].letters[items[i].answer]}};
+      for (const auto& [metric, s] : base) row["base"][metric] = items[i].letters[s.predicted[i]];
+      for (const auto& [metric, s] : tuned) row["finetuned"][metric] = items[i].letters[s.predicted[i]];
       per_item.push_back(row);
     }
     moelab::write_file_atomic(out_dir / "predictions.json", per_item.dump(1) + "\n");
@@ -70,11 +76,82 @@ class Evaluate final : public moelab::Stage {
   }
 
  private:
-  Scores score(moelab::Model& model, const std::vector<moelab::McItem>& items, const char* label) {
-    torch::NoGradGuard no_grad;
+  std::map<std::string, Scores> score_all(moelab::Model& model, const std::vector<moelab::McItem>& items, const char* label) {
+    std::map<std::string, Scores> out;
+    if (config_.get_string("scoring") == "letter") {
+      out["letter"] = score_letters(model, items);
+    } else {
+      out = score_continuations(model, items);
+    }
+    for (const auto& [metric, s] : out)
+      moelab::log::info("evaluate [{} {}]: accuracy {:.2f}% on {} questions", label, metric, 100 * s.accuracy, items.size());
+    return out;
+  }
+
+  static Scores from_predictions(std::vector<long long> predicted, const std::vector<moelab::McItem>& items) {
     Scores s;
-    const std::size_t batch_size = config_.get_int("batch_size");
     long long right = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      s.correct.push_back(predicted[i] == items[i].answer);
+      right += predicted[i] == items[i].answer;
+    }
+    s.predicted = std::move(predicted);
+    s.accuracy = static_cast<double>(right) / static_cast<double>(items.size());
+    return s;
+  }
+
+  // lm-eval's loglikelihood scoring: context "Question: ...\nAnswer:" and continuation " <choice>".
+  std::map<std::string, Scores> score_continuations(moelab::Model& model, const std::vector<moelab::McItem>& items) {
+    torch::NoGradGuard no_grad;
+    const moelab::Tokenizer& tokenizer = context_.tokenizer();
+    moelab::PromptFormat format = moelab::prompt_format(config_);
+    format.question_template = config_.get_string("loglik_template");
+    struct Sequence {
+      std::size_t item, choice;
+      moelab::McItem tokens;  // prompt_ids = context + continuation
+      std::size_t continuation;
+    };
+    std::vector<Sequence> sequences;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const moelab::Example& ex = dataset_->at(i);
+      std::vector<std::int64_t> context = tokenizer.encode(moelab::format_prompt(ex, format));
+      for (std::size_t c = 0; c < ex.choices.size(); ++c) {
+        Sequence seq{i, c, {}, 0};
+        std::vector<std::int64_t> continuation = tokenizer.encode(" " + ex.choices[c]);
+        seq.tokens.prompt_ids = context;
+        seq.tokens.prompt_ids.insert(seq.tokens.prompt_ids.end(), continuation.begin(), continuation.end());
+        seq.continuation = continuation.size();
+        sequences.push_back(std::move(seq));
+      }
+    }
+    std::vector<std::vector<double>> loglik(items.size()), per_byte(items.size());
+    const std::size_t batch_size = config_.get_int("batch_size");
+    for (std::size_t start = 0; start < sequences.size(); start += batch_size) {
+      std::vector<const moelab::McItem*> rows;
+      for (std::size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) rows.push_back(&sequences[i].tokens);
+      moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0), moelab::Padding::right);
+      torch::Tensor logp = model.forward(batch.input_ids, batch.attention_mask).log_softmax(-1).cpu();
+      for (std::size_t r = 0; r < rows.size(); ++r) {
+        const Sequence& seq = sequences[start + r];
+        const auto length = static_cast<long long>(seq.tokens.prompt_ids.size()), n = static_cast<long long>(seq.continuation);
+        torch::Tensor targets = batch.input_ids[static_cast<long long>(r)].narrow(0, length - n, n);
+        double sum = logp[static_cast<long long>(r)].narrow(0, length - n - 1, n).gather(1, targets.unsqueeze(1)).sum().item<double>();
+        loglik[seq.item].push_back(sum);
+        per_byte[seq.item].push_back(sum / static_cast<double>(dataset_->at(seq.item).choices[seq.choice].size() + 1));
+      }
+    }
+    auto argmax = [](const std::vector<std::vector<double>>& v) {
+      std::vector<long long> out;
+      for (const auto& row : v) out.push_back(std::max_element(row.begin(), row.end()) - row.begin());
+      return out;
+    };
+    return {{"acc", from_predictions(argmax(loglik), items)}, {"acc_norm", from_predictions(argmax(per_byte), items)}};
+  }
+
+  Scores score_letters(moelab::Model& model, const std::vector<moelab::McItem>& items) {
+    torch::NoGradGuard no_grad;
+    std::vector<long long> predicted_all;
+    const std::size_t batch_size = config_.get_int("batch_size");
     for (std::size_t start = 0; start < items.size(); start += batch_size) {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size); ++i) rows.push_back(&items[i]);
@@ -83,16 +160,9 @@ class Evaluate final : public moelab::Stage {
       torch::Tensor last = moelab::at_positions(logits, moelab::last_positions(batch.attention_mask)).cpu();
       torch::Tensor options = last.gather(1, batch.letter_ids.clamp_min(0)).masked_fill(batch.letter_ids.lt(0), -INFINITY);
       torch::Tensor predicted = options.argmax(1);
-      for (std::size_t r = 0; r < rows.size(); ++r) {
-        long long p = predicted[static_cast<long long>(r)].item<int64_t>();
-        s.predicted.push_back(p);
-        s.correct.push_back(p == rows[r]->answer);
-        right += p == rows[r]->answer;
-      }
+      for (std::size_t r = 0; r < rows.size(); ++r) predicted_all.push_back(predicted[static_cast<long long>(r)].item<int64_t>());
     }
-    s.accuracy = static_cast<double>(right) / static_cast<double>(items.size());
-    moelab::log::info("evaluate [{}]: accuracy {:.2f}% on {} questions", label, 100 * s.accuracy, items.size());
-    return s;
+    return from_predictions(std::move(predicted_all), items);
   }
 
   nlohmann::json describe_scores(const Scores& s, const std::vector<moelab::McItem>& items, double chance, const std::string& label,
@@ -144,14 +214,19 @@ class Evaluate final : public moelab::Stage {
   }
 
   static std::string human(const nlohmann::json& r) {
-    std::string out = fmt::format("| model | accuracy |\n| --- | --- |\n| base | {:.2f}% |\n", 100 * r["base"]["accuracy"].get<double>());
-    if (r.contains("finetuned")) {
-      const auto& p = r["paired"];
-      out += fmt::format("| finetuned routers | {:.2f}% |\n\npaired difference {:+.2f} points, bootstrap 95% [{:+.2f}, {:+.2f}], "
-                         "McNemar exact p = {:.3g} ({} base-only vs {} finetuned-only correct)\n",
-                         100 * r["finetuned"]["accuracy"].get<double>(), 100 * p["difference"].get<double>(),
-                         100 * p["bootstrap_95"][0].get<double>(), 100 * p["bootstrap_95"][1].get<double>(), p["mcnemar_p"].get<double>(),
-                         p["base_only_correct"].get<long long>(), p["finetuned_only_correct"].get<long long>());
+    bool tuned = r.contains("finetuned");
+    std::string out = tuned ? "| metric | base | finetuned routers | difference (bootstrap 95%) | McNemar p |\n| --- | --- | --- | --- | --- |\n"
+                            : "| metric | base |\n| --- | --- |\n";
+    for (const auto& [metric, b] : r["base"].items()) {
+      out += fmt::format("| {} | {:.2f}% |", metric, 100 * b["accuracy"].get<double>());
+      if (tuned) {
+        const auto& p = r["paired"][metric];
+        out += fmt::format(" {:.2f}% | {:+.2f} [{:+.2f}, {:+.2f}] | {:.3g} ({} base-only vs {} finetuned-only correct) |",
+                           100 * r["finetuned"][metric]["accuracy"].get<double>(), 100 * p["difference"].get<double>(),
+                           100 * p["bootstrap_95"][0].get<double>(), 100 * p["bootstrap_95"][1].get<double>(), p["mcnemar_p"].get<double>(),
+                           p["base_only_correct"].get<long long>(), p["finetuned_only_correct"].get<long long>());
+      }
+      out += "\n";
     }
     out += fmt::format("\nchance: {:.2f}% over {} questions\n", 100 * r["chance"].get<double>(), r["questions"].get<long long>());
     for (const auto& w : r["warnings"]) out += "\nWARNING: " + w.get<std::string>() + "\n";
@@ -167,7 +242,10 @@ moelab::Descriptor describe() {
   moelab::Descriptor d("evaluate", moelab::Kind::stage, "0.1.0", "paired multiple-choice evaluation: base vs finetuned routers");
   d.component("dataset", moelab::Kind::dataset, "", "evaluation questions")
       .path("routers", "", "router checkpoint to compare with the base (\"@train/routers.safetensors\"); empty: base only")
-      .integer("batch_size", 16, "questions per forward")
+      .choice("scoring", "letter", {"letter", "loglik"},
+              "letter: answer-letter logits after the prompt; loglik: lm-eval per-choice log-likelihood (acc, acc_norm)")
+      .string("loglik_template", "Question: {question}\nAnswer:", "context for loglik scoring ({question}; lm-eval's ARC form)")
+      .integer("batch_size", 16, "questions (loglik: sequences) per forward")
       .integer("bootstrap", 2000, "bootstrap resamples for the paired interval");
   return moelab::add_prompt_keys(d);
 }

@@ -60,7 +60,7 @@ class Finetune final : public moelab::Stage {
         double step_lr = lr * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup));
         for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(step_lr);
 
-        moelab::ObjectiveBatch ob = objective_batch(model, batch, layers, step);
+        moelab::ObjectiveBatch ob = moelab::objective_batch(model, batch, layers, step);
         moelab::LossTerms loss = objective_->compute(ob);
         nlohmann::json row = {{"stage", config_.id()}, {"epoch", epoch}, {"step", step}, {"lr", step_lr}, {"loss", loss.total.item<double>()}};
         for (const auto& [name, value] : loss.parts) {
@@ -74,6 +74,7 @@ class Finetune final : public moelab::Stage {
         if (clip > 0) torch::nn::utils::clip_grad_norm_(params, clip);
         optimizer.step();
         context_.record_metrics(row);
+        log_step(row, steps_per_epoch * epochs);
         progress.advance(batch.attention_mask.sum().item<int64_t>(), fmt::format("epoch {} loss {:.4f}{}", epoch, row["loss"].get<double>(),
                                                                                    row.contains("reg") ? fmt::format(" reg {:.5f}", row["reg"].get<double>()) : ""));
       }
@@ -111,22 +112,16 @@ class Finetune final : public moelab::Stage {
     return std::vector<int>(moe.end() - last, moe.end());
   }
 
-  moelab::ObjectiveBatch objective_batch(moelab::Model& model, const moelab::McBatch& batch, const std::vector<int>& layers, long long step) {
-    torch::Tensor logits = model.forward(batch.input_ids, batch.attention_mask);
-    torch::Tensor last = moelab::last_positions(batch.attention_mask);
-    moelab::ObjectiveBatch ob;
-    ob.last_logits = moelab::at_positions(logits, last);
-    ob.choice_ids = batch.letter_ids.to(ob.last_logits.device());
-    ob.labels = batch.labels.to(ob.last_logits.device());
-    ob.step = step;
-    ob.sample_keys = batch.keys;
-    ob.top_k = model.info().top_k;
-    ob.routing_layers = layers;
-    const long long rows = batch.input_ids.size(0), width = batch.input_ids.size(1);
-    for (int l : layers)
-      for (const auto& trace : model.routing())
-        if (trace.layer == l) ob.routing.push_back(moelab::at_positions(trace.logits.view({rows, width, -1}), last));
-    return ob;
+  // One line per step: every loss term, lambda(t), lr and the routers' gradient norm from "reg" alone.
+  // A manifold term without gradient is exactly the public script's failure, so it is shouted.
+  void log_step(const nlohmann::json& row, long long total_steps) {
+    std::string terms;
+    for (const auto& [name, value] : row.items())
+      if (name != "stage" && name != "epoch" && name != "step" && value.is_number()) terms += fmt::format(" {} {:.5g}", name, value.get<double>());
+    moelab::log::info("finetune step {}/{} epoch {}:{}", row["step"].get<long long>() + 1, total_steps, row["epoch"].get<long long>(), terms);
+    if (row.contains("reg") && row.contains("lambda") && row["lambda"].get<double>() > 0 && row["reg_grad_norm"].get<double>() == 0.0)
+      moelab::log::warn("!!! step {}: the regularizer has no gradient on the routers (reg {:.5g} is a constant); it is not training anything",
+                        row["step"].get<long long>(), row["reg"].get<double>());
   }
 
   static double grad_norm(const torch::Tensor& term, const std::vector<torch::Tensor>& params) {

@@ -75,6 +75,7 @@ class MoeModel final : public Model {
   torch::ScalarType dtype() const override { return dtype_; }
   bool uses_grouped_mm() const { return grouped_mm_; }
   const std::vector<RouterTrace>& routing() const override { return routing_; }
+  const Tensor& hidden_states() const override { return hidden_; }
   void set_router_transform(RouterTransform transform) override { transform_ = std::move(transform); }
 
   Tensor router_weight(int layer) override {
@@ -117,6 +118,7 @@ class MoeModel final : public Model {
     }
     if (cache) cache->mask = full_mask.to(torch::kInt64);
     x = rms_norm(x, final_norm_, c_.rms_eps);
+    hidden_ = x;
     return torch::matmul(x, lm_head_.t()).to(torch::kFloat32);
   }
 
@@ -359,7 +361,7 @@ class MoeModel final : public Model {
   torch::Device device_;
   torch::ScalarType dtype_;
   bool grouped_mm_ = false;
-  Tensor embed_, final_norm_, lm_head_, inv_freq_;
+  Tensor embed_, final_norm_, lm_head_, inv_freq_, hidden_;
   std::vector<Layer> layers_;
   NamedTensors named_;
   std::vector<RouterTrace> routing_;

@@ -27,7 +27,7 @@ McItem prepare_item(const Example& example, const Tokenizer& tokenizer, const Pr
   return item;
 }
 
-McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id) {
+McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id, Padding padding) {
   std::size_t width = 0, choices = 0;
   for (const auto* item : items) {
     width = std::max(width, item->prompt_ids.size());
@@ -44,7 +44,7 @@ McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id)
   auto letters = batch.letter_ids.accessor<std::int64_t, 2>();
   for (std::int64_t r = 0; r < rows; ++r) {
     const McItem& item = *items[r];
-    std::size_t offset = width - item.prompt_ids.size();
+    std::size_t offset = padding == Padding::left ? width - item.prompt_ids.size() : 0;
     for (std::size_t t = 0; t < item.prompt_ids.size(); ++t) {
       ids[r][offset + t] = item.prompt_ids[t];
       mask[r][offset + t] = 1;
@@ -54,6 +54,28 @@ McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id)
     batch.keys.push_back(item.key);
   }
   return batch;
+}
+
+ObjectiveBatch objective_batch(Model& model, const McBatch& batch, const std::vector<int>& layers, long long step) {
+  torch::Tensor logits = model.forward(batch.input_ids, batch.attention_mask);
+  torch::Tensor last = last_positions(batch.attention_mask);
+  ObjectiveBatch ob;
+  ob.last_logits = at_positions(logits, last);
+  ob.choice_ids = batch.letter_ids.to(ob.last_logits.device());
+  ob.labels = batch.labels.to(ob.last_logits.device());
+  ob.step = step;
+  ob.sample_keys = batch.keys;
+  ob.top_k = model.info().top_k;
+  ob.routing_layers = layers;
+  const auto rows = batch.input_ids.size(0), width = batch.input_ids.size(1);
+  for (int l : layers) {
+    const RouterTrace* trace = nullptr;
+    for (const auto& t : model.routing())
+      if (t.layer == l) trace = &t;
+    if (!trace) throw std::runtime_error(fmt::format("layer {} is not a MoE layer of this model", l));
+    ob.routing.push_back(at_positions(trace->logits.view({rows, width, -1}), last));
+  }
+  return ob;
 }
 
 torch::Tensor last_positions(const torch::Tensor& attention_mask) {

@@ -50,6 +50,20 @@ std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file,
   if (field("model_fingerprint") != model_fingerprint(model))
     throw std::runtime_error(fmt::format("{}: made for model {}, but this model is {}", file.string(), field("model_fingerprint"),
                                          model_fingerprint(model)));
+  // The gates it was trained from must be the gates it replaces: same shapes are not enough.
+  std::map<int, std::string> base_prints;
+  std::string prints = field("base_gate_fingerprint");
+  for (std::size_t start = 0; start < prints.size();) {
+    std::size_t end = std::min(prints.find('|', start), prints.size());
+    std::string entry = prints.substr(start, end - start);
+    base_prints[std::stoi(entry.substr(0, entry.find('=')))] = entry.substr(entry.find('=') + 1);
+    start = end + 1;
+  }
+  for (const auto& [layer, print] : base_prints)
+    if (tensor_fingerprint(model.router_weight(layer)) != print)
+      throw std::runtime_error(fmt::format("{}: layer {} was trained from other base routers than this model's ({} vs {}); "
+                                           "load the base model it was trained on", file.string(), layer, print,
+                                           tensor_fingerprint(model.router_weight(layer))));
   std::map<int, double> change;
   torch::NoGradGuard no_grad;
   for (const auto& name : ckpt.names()) {

@@ -1,9 +1,14 @@
-// Dataset of JSON Lines records: multiple-choice items (ARC, OpenBookQA, SciQ forms) or plain text.
-// Field names are dotted paths into each record; choices may be strings or {"text","label"} objects,
-// and answers a letter, a 0-based index, or a numeric key "1".."N" (ARC's numeric items).
+// Dataset of JSON Lines records: multiple-choice items or plain text. Known forms are recognized per
+// record (form = "auto"): ARC ({"question": {"stem", "choices"}} or Hugging Face's {"question",
+// "choices": {"text", "label"}}), OpenBookQA ("question_stem"), SciQ ("correct_answer" and
+// "distractor1-3", shuffled with the run seed) and the RoMA seed form ({"question", "choices":
+// ["A) ...", ...], "answer"}). Otherwise the *_field keys are dotted paths into each record; choices
+// may be strings or {"text","label"} objects, and answers a letter, a 0-based index, or a numeric key
+// "1".."N" (ARC's numeric items, shown as A..N as lm-eval does).
 #include "moelab/moelab.h"
 
 #include <fstream>
+#include <random>
 
 namespace {
 
@@ -25,7 +30,8 @@ const json* lookup(const json& record, const std::string& dotted) {
 
 class JsonlDataset final : public moelab::Dataset {
  public:
-  JsonlDataset(const moelab::Config& config, moelab::RunContext&) {
+  JsonlDataset(const moelab::Config& config, moelab::RunContext& context)
+      : form_(config.get_string("form")), shuffle_seed_(context.seed_for(config.id() + ".sciq")) {
     std::filesystem::path path = config.get_path("path");
     std::ifstream in(path);
     if (!in) throw std::runtime_error(fmt::format("{} ({}): cannot open {}", config.id(), config.where("path"), path.string()));
@@ -40,7 +46,7 @@ class JsonlDataset final : public moelab::Dataset {
       } catch (const json::parse_error& e) {
         throw std::runtime_error(fmt::format("{}: not valid JSON: {}", origin, e.what()));
       }
-      examples_.push_back(to_example(record, config, origin, examples_.size()));
+      examples_.push_back(to_example(normalized(record, origin), config, origin, examples_.size()));
       if (limit > 0 && static_cast<long long>(examples_.size()) >= limit) break;
     }
     if (examples_.empty()) throw std::runtime_error(fmt::format("{}: no records", path.string()));
@@ -50,6 +56,54 @@ class JsonlDataset final : public moelab::Dataset {
   const Example& at(std::size_t index) const override { return examples_.at(index); }
 
  private:
+  // Rewrites a record of a known form into the ARC form the field defaults read; others pass as they are.
+  json normalized(const json& record, const std::string& origin) const {
+    if (form_ == "fields" || !record.is_object()) return record;
+    auto has = [&](const char* key) { return record.contains(key); };
+    json arc = record;
+    if (has("question_stem") && (form_ == "auto" || form_ == "openbookqa")) {
+      arc["question"] = {{"stem", record["question_stem"]}, {"choices", record.at("choices")}};
+    } else if (has("correct_answer") && has("distractor1") && (form_ == "auto" || form_ == "sciq")) {
+      std::vector<json> options = {record["correct_answer"]};
+      for (const char* d : {"distractor1", "distractor2", "distractor3"})
+        if (has(d)) options.push_back(record[d]);
+      std::vector<std::size_t> order(options.size());
+      for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+      std::mt19937_64 rng(shuffle_seed_ ^ std::hash<std::string>{}(record.value("id", record.value("question", origin))));
+      std::shuffle(order.begin(), order.end(), rng);
+      json choices = json::array();
+      std::string gold;
+      for (std::size_t i = 0; i < order.size(); ++i) {
+        std::string letter(1, static_cast<char>('A' + i));
+        choices.push_back({{"text", options[order[i]]}, {"label", letter}});
+        if (order[i] == 0) gold = letter;
+      }
+      arc["question"] = {{"stem", record.at("question")}, {"choices", choices}};
+      arc["answerKey"] = gold;
+    } else if (has("question") && record["question"].is_string() && has("choices") && (form_ == "auto" || form_ == "arc")) {
+      const json& c = record["choices"];
+      json choices = json::array();
+      if (c.is_object() && c.contains("text")) {  // Hugging Face ARC: parallel text and label lists
+        for (std::size_t i = 0; i < c["text"].size(); ++i)
+          choices.push_back({{"text", c["text"][i]}, {"label", c.contains("label") ? c["label"][i] : json(std::string(1, 'A' + i))}});
+      } else if (c.is_array()) {  // the seed form: "A) text"
+        for (std::size_t i = 0; i < c.size(); ++i) {
+          std::string text = c[i].is_string() ? c[i].get<std::string>() : c[i].dump();
+          std::string letter(1, static_cast<char>('A' + i));
+          if (text.size() >= 3 && text.compare(0, 1, letter) == 0 && (text[1] == ')' || text[1] == '.') && text[2] == ' ') text = text.substr(3);
+          choices.push_back({{"text", text}, {"label", letter}});
+        }
+      }
+      arc["question"] = {{"stem", record["question"]}, {"choices", choices}};
+      if (!has("answerKey") && has("answer")) {
+        json answer = record["answer"];
+        if (answer.is_string() && answer.get<std::string>().size() > 1) answer = answer.get<std::string>().substr(0, 1);  // "B) ..." -> "B"
+        arc["answerKey"] = answer;
+      }
+    }
+    return arc;
+  }
+
   static Example to_example(const json& record, const moelab::Config& config, const std::string& origin, std::size_t row) {
     Example ex;
     ex.origin = origin;
@@ -100,12 +154,16 @@ class JsonlDataset final : public moelab::Dataset {
     throw std::runtime_error(fmt::format("{}: answer \"{}\" is not one of the choice labels", origin, key));
   }
 
+  std::string form_;
+  std::uint64_t shuffle_seed_;
   std::vector<Example> examples_;
 };
 
 moelab::Descriptor describe() {
   return moelab::Descriptor("jsonl", moelab::Kind::dataset, "0.1.0", "JSON Lines records: multiple choice or plain text")
       .required("path", moelab::KeyType::path, "the .jsonl file")
+      .choice("form", "auto", {"auto", "arc", "openbookqa", "sciq", "fields"},
+              "record form: auto-detect ARC/HF ARC/seed, OpenBookQA, SciQ; or \"fields\" (the *_field paths only)")
       .string("text_field", "question.stem", "dotted path of the question or text")
       .string("choices_field", "question.choices", "dotted path of the choices (absent: plain text)")
       .string("answer_field", "answerKey", "dotted path of the answer (letter, label or index)")

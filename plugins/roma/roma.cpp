@@ -3,7 +3,8 @@
 // r_i: sample i's routing at its last prompt token in the target layers, concatenated, computed LIVE
 // (batch.routing), so the gradient reaches the routers. N(i): the k nearest successful samples (is_correct)
 // by task-embedding cosine, i excluded; W_ij = exp(-(1 - cos_ij)^2 / (2 sigma^2)) normalized over N(i);
-// r_j as recorded in the routing-results JSON.
+// r_j as recorded in the routing-results JSON (neighbours = "recorded"), or recomputed by the current
+// model without gradient (neighbours = "live").
 #include "moelab/moelab.h"
 
 #include <unordered_map>
@@ -18,12 +19,14 @@ torch::Tensor topk_renorm(const torch::Tensor& probs, long long k) {
 class Roma final : public moelab::Objective {
  public:
   Roma(const moelab::Config& config, moelab::RunContext& context)
-      : task_(context.make<moelab::Objective>(config.get_string("task"))),
+      : context_(context),
+        task_(context.make<moelab::Objective>(config.get_string("task"))),
         k_(config.get_int("k")),
         sigma_(config.get_real("sigma")),
         lambda_(config.get_real("lambda")),
         lambda_warmup_(config.get_int("lambda_warmup_steps")),
-        representation_(config.get_string("representation")) {
+        representation_(config.get_string("representation")),
+        live_neighbours_(config.get_string("neighbours") == "live") {
     std::filesystem::path path = context.run_path(config.get_path("routing_results"));
     nlohmann::json results = nlohmann::json::parse(moelab::read_file(path));
     std::vector<std::string> keys, texts;
@@ -46,9 +49,13 @@ class Roma final : public moelab::Objective {
       for (long long j = 0; j < k; ++j) n.keys.push_back(keys[graph.index[static_cast<long long>(i)][j].item<int64_t>()]);
       neighbours_[keys[i]] = std::move(n);
     }
-    for (const auto& key : keys) recorded_routing_[key] = recorded(results[key], key, path.string());
-    moelab::log::info("roma: {} samples, {} successful; k={} neighbours, sigma={}, lambda={} (warmup {} steps), r = {}", keys.size(),
-                      successful.size(), k, sigma_, lambda_, lambda_warmup_, representation_);
+    for (const auto& key : keys) {
+      recorded_routing_[key] = recorded(results[key], key, path.string());
+      prompts_[key] = results[key]["input_text"].get<std::string>();
+    }
+    moelab::log::info("roma: {} samples, {} successful; k={} neighbours, sigma={}, lambda={} (warmup {} steps), r = {}, r_j {}",
+                      keys.size(), successful.size(), k, sigma_, lambda_, lambda_warmup_, representation_,
+                      live_neighbours_ ? "live" : "recorded");
   }
 
   moelab::LossTerms compute(const moelab::ObjectiveBatch& batch) override {
@@ -57,7 +64,8 @@ class Roma final : public moelab::Objective {
     std::vector<torch::Tensor> per_sample;
     for (std::size_t b = 0; b < batch.sample_keys.size(); ++b) {
       const Neighbours& n = neighbour_entry(batch.sample_keys[b]);
-      torch::Tensor r_j = torch::stack(recorded_for(n.keys, batch)).to(r_i.device(), r_i.scalar_type());  // [k, L*E]
+      torch::Tensor r_j = (live_neighbours_ ? recomputed_for(n.keys, batch) : torch::stack(recorded_for(n.keys, batch)))
+                              .to(r_i.device(), r_i.scalar_type());  // [k, L*E]
       per_sample.push_back((n.weights.to(r_i.device(), r_i.scalar_type()) * (r_i[b].unsqueeze(0) - r_j).pow(2).sum(1)).sum());
     }
     torch::Tensor reg = torch::stack(per_sample).mean();
@@ -126,12 +134,32 @@ class Roma final : public moelab::Objective {
     return rows;
   }
 
+  // r_j by a no-grad forward of the current model over the neighbours' prompts.
+  torch::Tensor recomputed_for(const std::vector<std::string>& keys, const moelab::ObjectiveBatch& batch) const {
+    torch::NoGradGuard no_grad;
+    moelab::Model& model = context_.model();
+    std::vector<moelab::McItem> items(keys.size());
+    std::vector<const moelab::McItem*> rows;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      items[i].key = keys[i];
+      items[i].prompt_ids = context_.tokenizer().encode(prompts_.at(keys[i]));
+      rows.push_back(&items[i]);
+    }
+    moelab::McBatch mc = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
+    moelab::ObjectiveBatch neighbours = moelab::objective_batch(model, mc, batch.routing_layers, batch.step);
+    neighbours.top_k = batch.top_k;
+    return live_routing(neighbours);
+  }
+
+  moelab::RunContext& context_;
   std::shared_ptr<moelab::Objective> task_;
   long long k_;
   double sigma_, lambda_;
   long long lambda_warmup_;
   std::string representation_;
+  bool live_neighbours_;
   std::unordered_map<std::string, Neighbours> neighbours_;
+  std::unordered_map<std::string, std::string> prompts_;
   std::unordered_map<std::string, std::map<int, std::vector<double>>> recorded_routing_;
 };
 
@@ -144,7 +172,8 @@ moelab::Descriptor describe() {
       .real("sigma", 0.4, "kernel width of W_ij")
       .real("lambda", 0.8, "weight of the manifold term")
       .integer("lambda_warmup_steps", 2000, "lambda(t) = lambda * min(1, (t+1)/lambda_warmup_steps)")
-      .choice("representation", "softmax", {"softmax", "topk_renorm"}, "r: full softmax, or top-k weights renormalized");
+      .choice("representation", "softmax", {"softmax", "topk_renorm"}, "r: full softmax, or top-k weights renormalized")
+      .choice("neighbours", "recorded", {"recorded", "live"}, "r_j: as recorded in routing_results, or recomputed by the current model");
 }
 
 }  // namespace

@@ -50,6 +50,8 @@ class Model {
   // logits [B, T, V].
   virtual torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                 KVCache* cache = nullptr) = 0;
+  // Hidden states [B, T, hidden] after the final norm in the last forward (for embedders).
+  virtual const torch::Tensor& hidden_states() const = 0;
   // Routing of every MoE layer in the last forward, in layer order.
   virtual const std::vector<RouterTrace>& routing() const = 0;
   virtual void set_router_transform(RouterTransform transform) = 0;

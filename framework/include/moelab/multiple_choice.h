@@ -5,6 +5,8 @@
 
 #include "moelab/config.h"
 #include "moelab/dataset.h"
+#include "moelab/model.h"
+#include "moelab/objective.h"
 #include "moelab/plugin.h"
 #include "moelab/prompt.h"
 #include "moelab/tokenizer.h"
@@ -36,7 +38,12 @@ struct McBatch {
 // The prompt is record["prompt"] when the dataset already holds one, else `format` applied to the
 // example; it keeps its last `max_len` tokens. Letters must each be one token (" A" or "A").
 McItem prepare_item(const Example& example, const Tokenizer& tokenizer, const PromptFormat& format, std::size_t max_len);
-McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id);
+enum class Padding { left, right };
+McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id, Padding padding = Padding::left);
+
+// One forward of `model` over `batch`, packaged for an objective: the logits and the live router
+// logits of `layers` at each row's last prompt token (gradients flow through both).
+ObjectiveBatch objective_batch(Model& model, const McBatch& batch, const std::vector<int>& layers, long long step);
 
 // [B] index of each row's last real token (left or right padding).
 torch::Tensor last_positions(const torch::Tensor& attention_mask);
