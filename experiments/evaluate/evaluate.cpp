@@ -60,7 +60,7 @@ class Evaluate final : public moelab::Stage {
         report["finetuned"][metric] = describe_scores(s, items, chance, "finetuned " + metric, report["warnings"]);
         report["paired"][metric] = paired(base.at(metric), s);
       }
-      report["router_change"] = moved;
+      for (const auto& [layer, change] : moved) report["router_change"][std::to_string(layer)] = change;
     }
     nlohmann::json per_item = nlohmann::json::array();
     for (std::size_t i = 0; i < items.size(); ++i) {

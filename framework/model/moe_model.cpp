@@ -37,8 +37,12 @@ struct Layer {
   Tensor expert_gate, expert_up, expert_down;  // [E, I, H], [E, I, H], [E, H, I]
 };
 
+// Norms and attention scores run in float32 for low-precision weights, in float64 for float64 ones
+// (gradient checks against finite differences).
+torch::ScalarType accumulate_type(const Tensor& x) { return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32; }
+
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  Tensor xf = x.to(torch::kFloat32);
+  Tensor xf = x.to(accumulate_type(x));
   xf = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
   return weight * xf.to(x.scalar_type());
 }
@@ -119,14 +123,15 @@ class MoeModel final : public Model {
     if (cache) cache->mask = full_mask.to(torch::kInt64);
     x = rms_norm(x, final_norm_, c_.rms_eps);
     hidden_ = x;
-    return torch::matmul(x, lm_head_.t()).to(torch::kFloat32);
+    Tensor logits = torch::matmul(x, lm_head_.t());
+    return logits.scalar_type() == torch::kFloat64 ? logits : logits.to(torch::kFloat32);
   }
 
  private:
   Tensor rope(const Tensor& x, const Tensor& freqs) const {  // x [B, H, T, R]
     Tensor cos = freqs.cos().unsqueeze(1), sin = freqs.sin().unsqueeze(1);  // [B, 1, T, R/2]
     if (c_.arch->rope_interleaved) {
-      Tensor xf = x.to(torch::kFloat32);
+      Tensor xf = x.to(accumulate_type(x));
       Tensor re = xf.index({"...", Slice(0, torch::indexing::None, 2)}), im = xf.index({"...", Slice(1, torch::indexing::None, 2)});
       return torch::stack({re * cos - im * sin, re * sin + im * cos}, -1).flatten(-2).to(x.scalar_type());
     }
@@ -145,8 +150,8 @@ class MoeModel final : public Model {
       k = k.repeat_interleave(groups, 1);
       v = v.repeat_interleave(groups, 1);
     }
-    Tensor scores = torch::matmul(q, k.transpose(-1, -2)).to(torch::kFloat32) * scale;
-    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    Tensor scores = torch::matmul(q, k.transpose(-1, -2)).to(accumulate_type(q)) * scale;
+    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
     Tensor probs = scores.softmax(-1).to(q.scalar_type());
     return torch::matmul(probs, v);  // [B, H, T, Dv]
   }

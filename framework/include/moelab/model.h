@@ -46,8 +46,8 @@ class Model {
   virtual torch::ScalarType dtype() const = 0;
 
   // input_ids [B, T] int64; attention_mask [B, T] (1 token, 0 pad; left or right padding) or undefined.
-  // With a cache, the tokens continue the cached sequence and the cache is extended. Returns float
-  // logits [B, T, V].
+  // With a cache, the tokens continue the cached sequence and the cache is extended. Returns float32
+  // logits [B, T, V] (float64 for a float64 model).
   virtual torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                 KVCache* cache = nullptr) = 0;
   // Hidden states [B, T, hidden] after the final norm in the last forward (for embedders).
