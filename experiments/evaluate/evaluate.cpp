@@ -6,8 +6,6 @@
 // accuracy is within chance or one letter takes over 70% of the answers.
 #include "moelab/moelab.h"
 
-#include <cmath>
-#include <random>
 
 namespace {
 
@@ -16,15 +14,6 @@ struct Scores {
   std::vector<bool> correct;
   double accuracy = 0;
 };
-
-// Two-sided exact McNemar test on the discordant pairs (b, c).
-double mcnemar_exact(long long b, long long c) {
-  long long n = b + c;
-  if (n == 0) return 1.0;
-  double tail = 0;
-  for (long long i = 0; i <= std::min(b, c); ++i) tail += std::exp(std::lgamma(n + 1.0) - std::lgamma(i + 1.0) - std::lgamma(n - i + 1.0) - n * std::log(2.0));
-  return std::min(1.0, 2 * tail);
-}
 
 class Evaluate final : public moelab::Stage {
  public:
@@ -190,27 +179,8 @@ class Evaluate final : public moelab::Stage {
   }
 
   nlohmann::json paired(const Scores& base, const Scores& tuned) {
-    const std::size_t n = base.correct.size();
-    long long b = 0, c = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      b += base.correct[i] && !tuned.correct[i];
-      c += !base.correct[i] && tuned.correct[i];
-    }
-    std::mt19937_64 rng(context_.seed_for(config_.id() + ".bootstrap"));
-    std::uniform_int_distribution<std::size_t> pick(0, n - 1);
-    std::vector<double> diffs;
-    for (long long r = 0; r < config_.get_int("bootstrap"); ++r) {
-      double d = 0;
-      for (std::size_t i = 0; i < n; ++i) {
-        std::size_t k = pick(rng);
-        d += static_cast<double>(tuned.correct[k]) - static_cast<double>(base.correct[k]);
-      }
-      diffs.push_back(d / static_cast<double>(n));
-    }
-    std::sort(diffs.begin(), diffs.end());
-    auto quantile = [&](double q) { return diffs.empty() ? 0.0 : diffs[static_cast<std::size_t>(q * (diffs.size() - 1))]; };
-    return {{"difference", tuned.accuracy - base.accuracy}, {"bootstrap_95", {quantile(0.025), quantile(0.975)}},
-            {"base_only_correct", b}, {"finetuned_only_correct", c}, {"mcnemar_p", mcnemar_exact(b, c)}};
+    std::vector<double> a(base.correct.begin(), base.correct.end()), b(tuned.correct.begin(), tuned.correct.end());
+    return moelab::paired_comparison(a, b, context_.seed_for(config_.id() + ".bootstrap"), static_cast<int>(config_.get_int("bootstrap")));
   }
 
   static std::string human(const nlohmann::json& r) {
@@ -224,7 +194,7 @@ class Evaluate final : public moelab::Stage {
         out += fmt::format(" {:.2f}% | {:+.2f} [{:+.2f}, {:+.2f}] | {:.3g} ({} base-only vs {} finetuned-only correct) |",
                            100 * r["finetuned"][metric]["accuracy"].get<double>(), 100 * p["difference"].get<double>(),
                            100 * p["bootstrap_95"][0].get<double>(), 100 * p["bootstrap_95"][1].get<double>(), p["mcnemar_p"].get<double>(),
-                           p["base_only_correct"].get<long long>(), p["finetuned_only_correct"].get<long long>());
+                           p["a_only"].get<long long>(), p["b_only"].get<long long>());
       }
       out += "\n";
     }

@@ -243,7 +243,7 @@ ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path&
   for (const auto& [id, component] : out.components) {
     const Descriptor& d = *registry.get(component.plugin).descriptor;
     for (const auto& key : d.keys)
-      if (key.type == KeyType::component)
+      if (key.type == KeyType::component && !component.config->table.get(key.name)->value<std::string>()->empty())
         check_reference(component.config->where.at(key.name), *component.config->table.get(key.name)->value<std::string>(),
                         kind_from_name(key.choices.at(0)), fmt::format("[{}] {} =", id, key.name));
   }

@@ -93,10 +93,12 @@ class MoeModel final : public Model {
   Tensor forward(const Tensor& input_ids_in, const Tensor& attention_mask, KVCache* cache) override {
     Tensor input_ids = input_ids_in.to(device_);
     const int64_t B = input_ids.size(0), T = input_ids.size(1);
+    const int64_t R = cache ? cache->replicas : 1;
+    if (R < 1 || B % R != 0) throw std::runtime_error(fmt::format("forward: {} rows are not a multiple of the cache's {} replicas", B, R));
     Tensor mask = attention_mask.defined() ? attention_mask.to(device_, torch::kBool) : torch::ones({B, T}, torch::dtype(torch::kBool).device(device_));
     int64_t past = cache ? cache->length() : 0;
-    Tensor past_mask = past > 0 ? cache->mask.to(torch::kBool) : torch::zeros({B, 0}, mask.options());
-    Tensor full_mask = torch::cat({past_mask, mask}, 1);  // [B, S]
+    Tensor past_mask = past > 0 ? cache->mask.to(device_, torch::kBool) : torch::zeros({B / R, 0}, mask.options());
+    Tensor full_mask = torch::cat({R > 1 ? past_mask.repeat_interleave(R, 0) : past_mask, mask}, 1);  // [B, S]
     // Positions count real tokens only, so left padding gives the same positions as no padding.
     Tensor positions = (full_mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).narrow(1, past, T);
     // allowed[b, i, j]: query i may see key j (causal, not padding; itself always, to keep pad rows finite).
@@ -120,7 +122,7 @@ class MoeModel final : public Model {
       h = rms_norm(x, L.post_norm, c_.rms_eps);
       x = x + (L.moe ? moe(L, h, i) : L.dense(h));
     }
-    if (cache) cache->mask = full_mask.to(torch::kInt64);
+    if (cache) cache->mask = torch::cat({past_mask, first_replicas(mask, R)}, 1).to(torch::kInt64);
     x = rms_norm(x, final_norm_, c_.rms_eps);
     hidden_ = x;
     Tensor logits = torch::matmul(x, lm_head_.t());
@@ -139,21 +141,55 @@ class MoeModel final : public Model {
     return x * c2 + rotate_half(x) * s2;
   }
 
-  static Tensor append(Tensor& slot, const Tensor& fresh) {
-    slot = slot.defined() ? torch::cat({slot, fresh}, 2) : fresh;
-    return slot;
+  // Rows r % replicas == 0 of x [B, ...] -> [B / replicas, ...].
+  static Tensor first_replicas(const Tensor& x, int64_t replicas) {
+    if (replicas == 1) return x;
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape[0] /= replicas;
+    shape.insert(shape.begin() + 1, replicas);
+    return x.view(shape).select(1, 0);
   }
 
+  // Stores the clean rows' fresh keys (or latents); returns what this forward attends to: the whole
+  // cached sequence when there are no replicas, else only the fresh part (the prefix is read in place).
+  static Tensor append(Tensor& slot, const Tensor& fresh, int64_t replicas) {
+    Tensor stored = first_replicas(fresh, replicas);
+    slot = slot.defined() ? torch::cat({slot, stored}, 2) : (replicas > 1 ? stored.contiguous() : stored);
+    return replicas > 1 ? fresh : slot;
+  }
+
+  static int64_t replicas_of(const KVCache* cache) { return cache ? cache->replicas : 1; }
+
   Tensor attend(const Tensor& q, Tensor k, Tensor v, const Tensor& allowed, double scale) const {
-    int64_t groups = q.size(1) / k.size(1);
-    if (groups > 1) {
-      k = k.repeat_interleave(groups, 1);
-      v = v.repeat_interleave(groups, 1);
-    }
+    k = expand_heads(k, q.size(1));
+    v = expand_heads(v, q.size(1));
     Tensor scores = torch::matmul(q, k.transpose(-1, -2)).to(accumulate_type(q)) * scale;
     scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
     Tensor probs = scores.softmax(-1).to(q.scalar_type());
     return torch::matmul(probs, v);  // [B, H, T, Dv]
+  }
+
+  static Tensor expand_heads(const Tensor& kv, int64_t heads) {
+    int64_t groups = heads / kv.size(1);
+    return groups > 1 ? kv.repeat_interleave(groups, 1) : kv;
+  }
+
+  // Attention of B = C * R query rows where each group of R rows shares cached row c's prefix (read
+  // in place: the replicas are folded into the query length) and has its own fresh keys.
+  Tensor attend_replicas(const Tensor& q, Tensor k_past, Tensor v_past, Tensor k_new, Tensor v_new, const Tensor& allowed,
+                         int64_t R, double scale) const {
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), C = B / R, S = k_past.size(2);
+    k_past = expand_heads(k_past, H);
+    v_past = expand_heads(v_past, H);
+    k_new = expand_heads(k_new, H);
+    v_new = expand_heads(v_new, H);
+    auto fold = [&](const Tensor& t) { return t.view({C, R, H, T, -1}).transpose(1, 2).reshape({C, H, R * T, -1}); };
+    auto unfold = [&](const Tensor& t) { return t.view({C, H, R, T, -1}).transpose(1, 2).reshape({B, H, T, -1}); };
+    Tensor scores = torch::cat({unfold(torch::matmul(fold(q), k_past.transpose(-1, -2))), torch::matmul(q, k_new.transpose(-1, -2))}, -1);
+    scores = scores.to(accumulate_type(q)) * scale;
+    scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
+    Tensor probs = scores.softmax(-1).to(q.scalar_type());
+    return unfold(torch::matmul(fold(probs.narrow(-1, 0, S)), v_past)) + torch::matmul(probs.narrow(-1, S, T), v_new);
   }
 
   Tensor attention(const Layer& L, const Tensor& h, const Tensor& freqs, const Tensor& allowed, KVCache* cache, int i) const {
@@ -178,11 +214,14 @@ class MoeModel final : public Model {
     }
     q = rope(q.transpose(1, 2), freqs);
     k = rope(k.transpose(1, 2), freqs);
+    const int64_t R = replicas_of(cache);
+    Tensor k_past = cache ? cache->first[i] : Tensor(), v_past = cache ? cache->second[i] : Tensor();
     if (cache) {
-      k = append(cache->first[i], k);
-      v = append(cache->second[i], v);
+      k = append(cache->first[i], k, R);
+      v = append(cache->second[i], v, R);
     }
-    Tensor out = attend(q, k, v, allowed, 1.0 / std::sqrt(static_cast<double>(D)));
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    Tensor out = R > 1 && k_past.defined() ? attend_replicas(q, k_past, v_past, k, v, allowed, R, scale) : attend(q, k, v, allowed, scale);
     return torch::matmul(out.transpose(1, 2).reshape({B, T, -1}), L.o.t());
   }
 
@@ -196,15 +235,27 @@ class MoeModel final : public Model {
     Tensor compressed = torch::matmul(h, L.kv_a.t());
     Tensor latent = rms_norm(compressed.narrow(-1, 0, c_.kv_lora_rank), L.kv_a_norm, c_.rms_eps).unsqueeze(1);  // [B,1,T,r]
     Tensor k_rot = rope(compressed.narrow(-1, c_.kv_lora_rank, rot).unsqueeze(1), freqs);                      // [B,1,T,rot]
+    const int64_t R = replicas_of(cache);
+    Tensor latent_past = cache ? cache->first[i] : Tensor(), k_rot_past = cache ? cache->second[i] : Tensor();
     if (cache) {
-      latent = append(cache->first[i], latent);
-      k_rot = append(cache->second[i], k_rot);
+      latent = append(cache->first[i], latent, R);
+      k_rot = append(cache->second[i], k_rot, R);
     }
-    const int64_t S = latent.size(2);
-    Tensor kv = torch::matmul(latent.squeeze(1), L.kv_b.t()).view({B, S, -1, nope + vd}).transpose(1, 2);
-    Tensor k = torch::cat({kv.narrow(-1, 0, nope), k_rot.expand({B, kv.size(1), S, rot})}, -1);
-    Tensor v = kv.narrow(-1, nope, vd);
-    Tensor out = attend(torch::cat({q_nope, q_rot}, -1), k, v, allowed, 1.0 / std::sqrt(static_cast<double>(nope + rot)));
+    auto keys_values = [&](const Tensor& lat, const Tensor& rot_key) {  // [b,1,s,r], [b,1,s,rot] -> k, v [b, H, s, .]
+      const int64_t b = lat.size(0), s = lat.size(2);
+      Tensor kv = torch::matmul(lat.squeeze(1), L.kv_b.t()).view({b, s, -1, nope + vd}).transpose(1, 2);
+      return std::make_pair(torch::cat({kv.narrow(-1, 0, nope), rot_key.expand({b, kv.size(1), s, rot})}, -1), kv.narrow(-1, nope, vd));
+    };
+    const double scale = 1.0 / std::sqrt(static_cast<double>(nope + rot));
+    Tensor query = torch::cat({q_nope, q_rot}, -1), out;
+    if (R > 1 && latent_past.defined()) {
+      auto [k_past, v_past] = keys_values(latent_past, k_rot_past);
+      auto [k_new, v_new] = keys_values(latent, k_rot);
+      out = attend_replicas(query, k_past, v_past, k_new, v_new, allowed, R, scale);
+    } else {
+      auto [k, v] = keys_values(latent, k_rot);
+      out = attend(query, k, v, allowed, scale);
+    }
     return torch::matmul(out.transpose(1, 2).reshape({B, T, -1}), L.o.t());
   }
 
@@ -212,7 +263,7 @@ class MoeModel final : public Model {
     const auto shape = h.sizes().vec();
     Tensor x = h.reshape({-1, c_.hidden_size});
     Tensor logits = torch::matmul(x.to(L.router.scalar_type()), L.router.t());  // routers run in float32 (or float64)
-    Tensor selection_logits = transform_ ? transform_(layer, logits) : logits;
+    Tensor selection_logits = transform_.selection ? transform_.selection(layer, logits) : logits;
     Tensor probs = selection_logits.softmax(-1);
     Tensor weights, ids;
     if (c_.arch->router == RouterRule::group_limited_topk && c_.n_group > 1) {
@@ -223,6 +274,7 @@ class MoeModel final : public Model {
     } else {
       std::tie(weights, ids) = probs.topk(c_.top_k, -1);
     }
+    if (transform_.selection && transform_.weights_from_clean) weights = logits.softmax(-1).gather(-1, ids);
     if (c_.arch->router == RouterRule::softmax_topk_renorm || (c_.arch->router == RouterRule::softmax_topk && c_.norm_topk_prob))
       weights = weights / weights.sum(-1, true);
     if (c_.arch->router == RouterRule::group_limited_topk) weights = weights * c_.routed_scaling_factor;

@@ -126,6 +126,9 @@ Descriptor& Descriptor::strings(const std::string& key, const std::vector<std::s
 Descriptor& Descriptor::component(const std::string& key, Kind k, const std::string& default_id, const std::string& help) {
   return add({key, KeyType::component, default_id.empty() ? "" : toml_quote(default_id), help, {std::string(kind_name(k))}});
 }
+Descriptor& Descriptor::optional_component(const std::string& key, Kind k, const std::string& help) {
+  return add({key, KeyType::component, "\"\"", help, {std::string(kind_name(k))}});
+}
 Descriptor& Descriptor::required(const std::string& key, KeyType type, const std::string& help) {
   return add({key, type, "", help, {}});
 }

@@ -1,4 +1,4 @@
-// Greedy decoding: the most likely token of each row (ties go to the lowest id).
+// Greedy decoding: the most likely next token of each row (ties go to the lowest id).
 #include "moelab/moelab.h"
 
 namespace {
@@ -6,11 +6,13 @@ namespace {
 class GreedySampler final : public moelab::Sampler {
  public:
   GreedySampler(const moelab::Config&, moelab::RunContext&) {}
-  torch::Tensor choose(const torch::Tensor& logits) override { return logits.argmax(-1); }
+  torch::Tensor next(moelab::Model& model, const torch::Tensor& tokens, moelab::KVCache& cache, std::int64_t) override {
+    return model.forward(tokens, {}, &cache).select(1, -1).argmax(-1);
+  }
 };
 
 moelab::Descriptor describe() {
-  return moelab::Descriptor("greedy", moelab::Kind::sampler, "0.1.0", "argmax of the next-token logits");
+  return moelab::Descriptor("greedy", moelab::Kind::sampler, "0.2.0", "argmax of the next-token logits");
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Plugin libraries: found by name, ABI checked, unique names, kept loaded while their objects live.
 #include "moelab/moelab.h"
+#include "moe_model.h"
 #include "test_run.h"
 
 #include <dlfcn.h>
@@ -81,9 +82,12 @@ TEST(PluginRegistry, LibraryStaysLoadedWhileAnObjectLives) {
   }
   ASSERT_TRUE(sampler);
   EXPECT_TRUE(library_loaded(greedy_file));
-  auto picked = sampler->choose(torch::tensor({{0.1f, 2.0f, -1.0f}, {3.0f, 0.0f, 3.5f}}));
-  EXPECT_EQ(picked[0].item<int64_t>(), 1);
-  EXPECT_EQ(picked[1].item<int64_t>(), 2);
+  auto model = moelab::load_model(fs::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe", torch::kCPU, torch::kFloat32);
+  moelab::KVCache cache;
+  torch::Tensor tokens = torch::tensor({{5}, {9}}, torch::kInt64);
+  torch::Tensor picked = sampler->next(*model, tokens, cache, 0);
+  EXPECT_TRUE(torch::equal(picked, model->forward(tokens, {}).select(1, -1).argmax(-1)));
+  EXPECT_EQ(cache.length(), 1);
   sampler.reset();
   EXPECT_FALSE(library_loaded(greedy_file));
 }

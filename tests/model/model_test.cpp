@@ -119,17 +119,25 @@ TEST(Model, RouterTransformChangesSelectionButNotRecordedLogits) {
   model->forward(ids, {});
   Tensor clean = model->routing()[0].logits.clone();
   // Force expert 7 and 6 to the top in layer 0 only.
-  model->set_router_transform([](int layer, const Tensor& logits) {
+  moelab::RouterTransform boost{[](int layer, const Tensor& logits) {
     if (layer != 0) return logits;
     Tensor boosted = logits.clone();
     boosted.select(1, 7) += 100;
     boosted.select(1, 6) += 50;
     return boosted;
-  });
+  }};
+  model->set_router_transform(boost);
   model->forward(ids, {});
   EXPECT_TRUE(torch::allclose(model->routing()[0].logits, clean));
   EXPECT_TRUE(model->routing()[0].topk_ids.select(1, 0).eq(7).all().item<bool>());
   EXPECT_TRUE(model->routing()[0].topk_ids.select(1, 1).eq(6).all().item<bool>());
+  EXPECT_GT(model->routing()[0].topk_weights.select(1, 0).min().item<double>(), 0.99);  // weights from the boosted logits
+  // Weights from the clean logits: the clean softmax at the forced experts.
+  boost.weights_from_clean = true;
+  model->set_router_transform(boost);
+  model->forward(ids, {});
+  Tensor clean_probs = clean.softmax(-1);
+  EXPECT_TRUE(torch::allclose(model->routing()[0].topk_weights, clean_probs.index_select(1, torch::tensor({7, 6}))));
 }
 
 TEST(Model, MissingTensorsAndUnknownTypesAreNamed) {

@@ -32,11 +32,19 @@ struct RouterTrace {
 struct KVCache {
   std::vector<torch::Tensor> first, second;  // per layer: keys/values, or MLA's latent and rotary key
   torch::Tensor mask;                        // [B, S] 1 for real tokens, 0 for padding
+  // Input rows per cached row in the next forwards, all reading that row's prefix without a copy (RoE:
+  // one clean row then K noisy ones). Input row r continues cached row r / replicas; only the rows
+  // with r % replicas == 0 are appended to the cache.
+  long long replicas = 1;
   long long length() const { return mask.defined() ? mask.size(1) : 0; }
 };
 
 // Changes a layer's router logits [N, E] before top-k selection (for example RoE's Gumbel noise).
-using RouterTransform = std::function<torch::Tensor(int layer, const torch::Tensor& logits)>;
+// The routing weights come from the transformed logits unless weights_from_clean is set.
+struct RouterTransform {
+  std::function<torch::Tensor(int layer, const torch::Tensor& logits)> selection;
+  bool weights_from_clean = false;
+};
 
 class Model {
  public:

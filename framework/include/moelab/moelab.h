@@ -12,6 +12,7 @@
 #include "moelab/multiple_choice.h"
 #include "moelab/neighbours.h"
 #include "moelab/objective.h"
+#include "moelab/paired.h"
 #include "moelab/prompt.h"
 #include "moelab/router_checkpoint.h"
 #include "moelab/plugin.h"

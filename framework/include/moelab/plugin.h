@@ -11,7 +11,7 @@
 #include <vector>
 
 #ifndef MOELAB_PLUGIN_ABI_VERSION
-#define MOELAB_PLUGIN_ABI_VERSION 1
+#define MOELAB_PLUGIN_ABI_VERSION 2
 #endif
 
 namespace moelab {
@@ -19,7 +19,7 @@ namespace moelab {
 class Config;
 class RunContext;
 
-constexpr int kPluginAbiVersion = 1;
+constexpr int kPluginAbiVersion = 2;  // 2: samplers drive the model (Sampler::next), KV cache replicas
 
 enum class Kind { objective, dataset, sampler, analyzer, transform, embedder, stage };
 
@@ -56,6 +56,8 @@ class Descriptor {
   Descriptor& reals(const std::string& key, const std::vector<double>& default_value, const std::string& help);
   Descriptor& strings(const std::string& key, const std::vector<std::string>& default_value, const std::string& help);
   Descriptor& component(const std::string& key, Kind kind, const std::string& default_id, const std::string& help);
+  // A component key that may stay empty (""): the component is then not used.
+  Descriptor& optional_component(const std::string& key, Kind kind, const std::string& help);
   // A key the user must set.
   Descriptor& required(const std::string& key, KeyType type, const std::string& help);
 

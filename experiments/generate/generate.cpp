@@ -1,0 +1,218 @@
+// Generation over JSONL prompts with a baseline sampler (greedy) and a second sampler (RoE, sampling)
+// in the same run: stop strings, max new tokens, then exact match / token F1 for QA records
+// ({"question", "answers": [...]}), accuracy when the answer is a letter, and the paired comparison.
+#include "moelab/moelab.h"
+
+#include <cctype>
+#include <chrono>
+#include <sstream>
+
+namespace {
+
+// SQuAD-style answer normalization: lower case, no punctuation, no articles, single spaces.
+std::vector<std::string> normalized_words(const std::string& text) {
+  std::string clean;
+  for (unsigned char c : text) clean += std::ispunct(c) ? ' ' : static_cast<char>(std::tolower(c));
+  std::vector<std::string> words;
+  std::istringstream in(clean);
+  for (std::string w; in >> w;)
+    if (w != "a" && w != "an" && w != "the") words.push_back(w);
+  return words;
+}
+
+double token_f1(const std::string& prediction, const std::string& gold) {
+  auto p = normalized_words(prediction), g = normalized_words(gold);
+  if (p.empty() || g.empty()) return p == g ? 1.0 : 0.0;
+  std::map<std::string, int> counts;
+  for (const auto& w : g) ++counts[w];
+  double common = 0;
+  for (const auto& w : p)
+    if (counts[w]-- > 0) ++common;
+  if (common == 0) return 0.0;
+  double precision = common / p.size(), recall = common / g.size();
+  return 2 * precision * recall / (precision + recall);
+}
+
+// The first standalone capital letter of the text ("B", " B)", "(B)").
+std::string first_letter(const std::string& text) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    bool alone = std::isupper(static_cast<unsigned char>(text[i])) && (i + 1 == text.size() || !std::isalpha(static_cast<unsigned char>(text[i + 1])));
+    if (alone) return std::string(1, text[i]);
+    if (std::isalnum(static_cast<unsigned char>(text[i]))) return "";
+  }
+  return "";
+}
+
+struct Task {
+  std::string id, prompt;
+  std::vector<std::string> answers;  // QA gold answers
+  std::string letter;                // gold letter of a multiple-choice item
+};
+
+class Generate final : public moelab::Stage {
+ public:
+  Generate(const moelab::Config& config, moelab::RunContext& context)
+      : config_(config), context_(context), dataset_(context.make<moelab::Dataset>(config.get_string("dataset"))),
+        stops_(config.get_strings("stop")), max_new_(config.get_int("max_new_tokens")) {
+    for (const char* key : {"baseline", "sampler"})
+      if (!config.get_string(key).empty()) samplers_.emplace_back(config.get_string(key), context.make<moelab::Sampler>(config.get_string(key)));
+    if (samplers_.empty()) throw std::runtime_error(fmt::format("[{}] names no sampler: set sampler (and baseline)", config.id()));
+  }
+
+  void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
+    std::vector<Task> tasks = read_tasks();
+    nlohmann::json outputs = nlohmann::json::array();
+    for (const auto& t : tasks) outputs.push_back({{"id", t.id}, {"prompt", t.prompt}});
+    std::map<std::string, std::map<std::string, std::vector<double>>> scores;  // sampler -> metric -> per task
+    for (const auto& [name, sampler] : samplers_) {
+      auto start = std::chrono::steady_clock::now();
+      long long generated = 0;
+      std::vector<std::string> texts = generate_all(*sampler, name, tasks, generated);
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      for (std::size_t i = 0; i < tasks.size(); ++i) {
+        outputs[i][name] = texts[i];
+        for (const auto& [metric, value] : score(tasks[i], texts[i])) scores[name][metric].push_back(value);
+      }
+      summary[name]["tokens_per_second"] = generated / std::max(seconds, 1e-9);
+      summary[name]["generated_tokens"] = generated;
+      for (const auto& [metric, values] : scores[name]) {
+        double mean = 0;
+        for (double v : values) mean += v / values.size();
+        summary[name][metric] = mean;
+      }
+      moelab::log::info("generate [{}]: {} tokens at {:.1f} tokens/s; {}", name, generated, generated / std::max(seconds, 1e-9),
+                        summary[name].dump());
+      context_.record_metrics({{"stage", config_.id()}, {"sampler", name}, {"summary", summary[name]}});
+    }
+    if (samplers_.size() == 2) {
+      const std::string &a = samplers_[0].first, &b = samplers_[1].first;
+      for (const auto& [metric, values] : scores[a])
+        summary["paired"][metric] = moelab::paired_comparison(values, scores[b][metric], context_.seed_for(config_.id() + ".bootstrap"));
+      moelab::log::info("generate: {} vs {} (difference = {} - {}): {}", a, b, b, a, summary["paired"].dump());
+    }
+    std::string lines;
+    for (const auto& o : outputs) lines += o.dump() + "\n";
+    moelab::write_file_atomic(out_dir / "generations.jsonl", lines);
+    summary["prompts"] = tasks.size();
+  }
+
+ private:
+  std::vector<Task> read_tasks() const {
+    moelab::PromptFormat mc = moelab::prompt_format(config_), qa = mc;
+    qa.question_template = config_.get_string("qa_template");
+    std::vector<Task> tasks;
+    for (std::size_t i = 0; i < dataset_->size(); ++i) {
+      const moelab::Example& ex = dataset_->at(i);
+      Task t{ex.id, "", {}, ""};
+      const auto& r = ex.record;
+      if (r.is_object() && r.contains("prompt") && r["prompt"].is_string()) t.prompt = r["prompt"].get<std::string>();
+      else t.prompt = moelab::format_prompt(ex, ex.choices.empty() ? qa : mc);
+      if (!ex.choices.empty() && ex.answer >= 0) t.letter = ex.letters[ex.answer];
+      if (r.is_object() && r.contains("answers")) {
+        for (const auto& a : r["answers"])
+          if (a.is_string()) t.answers.push_back(a.get<std::string>());
+      } else if (r.is_object() && r.contains("answer") && r["answer"].is_string() && ex.choices.empty()) {
+        t.answers.push_back(r["answer"].get<std::string>());
+      }
+      tasks.push_back(std::move(t));
+    }
+    return tasks;
+  }
+
+  static std::map<std::string, double> score(const Task& t, const std::string& text) {
+    std::map<std::string, double> s;
+    if (!t.letter.empty()) s["accuracy"] = first_letter(text) == t.letter;
+    if (!t.answers.empty()) {
+      double em = 0, f1 = 0;
+      for (const auto& a : t.answers) {
+        em = std::max(em, normalized_words(text) == normalized_words(a) ? 1.0 : 0.0);
+        f1 = std::max(f1, token_f1(text, a));
+      }
+      s["exact_match"] = em;
+      s["f1"] = f1;
+    }
+    return s;
+  }
+
+  std::vector<std::string> generate_all(moelab::Sampler& sampler, const std::string& name, const std::vector<Task>& tasks, long long& generated) {
+    torch::NoGradGuard no_grad;
+    moelab::Model& model = context_.model();
+    const moelab::Tokenizer& tokenizer = context_.tokenizer();
+    const std::size_t batch_size = config_.get_int("batch_size"), max_len = config_.get_int("max_len");
+    std::vector<std::string> texts;
+    moelab::Progress progress("generate " + name, static_cast<long long>((tasks.size() + batch_size - 1) / batch_size), "tokens");
+    for (std::size_t start = 0; start < tasks.size(); start += batch_size) {
+      std::vector<moelab::McItem> items;
+      for (std::size_t i = start; i < std::min(tasks.size(), start + batch_size); ++i) {
+        moelab::McItem item;
+        item.prompt_ids = tokenizer.encode(tasks[i].prompt);
+        if (item.prompt_ids.empty()) throw std::runtime_error(fmt::format("prompt of '{}' is empty", tasks[i].id));
+        if (item.prompt_ids.size() > max_len) item.prompt_ids.erase(item.prompt_ids.begin(), item.prompt_ids.end() - static_cast<long>(max_len));
+        items.push_back(std::move(item));
+      }
+      std::vector<const moelab::McItem*> rows;
+      for (const auto& item : items) rows.push_back(&item);
+      moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
+      const std::int64_t width = batch.input_ids.size(1);
+      moelab::KVCache cache;
+      if (width > 1) model.forward(batch.input_ids.narrow(1, 0, width - 1), batch.attention_mask.narrow(1, 0, width - 1), &cache);
+      torch::Tensor last = batch.input_ids.narrow(1, width - 1, 1).to(model.device());
+      std::vector<std::vector<std::int64_t>> out(rows.size());
+      std::vector<bool> done(rows.size(), false);
+      long long before = generated;
+      for (long long step = 0; step < max_new_; ++step) {
+        torch::Tensor next = sampler.next(model, last, cache, static_cast<std::int64_t>(start) * max_new_ + step);
+        torch::Tensor host = next.cpu();
+        bool all_done = true;
+        for (std::size_t r = 0; r < rows.size(); ++r) {
+          if (done[r]) continue;
+          std::int64_t token = host[static_cast<std::int64_t>(r)].item<std::int64_t>();
+          if (token == model.info().eos_token_id) {
+            done[r] = true;
+            continue;
+          }
+          out[r].push_back(token);
+          ++generated;
+          std::string text = tokenizer.decode(out[r]);
+          for (const auto& stop : stops_)
+            if (!stop.empty() && text.find(stop) != std::string::npos) done[r] = true;
+          all_done = all_done && done[r];
+        }
+        if (all_done) break;
+        last = next.unsqueeze(1);
+      }
+      for (const auto& ids : out) {
+        std::string text = tokenizer.decode(ids);
+        for (const auto& stop : stops_)
+          if (!stop.empty() && text.find(stop) != std::string::npos) text = text.substr(0, text.find(stop));
+        texts.push_back(text);
+      }
+      progress.advance(generated - before);
+    }
+    progress.finish();
+    return texts;
+  }
+
+  moelab::Config config_;
+  moelab::RunContext& context_;
+  std::shared_ptr<moelab::Dataset> dataset_;
+  std::vector<std::pair<std::string, std::shared_ptr<moelab::Sampler>>> samplers_;
+  std::vector<std::string> stops_;
+  long long max_new_;
+};
+
+moelab::Descriptor describe() {
+  moelab::Descriptor d("generate", moelab::Kind::stage, "0.1.0", "generation with a baseline and a second sampler, paired metrics");
+  d.component("dataset", moelab::Kind::dataset, "", "prompts: {\"prompt\"}, QA {\"question\", \"answers\"}, or multiple choice")
+      .optional_component("baseline", moelab::Kind::sampler, "the reference sampler (greedy); empty: none")
+      .component("sampler", moelab::Kind::sampler, "", "the sampler under test (roe, sample)")
+      .integer("max_new_tokens", 32, "tokens generated per prompt at most")
+      .strings("stop", {"\n\n"}, "generation of a row ends at the first of these strings (cut from the text)")
+      .integer("batch_size", 8, "prompts decoded together")
+      .string("qa_template", "Question: {question}\nAnswer:", "prompt of a record without choices ({question})");
+  return moelab::add_prompt_keys(d);
+}
+
+}  // namespace
+
+MOELAB_PLUGIN(describe, Generate)

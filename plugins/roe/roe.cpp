@@ -1,0 +1,113 @@
+// RoE (Repetition of Experts) decoding. Each step runs ONE forward of 1 + K rows per sequence over
+// the shared prefix cache (KVCache::replicas, no copy): row 0 routes cleanly and is the only row whose
+// keys and values are appended, so exploration never enters the history; rows 1..K select their top-k
+// experts from logits + tau_l * g, g ~ Gumbel(0, 1) i.i.d. per sample, token, layer and expert. The
+// next token comes from the mean of the K rows' next-token probabilities (greedy, or sampled).
+// Routing weights come from the perturbed logits by default, as in the public RoE code.
+#include "moelab/moelab.h"
+
+namespace {
+
+class RoeSampler final : public moelab::Sampler {
+ public:
+  RoeSampler(const moelab::Config& config, moelab::RunContext& context)
+      : id_(config.id()),
+        k_(config.get_int("k")),
+        tau_mode_(config.get_string("tau_mode")),
+        tau_middle_(config.get_real("tau_middle")),
+        tau_range_(config.get_reals("tau_range")),
+        tau_list_(config.get_reals("tau_list")),
+        weights_from_clean_(config.get_string("weights_from") == "clean"),
+        temperature_(config.get_real("temperature")),
+        top_p_(config.get_real("top_p")),
+        seed_(context.seed_for(config.id())) {
+    if (k_ < 1) throw std::runtime_error(fmt::format("[{}] k = {} ({}): RoE needs at least one sample", id_, k_, config.where("k")));
+    if (tau_range_.size() != 2 || tau_range_[0] > tau_range_[1])
+      throw std::runtime_error(fmt::format("[{}] tau_range ({}) must be [low, high]", id_, config.where("tau_range")));
+  }
+
+  torch::Tensor next(moelab::Model& model, const torch::Tensor& tokens, moelab::KVCache& cache, std::int64_t step) override {
+    if (tau_.empty()) tau_ = tau_map(model.info());
+    const std::int64_t rows = tokens.size(0), replicas = k_ + 1;
+    model.set_router_transform({[&](int layer, const torch::Tensor& logits) { return perturb(layer, logits, replicas, step); },
+                                weights_from_clean_});
+    cache.replicas = replicas;
+    torch::Tensor logits;
+    try {
+      logits = model.forward(tokens.repeat_interleave(replicas, 0), {}, &cache);
+    } catch (...) {
+      cache.replicas = 1;
+      model.set_router_transform({});
+      throw;
+    }
+    cache.replicas = 1;
+    model.set_router_transform({});
+    torch::Tensor probs = logits.select(1, -1).view({rows, replicas, -1}).narrow(1, 1, k_).softmax(-1).mean(1);  // [B, V]
+    torch::Tensor u = moelab::counter_uniform(seed_ ^ 0x5A5A5A5Aull, static_cast<std::uint64_t>(step) * rows, {rows}, probs.device());
+    return moelab::pick_token(probs, temperature_, top_p_, u);
+  }
+
+  // tau per decoder layer (0 for dense layers).
+  const std::map<int, double>& tau() const { return tau_; }
+
+ private:
+  std::map<int, double> tau_map(const moelab::ModelInfo& info) const {
+    const auto& moe = info.moe_layers;
+    std::map<int, double> tau;
+    if (tau_mode_ == "list") {
+      if (tau_list_.size() != moe.size())
+        throw std::runtime_error(fmt::format("[{}] tau_list has {} values, but the model has {} MoE layers", id_, tau_list_.size(), moe.size()));
+      for (std::size_t i = 0; i < moe.size(); ++i) tau[moe[i]] = tau_list_[i];
+      return tau;
+    }
+    torch::Tensor u = moelab::counter_uniform(seed_, 0, {static_cast<std::int64_t>(moe.size())}, torch::kCPU);
+    for (std::size_t i = 0; i < moe.size(); ++i) {
+      bool edge = i == 0 || i + 1 == moe.size();  // first and last MoE layers stay deterministic
+      double random = tau_range_[0] + (tau_range_[1] - tau_range_[0]) * u[static_cast<std::int64_t>(i)].item<double>();
+      tau[moe[i]] = edge ? 0.0 : tau_mode_ == "fixed" ? tau_middle_ : random;
+    }
+    std::string shown;
+    for (const auto& [layer, t] : tau) shown += fmt::format("{}{}: {:.4g}", shown.empty() ? "" : ", ", layer, t);
+    moelab::log::info("roe [{}]: K = {}, tau per MoE layer: {}", id_, k_, shown);
+    return tau;
+  }
+
+  // Gumbel noise on rows r % replicas != 0; the counter makes every (step, layer) draw distinct.
+  torch::Tensor perturb(int layer, const torch::Tensor& logits, std::int64_t replicas, std::int64_t step) const {
+    double tau = tau_.count(layer) ? tau_.at(layer) : 0.0;
+    if (tau == 0) return logits;
+    const std::int64_t n = logits.size(0), e = logits.size(1);
+    std::uint64_t counter = (static_cast<std::uint64_t>(step) * 1024 + static_cast<std::uint64_t>(layer)) * static_cast<std::uint64_t>(n * e);
+    torch::Tensor gumbel = -(-moelab::counter_uniform(seed_, counter, {n, e}, logits.device()).log()).log();
+    torch::Tensor noisy = (torch::arange(n, torch::dtype(torch::kInt64).device(logits.device())) % replicas).ne(0).unsqueeze(1);
+    return logits + (tau * gumbel * noisy).to(logits.scalar_type());
+  }
+
+  std::string id_;
+  std::int64_t k_;
+  std::string tau_mode_;
+  double tau_middle_;
+  std::vector<double> tau_range_, tau_list_;
+  bool weights_from_clean_;
+  double temperature_, top_p_;
+  std::uint64_t seed_;
+  std::map<int, double> tau_;
+};
+
+moelab::Descriptor describe() {
+  return moelab::Descriptor("roe", moelab::Kind::sampler, "0.1.0", "RoE: K Gumbel-routed samples averaged, clean shared KV cache")
+      .integer("k", 8, "noisy samples per step")
+      .choice("tau_mode", "fixed", {"fixed", "range", "list"},
+              "fixed: tau_middle on every MoE layer but the first and last; range: uniform in tau_range per layer (seeded), first "
+              "and last 0; list: tau_list, one per MoE layer")
+      .real("tau_middle", 0.01, "tau of the middle layers (tau_mode = fixed)")
+      .reals("tau_range", {0.0, 0.01}, "[low, high] (tau_mode = range)")
+      .reals("tau_list", {}, "tau per MoE layer (tau_mode = list)")
+      .choice("weights_from", "perturbed", {"perturbed", "clean"}, "routing weights of the selected experts: from the noisy or the clean logits")
+      .real("temperature", 0.0, "0: argmax of the averaged distribution; else sample it at this temperature")
+      .real("top_p", 1.0, "nucleus of the averaged distribution when sampling");
+}
+
+}  // namespace
+
+MOELAB_PLUGIN(describe, RoeSampler)
