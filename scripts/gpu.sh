@@ -1,13 +1,20 @@
 #!/bin/bash
 # On the GPU box (see ../shared/GPU.md): builds moelab against pip's CUDA LibTorch with the header
-# packages carried in .deps/ (third_party/README.md), runs every test plus the CUDA model tests, and
-# leaves logs in $OUT, then runs the benchmarks (results: $OUT/benchmarks.jsonl, copied by hand into
-# benchmarks/RESULTS.md). Carry .deps (header packages) and .tok.tgz (the npm tokenizer files, made
-# here by `tar czf .tok.tgz -C build/tokenizers .`; the box has no npm). Prepare .deps here first:
+# packages carried in .deps/ (third_party/README.md), then, by phase:
+#   test      every test plus the CUDA model tests (logs in $OUT)
+#   fixtures  regenerates the fixtures that need transformers/sentence-transformers into $OUT/fixtures
+#   bench     benchmarks, each next to its transformers peer in the same call ($OUT/benchmarks.jsonl,
+#             copied by hand into benchmarks/results_gpu.jsonl and summarized in benchmarks/RESULTS.md)
+#   all       test, then bench (default); phases may be joined with commas: test,fixtures
+# Carry .deps (header packages) and .tok.tgz (the npm tokenizer files, made here by
+# `tar czf .tok.tgz -C build/tokenizers .`; the box has no npm). Prepare .deps here first:
 #   (mkdir -p .deps && cd .deps && apt-get download libboost1.74-dev libtomlplusplus-dev libtomlplusplus3 \
 #     libfmt-dev libfmt9 nlohmann-json3-dev libgtest-dev libgmock-dev googletest libpcre2-dev libpcre2-8-0 \
 #     libicu-dev libicu72)
 set -euo pipefail
+phase=${1:-all}
+[[ $phase == all ]] && phase=test,bench
+has() { [[ ",$phase," == *",$1,"* ]]; }
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT" /tmp/deps
 for f in .deps/*.deb; do dpkg -x "$f" /tmp/deps; done
@@ -16,22 +23,57 @@ mkdir -p /tmp/tok && tar xzf .tok.tgz -C /tmp/tok
 export MOELAB_TOKENIZERS_FROM=/tmp/tok
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cmake -S . -B build-gpu -G Ninja -DMOELAB_CUDA_TESTS=ON \
-  "-DCMAKE_PREFIX_PATH=$torch_prefix;/tmp/deps/usr" -DCMAKE_CXX_FLAGS=-I/tmp/deps/usr/include 2>&1 | tee "$OUT/configure.log"
+  "-DCMAKE_PREFIX_PATH=$torch_prefix;/tmp/deps/usr" -DCMAKE_CXX_FLAGS=-I/tmp/deps/usr/include > "$OUT/configure.log" 2>&1
 ( time cmake --build build-gpu -j 16 ) > "$OUT/build.log" 2>&1 || { grep -E -A3 "error|FAILED" "$OUT/build.log" | head -60; exit 1; }
-tail -4 "$OUT/build.log"
+tail -3 "$OUT/build.log"
 status=0
-ctest --test-dir build-gpu --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1 || status=$?
-grep -E "tests passed|Failed|SegFault" "$OUT/ctest.log" || true
-build-gpu/bin/model_cuda_test 2>&1 | grep "bf16:" | tee "$OUT/bf16.txt"
 
-# Benchmarks: each measured next to its peer in the same call.
-corpus=tests/fixtures/tokenizers/corpus.jsonl
-{
-  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/{"device": "/; s/$/"}/'
-  python3 -c 'import torch,tokenizers,transformers,json;print(json.dumps({"torch":torch.__version__,"tokenizers":tokenizers.__version__,"transformers":transformers.__version__}))'
-  for t in gpt_neox=framework/model/tiny/tokenizer.json qwen3=/tmp/tok/qwen3/tokenizer.json llama3=/tmp/tok/llama3/tokenizer.json deepseek_v3=/tmp/tok/deepseek_v3/tokenizer.json; do
-    python3 benchmarks/tokenizer_hf.py "$t"
-    build-gpu/bin/runexp tokenize --tokenizer "${t#*=}" --benchmark < $corpus | sed "s/^{/{\"name\":\"${t%%=*}\",\"impl\":\"moelab\",/"
-  done
-} | tee "$OUT/benchmarks.jsonl"
+if has test; then
+  ctest --test-dir build-gpu --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1 || status=$?
+  grep -E "tests passed|Failed|SegFault|\*\*\*" "$OUT/ctest.log" || true
+  build-gpu/bin/model_cuda_test 2>&1 | grep "bf16:" | tee "$OUT/bf16.txt"
+fi
+
+if has fixtures; then
+  python3 tests/fixtures/sbert/make_fixture.py /tmp/fixtures/sbert 2>&1 | tail -3
+  tar czf "$OUT/sbert_fixture.tgz" -C /tmp/fixtures sbert  # $OUT returns few files: one archive
+fi
+
+# Runs "$@" while sampling the GPU's memory in use every 0.2 s; the peak (MiB) lands in /tmp/peak_mib.
+with_peak() {
+  local log; log=$(mktemp)
+  ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits >> "$log"; sleep 0.2; done ) & local poll=$!
+  local rc=0; "$@" || rc=$?
+  kill $poll; sort -n "$log" | tail -1 > /tmp/peak_mib; return $rc
+}
+
+if has bench; then
+  corpus=tests/fixtures/tokenizers/corpus.jsonl
+  {
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/{"device": "/; s/$/"}/'
+    python3 -c 'import torch,tokenizers,transformers,json;print(json.dumps({"torch":torch.__version__,"tokenizers":tokenizers.__version__,"transformers":transformers.__version__}))'
+    for t in gpt_neox=framework/model/tiny/tokenizer.json qwen3=/tmp/tok/qwen3/tokenizer.json llama3=/tmp/tok/llama3/tokenizer.json deepseek_v3=/tmp/tok/deepseek_v3/tokenizer.json; do
+      python3 benchmarks/tokenizer_hf.py "$t"
+      build-gpu/bin/runexp tokenize --tokenizer "${t#*=}" --benchmark < $corpus | sed "s/^{/{\"name\":\"${t%%=*}\",\"impl\":\"moelab\",/"
+    done
+  } | tee "$OUT/benchmarks.jsonl"
+
+  # A random model with OLMoE-1B-7B's shapes, then transformers and moelab on it.
+  [[ -f /tmp/olmoe/config.json ]] || python3 benchmarks/make_olmoe_shaped.py /tmp/olmoe framework/model/tiny/tokenizer.json
+  with_peak python3 benchmarks/hf_peers.py /tmp/olmoe > /tmp/hf.jsonl
+  sed "s/}$/, \"peak_gpu_mib\": $(cat /tmp/peak_mib)}/" /tmp/hf.jsonl | tee -a "$OUT/benchmarks.jsonl"
+
+  python3 benchmarks/make_long_mc.py /tmp/long_train.jsonl 2048
+  python3 benchmarks/make_long_mc.py /tmp/long_eval.jsonl 256
+  real=(--set model.path=/tmp/olmoe --set model.device=cuda --set model.dtype=bfloat16 --set run_dir=/tmp/runs)
+  with_peak build-gpu/bin/runexp configs/roma_last5.toml "${real[@]}" --set data.train.path=/tmp/long_train.jsonl \
+    --set data.eval.path=/tmp/long_eval.jsonl --set train.epochs=5 --set train.lr=7e-5 --set train.warmup_steps=50 \
+    --set roma.lambda_warmup_steps=50 --set collect.batch_size=32 --set eval.batch_size=32 > "$OUT/roma.log" 2>&1 || { tail -20 "$OUT/roma.log"; exit 1; }
+  python3 benchmarks/summarize_run.py roma /tmp/runs/roma_last5 "$(cat /tmp/peak_mib)" | tee -a "$OUT/benchmarks.jsonl"
+  cp "$(ls -d /tmp/runs/roma_last5/*/ | tail -1)/summary.json" "$OUT/roma_summary.json"
+
+  with_peak build-gpu/bin/runexp configs/roe_k8.toml "${real[@]}" --set generate.batch_size=1 --set generate.max_new_tokens=64 \
+    --set 'generate.stop=[]' --set roe.tau_middle=0.01 > "$OUT/roe.log" 2>&1 || { tail -20 "$OUT/roe.log"; exit 1; }
+  python3 benchmarks/summarize_run.py roe /tmp/runs/roe_k8 "$(cat /tmp/peak_mib)" | tee -a "$OUT/benchmarks.jsonl"
+fi
 exit $status

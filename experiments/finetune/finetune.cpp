@@ -7,6 +7,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <numeric>
 #include <random>
 
@@ -47,7 +48,8 @@ class Finetune final : public moelab::Stage {
     std::vector<std::size_t> order(items.size());
     std::iota(order.begin(), order.end(), 0);
     const long long steps_per_epoch = static_cast<long long>((items.size() + batch_size - 1) / batch_size);
-    long long step = 0;
+    long long step = 0, tokens = 0;
+    const auto started = std::chrono::steady_clock::now();
     nlohmann::json epoch_means = nlohmann::json::array();
     moelab::Progress progress("finetune", steps_per_epoch * epochs, "tokens");
     for (long long epoch = 0; epoch < epochs; ++epoch) {
@@ -75,6 +77,7 @@ class Finetune final : public moelab::Stage {
         optimizer.step();
         context_.record_metrics(row);
         log_step(row, steps_per_epoch * epochs);
+        tokens += batch.attention_mask.sum().item<int64_t>();
         progress.advance(batch.attention_mask.sum().item<int64_t>(), fmt::format("epoch {} loss {:.4f}{}", epoch, row["loss"].get<double>(),
                                                                                    row.contains("reg") ? fmt::format(" reg {:.5f}", row["reg"].get<double>()) : ""));
       }
@@ -84,6 +87,7 @@ class Finetune final : public moelab::Stage {
       epoch_means.push_back(means);
     }
     progress.finish();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     for (auto& p : params) p.requires_grad_(false);
     std::filesystem::path checkpoint = out_dir / "routers.safetensors";
     moelab::save_router_checkpoint(checkpoint, model, layers, base,
@@ -96,7 +100,8 @@ class Finetune final : public moelab::Stage {
       // Leave the shared model at its base routers: the evaluate stage applies the checkpoint itself.
       for (int l : layers) model.router_weight(l).copy_(base[l]);
     }
-    summary = {{"steps", step}, {"epochs", epoch_means}, {"target_layers", layers}, {"relative_router_change", moved},
+    summary = {{"steps", step}, {"seconds", seconds}, {"steps_per_second", step / seconds}, {"tokens_per_second", tokens / seconds},
+               {"epochs", epoch_means}, {"target_layers", layers}, {"relative_router_change", moved},
                {"checkpoint", checkpoint.string()}};
   }
 

@@ -173,9 +173,11 @@ class Generate final : public moelab::Stage {
           }
           out[r].push_back(token);
           ++generated;
-          std::string text = tokenizer.decode(out[r]);
-          for (const auto& stop : stops_)
-            if (!stop.empty() && text.find(stop) != std::string::npos) done[r] = true;
+          if (!stops_.empty()) {
+            std::string text = tokenizer.decode(out[r]);
+            for (const auto& stop : stops_)
+              if (!stop.empty() && text.find(stop) != std::string::npos) done[r] = true;
+          }
           all_done = all_done && done[r];
         }
         if (all_done) break;

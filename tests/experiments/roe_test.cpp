@@ -1,5 +1,5 @@
 // RoE on the built-in tiny model: tau = 0 is greedy for any K, the shared cache stays the greedy
-// run's cache bit for bit, seeds reproduce, and the noise changes experts at the rate it implies.
+// run's cache, seeds reproduce, and the noise changes experts at the rate it implies.
 #include "moe_model.h"
 #include "moelab/moelab.h"
 #include "test_run.h"
@@ -64,6 +64,9 @@ TEST(Roe, TauZeroIsGreedyForAnyK) {
   }
 }
 
+// RoE's clean row is computed inside a batch of K + 1 rows, greedy's in a batch of 1: BLAS kernels
+// may round differently for different row counts (seen with pip LibTorch's MKL: 4e-7), so the cache is
+// compared to within float32 rounding. A noisy row leaking into the history differs by O(1).
 TEST(Roe, SharedCacheIsTheGreedyRunsCacheAfterEveryStep) {
   RoeSetup s;
   // Large noise on the middle layers: the prediction explores, the history must not.
@@ -78,7 +81,7 @@ TEST(Roe, SharedCacheIsTheGreedyRunsCacheAfterEveryStep) {
   for (std::size_t step = 0; step < explored.tokens.size(); ++step) {
     s.model->forward(last, {}, &cache);
     for (std::size_t layer = 0; layer < cache.first.size(); ++layer)
-      EXPECT_TRUE(torch::equal(cache.first[layer], explored.keys[step][layer]))
+      EXPECT_TRUE(torch::allclose(cache.first[layer], explored.keys[step][layer], 1e-5, 1e-5))
           << "step " << step << " layer " << layer << " max diff "
           << (cache.first[layer] - explored.keys[step][layer]).abs().max().item<double>();
     last = torch::tensor({{explored.tokens[step]}});

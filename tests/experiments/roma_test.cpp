@@ -180,7 +180,7 @@ TEST(Evaluate, PromptStartingWithAIsNotReadAsTheAnswerAndChanceIsFlagged) {
     moelab::McItem item = moelab::prepare_item(data->at(i), run->tokenizer(), {}, 1024);
     torch::Tensor ids = torch::tensor(item.prompt_ids).unsqueeze(0);
     torch::Tensor last = run->model().forward(ids, {})[0][-1];
-    long long expected = last.index_select(0, torch::tensor(item.letter_ids)).argmax().item<int64_t>();
+    long long expected = last.index_select(0, torch::tensor(item.letter_ids).to(last.device())).argmax().item<int64_t>();
     EXPECT_EQ(predictions[i]["base"]["letter"], item.letters[expected]) << "question " << i;
     letters.insert(predictions[i]["base"]["letter"].get<std::string>());
   }

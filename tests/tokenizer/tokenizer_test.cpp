@@ -57,7 +57,8 @@ TEST(Tokenizer, MalformedFilesNameTheComponent) {
     fs::path file = dir.write("tokenizer.json", j.dump());
     return error_of([&] { moelab::Tokenizer::from_file(file); });
   };
-  EXPECT_THAT(error_for([](auto& j) { j["model"]["type"] = "WordPiece"; }), HasSubstr("model: type \"WordPiece\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["model"]["type"] = "Unigram"; }), HasSubstr("model: type \"Unigram\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["model"]["type"] = "WordPiece"; }), HasSubstr("model: WordPiece needs an unk_token"));
   EXPECT_THAT(error_for([](auto& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }),
               HasSubstr("pre_tokenizer: type \"Metaspace\" is not supported"));
   EXPECT_THAT(error_for([](auto& j) { j["normalizer"] = {{"type", "NFKC"}}; }), HasSubstr("normalizer: type \"NFKC\" is not supported"));

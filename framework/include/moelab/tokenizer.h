@@ -1,6 +1,7 @@
 // A Hugging Face tokenizer.json in C++: byte-level BPE with Split/ByteLevel pre-tokenizers, NFC,
-// added and special tokens, and the ByteLevel decoder; ids identical to HF `tokenizers`. Anything in
-// a file it does not implement is an error naming the component, never a silent difference.
+// added and special tokens, and the ByteLevel decoder; and WordPiece (BERT-style encoders). Ids are
+// identical to HF `tokenizers`; anything in a file it does not implement is an error naming the
+// component, never a silent difference.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +20,8 @@ class Tokenizer {
 
   // Ids of `text` (UTF-8) with added tokens matched first; no BOS/EOS is added.
   virtual std::vector<std::int64_t> encode(std::string_view text) const = 0;
-  // Text of `ids`; invalid UTF-8 from partial byte tokens becomes U+FFFD, as in HF.
+  // Text of `ids`; invalid UTF-8 from partial byte tokens becomes U+FFFD and ids outside the
+  // vocabulary are skipped, as in HF.
   virtual std::string decode(const std::vector<std::int64_t>& ids, bool skip_special_tokens = false) const = 0;
   // Id of a token (vocabulary or added), or -1.
   virtual std::int64_t token_id(std::string_view token) const = 0;

@@ -2,6 +2,7 @@
 
 #include "moelab/files.h"
 #include "unicode.h"
+#include "wordpiece.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <fmt/format.h>
@@ -93,13 +94,7 @@ std::string describe(const json& j) { return j.dump().substr(0, 160); }
 
 class BpeTokenizer final : public Tokenizer {
  public:
-  explicit BpeTokenizer(const std::filesystem::path& file) : file_(file.string()) {
-    json j;
-    try {
-      j = json::parse(read_file(file));
-    } catch (const json::exception& e) {
-      throw std::runtime_error(fmt::format("{}: not valid JSON ({})", file_, e.what()));
-    }
+  BpeTokenizer(std::string file, const json& j) : file_(std::move(file)) {
     if (!j.is_object() || !j.contains("model")) fail("top level", "expected an object with a \"model\"");
     read_model(j["model"]);
     read_normalizer(j.value("normalizer", json()));
@@ -129,8 +124,7 @@ class BpeTokenizer final : public Tokenizer {
   std::string decode(const std::vector<Id>& ids, bool skip_special_tokens) const override {
     std::string bytes;
     for (Id id : ids) {
-      if (id < 0 || static_cast<std::size_t>(id) >= id_to_token_.size() || id_to_token_[id] == nullptr)
-        throw std::runtime_error(fmt::format("{}: token id {} is not in the vocabulary", file_, id));
+      if (id < 0 || static_cast<std::size_t>(id) >= id_to_token_.size() || id_to_token_[id] == nullptr) continue;  // as HF: skipped
       if (skip_special_tokens && special_ids_.count(id)) continue;
       const std::string& token = *id_to_token_[id];
       // ByteLevel: every character stands for a byte; a token with other characters keeps its bytes.
@@ -159,7 +153,7 @@ class BpeTokenizer final : public Tokenizer {
 
   void read_model(const json& m) {
     std::string type = m.value("type", "");
-    if (type != "BPE") fail("model", fmt::format("type \"{}\" is not supported (BPE only)", type));
+    if (type != "BPE") fail("model", fmt::format("type \"{}\" is not supported (BPE, WordPiece)", type));
     if (m.value("byte_fallback", false)) fail("model", "byte_fallback is not supported yet (SentencePiece-style files)");
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix", "unk_token"})
       if (m.contains(key) && !m[key].is_null() && m[key] != "") fail("model", fmt::format("{} is not supported", key));
@@ -352,7 +346,15 @@ class BpeTokenizer final : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::filesystem::path& tokenizer_json) {
-  return std::make_unique<BpeTokenizer>(tokenizer_json);
+  json j;
+  try {
+    j = json::parse(read_file(tokenizer_json));
+  } catch (const json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", tokenizer_json.string(), e.what()));
+  }
+  if (j.is_object() && j.contains("model") && j["model"].value("type", "") == "WordPiece")
+    return make_wordpiece_tokenizer(tokenizer_json.string(), j);
+  return std::make_unique<BpeTokenizer>(tokenizer_json.string(), j);
 }
 
 }  // namespace moelab
