@@ -13,9 +13,8 @@ with open(out, "w") as f:
     for i in range(count):
         a, b = rng.randint(2, 40), rng.randint(2, 40)
         context = " ".join(rng.choice(words) for _ in range(120))
-        options = sorted({a + b, a + b + 1, a + b + 2, abs(a - b) + 3})
-        while len(options) < 4:
-            options.append(options[-1] + 5)
-        gold = options.index(a + b)
+        wrong = sorted({a + b + 1, a + b + 2, a + b + 5, abs(a - b) + 3} - {a + b})[:3]
+        gold = i % 4  # balanced answer letters: a model stuck on one letter is right a quarter of the time
+        options = wrong[:gold] + [a + b] + wrong[gold:]
         f.write(json.dumps({"id": f"long-{i:04d}", "question": {"stem": f"{context}. What is {a} + {b}?", "choices": [
             {"text": str(o), "label": "ABCD"[k]} for k, o in enumerate(options)]}, "answerKey": "ABCD"[gold]}) + "\n")
