@@ -30,8 +30,11 @@ class SentenceBert final : public moelab::Embedder {
     std::filesystem::path st_config = folder_ / "sentence_bert_config.json";
     if (std::filesystem::exists(st_config)) max_len_ = std::min<long long>(max_len_, read_json(st_config).value("max_seq_length", max_len_));
     std::filesystem::path pooling = folder_ / "1_Pooling" / "config.json";
-    if (std::filesystem::exists(pooling) && !read_json(pooling).value("pooling_mode_mean_tokens", false))
-      throw std::runtime_error(fmt::format("{}: only mean pooling is supported", pooling.string()));
+    if (std::filesystem::exists(pooling)) {  // sentence-transformers < 6 and >= 6 spell it differently
+      nlohmann::json p = read_json(pooling);
+      if (!p.value("pooling_mode_mean_tokens", false) && p.value("pooling_mode", "") != "mean")
+        throw std::runtime_error(fmt::format("{}: only mean pooling is supported", pooling.string()));
+    }
     moelab::SafetensorsFile weights(folder_ / "model.safetensors");
     for (const auto& name : weights.names()) {
       std::string key = name.rfind("bert.", 0) == 0 ? name.substr(5) : name;
