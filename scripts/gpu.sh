@@ -29,7 +29,7 @@ tail -3 "$OUT/build.log"
 status=0
 
 if has test; then
-  ctest --test-dir build-gpu --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1 || status=$?
+  OMP_NUM_THREADS=2 ctest --test-dir build-gpu --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1 || status=$?
   grep -E "tests passed|Failed|SegFault|\*\*\*" "$OUT/ctest.log" || true
   build-gpu/bin/model_cuda_test 2>&1 | grep "bf16:" | tee "$OUT/bf16.txt"
 fi

@@ -28,9 +28,8 @@ class CollectRouting final : public moelab::Stage {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size_); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
-      torch::Tensor logits = model.forward(batch.input_ids, batch.attention_mask);
+      torch::Tensor last_logits = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0).cpu();
       torch::Tensor last = moelab::last_positions(batch.attention_mask);
-      torch::Tensor last_logits = moelab::at_positions(logits, last).cpu();
       const long long width = batch.input_ids.size(1);
       std::vector<torch::Tensor> probs;  // per MoE layer [B, E] at the last token
       for (const auto& trace : model.routing()) {

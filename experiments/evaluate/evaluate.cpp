@@ -145,8 +145,7 @@ class Evaluate final : public moelab::Stage {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
-      torch::Tensor logits = model.forward(batch.input_ids, batch.attention_mask);
-      torch::Tensor last = moelab::at_positions(logits, moelab::last_positions(batch.attention_mask)).cpu();
+      torch::Tensor last = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0).cpu();
       torch::Tensor options = last.gather(1, batch.letter_ids.clamp_min(0)).masked_fill(batch.letter_ids.lt(0), -INFINITY);
       torch::Tensor predicted = options.argmax(1);
       for (std::size_t r = 0; r < rows.size(); ++r) predicted_all.push_back(predicted[static_cast<long long>(r)].item<int64_t>());

@@ -155,7 +155,7 @@ class Generate final : public moelab::Stage {
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
       const std::int64_t width = batch.input_ids.size(1);
       moelab::KVCache cache;
-      if (width > 1) model.forward(batch.input_ids.narrow(1, 0, width - 1), batch.attention_mask.narrow(1, 0, width - 1), &cache);
+      if (width > 1) model.forward(batch.input_ids.narrow(1, 0, width - 1), batch.attention_mask.narrow(1, 0, width - 1), &cache, true);
       torch::Tensor last = batch.input_ids.narrow(1, width - 1, 1).to(model.device());
       std::vector<std::vector<std::int64_t>> out(rows.size());
       std::vector<bool> done(rows.size(), false);

@@ -90,7 +90,7 @@ class MoeModel final : public Model {
 
   NamedTensors named_weights() override { return named_; }
 
-  Tensor forward(const Tensor& input_ids_in, const Tensor& attention_mask, KVCache* cache) override {
+  Tensor forward(const Tensor& input_ids_in, const Tensor& attention_mask, KVCache* cache, bool last_only) override {
     Tensor input_ids = input_ids_in.to(device_);
     const int64_t B = input_ids.size(0), T = input_ids.size(1);
     const int64_t R = cache ? cache->replicas : 1;
@@ -125,6 +125,11 @@ class MoeModel final : public Model {
     if (cache) cache->mask = torch::cat({past_mask, first_replicas(mask, R)}, 1).to(torch::kInt64);
     x = rms_norm(x, final_norm_, c_.rms_eps);
     hidden_ = x;
+    if (last_only) {
+      Tensor index = torch::arange(T, torch::dtype(torch::kInt64).device(device_)).unsqueeze(0);
+      Tensor last = torch::where(mask, index, torch::full_like(index, -1)).amax(1).clamp_min(0);
+      x = x.index({torch::arange(B, last.options()), last}).unsqueeze(1);
+    }
     Tensor logits = torch::matmul(x, lm_head_.t());
     return logits.scalar_type() == torch::kFloat64 ? logits : logits.to(torch::kFloat32);
   }
@@ -163,6 +168,7 @@ class MoeModel final : public Model {
   Tensor attend(const Tensor& q, Tensor k, Tensor v, const Tensor& allowed, double scale) const {
     k = expand_heads(k, q.size(1));
     v = expand_heads(v, q.size(1));
+    if (compat::kHasSdpa && q.is_cuda()) return compat::sdpa(q, k, v, allowed, scale);  // fused kernel, no score matrix kept
     Tensor scores = torch::matmul(q, k.transpose(-1, -2)).to(accumulate_type(q)) * scale;
     scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
     Tensor probs = scores.softmax(-1).to(q.scalar_type());

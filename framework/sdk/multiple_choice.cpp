@@ -57,10 +57,10 @@ McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id,
 }
 
 ObjectiveBatch objective_batch(Model& model, const McBatch& batch, const std::vector<int>& layers, long long step) {
-  torch::Tensor logits = model.forward(batch.input_ids, batch.attention_mask);
+  torch::Tensor last_logits = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0);
   torch::Tensor last = last_positions(batch.attention_mask);
   ObjectiveBatch ob;
-  ob.last_logits = at_positions(logits, last);
+  ob.last_logits = last_logits;
   ob.choice_ids = batch.letter_ids.to(ob.last_logits.device());
   ob.labels = batch.labels.to(ob.last_logits.device());
   ob.step = step;

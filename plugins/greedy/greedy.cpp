@@ -7,7 +7,7 @@ class GreedySampler final : public moelab::Sampler {
  public:
   GreedySampler(const moelab::Config&, moelab::RunContext&) {}
   torch::Tensor next(moelab::Model& model, const torch::Tensor& tokens, moelab::KVCache& cache, std::int64_t) override {
-    return model.forward(tokens, {}, &cache).select(1, -1).argmax(-1);
+    return model.forward(tokens, {}, &cache, true).select(1, 0).argmax(-1);
   }
 };
 

@@ -24,7 +24,7 @@ class ModelMeanEmbedder final : public moelab::Embedder {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size_); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
-      model.forward(batch.input_ids, batch.attention_mask);
+      model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true);
       torch::Tensor mask = batch.attention_mask.to(model.device(), torch::kFloat32).unsqueeze(-1);
       torch::Tensor mean = (model.hidden_states().to(torch::kFloat32) * mask).sum(1) / mask.sum(1);
       out.push_back((mean / mean.norm(2, 1, true).clamp_min(1e-12)).cpu());

@@ -34,7 +34,7 @@ class RoeSampler final : public moelab::Sampler {
     cache.replicas = replicas;
     torch::Tensor logits;
     try {
-      logits = model.forward(tokens.repeat_interleave(replicas, 0), {}, &cache);
+      logits = model.forward(tokens.repeat_interleave(replicas, 0), {}, &cache, /*last_only=*/true);
     } catch (...) {
       cache.replicas = 1;
       model.set_router_transform({});
@@ -42,7 +42,7 @@ class RoeSampler final : public moelab::Sampler {
     }
     cache.replicas = 1;
     model.set_router_transform({});
-    torch::Tensor probs = logits.select(1, -1).view({rows, replicas, -1}).narrow(1, 1, k_).softmax(-1).mean(1);  // [B, V]
+    torch::Tensor probs = logits.select(1, 0).view({rows, replicas, -1}).narrow(1, 1, k_).softmax(-1).mean(1);  // [B, V]
     torch::Tensor u = moelab::counter_uniform(seed_ ^ 0x5A5A5A5Aull, static_cast<std::uint64_t>(step) * rows, {rows}, probs.device());
     return moelab::pick_token(probs, temperature_, top_p_, u);
   }

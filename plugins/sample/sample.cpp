@@ -12,7 +12,7 @@ class SampleSampler final : public moelab::Sampler {
   }
 
   torch::Tensor next(moelab::Model& model, const torch::Tensor& tokens, moelab::KVCache& cache, std::int64_t step) override {
-    torch::Tensor probs = model.forward(tokens, {}, &cache).select(1, -1).softmax(-1);
+    torch::Tensor probs = model.forward(tokens, {}, &cache, true).select(1, 0).softmax(-1);
     torch::Tensor u = moelab::counter_uniform(seed_, static_cast<std::uint64_t>(step) * tokens.size(0), {tokens.size(0)}, probs.device());
     return moelab::pick_token(probs, temperature_, top_p_, u);
   }

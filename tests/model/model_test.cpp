@@ -83,6 +83,11 @@ TEST_P(PerArchitecture, PaddedRowsGiveTheLogitsOfUnpaddedRows) {
   Tensor right = model->forward(batch, mask);
   EXPECT_LE((right[0].narrow(0, 0, 7) - alone[0]).abs().max().item<double>(), 1e-4);
   EXPECT_LE((right[1] - model->forward(longer, {})[0]).abs().max().item<double>(), 1e-4);
+  // last_only: each row's last real token, whichever side the padding is on.
+  Tensor last = model->forward(batch, mask, nullptr, /*last_only=*/true);
+  ASSERT_EQ(last.size(1), 1);
+  EXPECT_LE((last[0][0] - alone[0][6]).abs().max().item<double>(), 1e-4);
+  EXPECT_LE((last[1][0] - right[1][9]).abs().max().item<double>(), 1e-4);
 }
 
 TEST_P(PerArchitecture, CachedDecodingMatchesFullForward) {

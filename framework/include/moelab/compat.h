@@ -10,6 +10,9 @@
 #if MOELAB_TORCH_AT_LEAST(2, 8)
 #include <ATen/ops/_grouped_mm.h>
 #endif
+#if MOELAB_TORCH_AT_LEAST(2, 1)
+#include <ATen/ops/scaled_dot_product_attention.h>
+#endif
 
 namespace moelab::compat {
 
@@ -24,6 +27,19 @@ inline torch::Tensor grouped_mm(const torch::Tensor& x, const torch::Tensor& wei
 #else
   (void)x, (void)weights, (void)ends;
   throw std::logic_error("grouped_mm needs LibTorch >= 2.8");
+#endif
+}
+
+// at::scaled_dot_product_attention with an explicit scale (LibTorch >= 2.1): flash or memory-efficient
+// kernels on CUDA. q [B, H, T, D], k/v [B, H, S, D], allowed [B, 1, T, S] bool (true: may attend).
+constexpr bool kHasSdpa = MOELAB_TORCH_AT_LEAST(2, 1);
+
+inline torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& allowed, double scale) {
+#if MOELAB_TORCH_AT_LEAST(2, 1)
+  return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false, scale);
+#else
+  (void)q, (void)k, (void)v, (void)allowed, (void)scale;
+  throw std::logic_error("sdpa needs LibTorch >= 2.1");
 #endif
 }
 

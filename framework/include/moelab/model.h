@@ -55,9 +55,10 @@ class Model {
 
   // input_ids [B, T] int64; attention_mask [B, T] (1 token, 0 pad; left or right padding) or undefined.
   // With a cache, the tokens continue the cached sequence and the cache is extended. Returns float32
-  // logits [B, T, V] (float64 for a float64 model).
+  // logits [B, T, V] (float64 for a float64 model); with last_only, [B, 1, V] at each row's last real
+  // token only, which spares the vocabulary projection of every other position.
   virtual torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-                                KVCache* cache = nullptr) = 0;
+                                KVCache* cache = nullptr, bool last_only = false) = 0;
   // Hidden states [B, T, hidden] after the final norm in the last forward (for embedders).
   virtual const torch::Tensor& hidden_states() const = 0;
   // Routing of every MoE layer in the last forward, in layer order.
