@@ -52,7 +52,7 @@ if has bench; then
   {
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/{"device": "/; s/$/"}/'
     python3 -c 'import torch,tokenizers,transformers,json;print(json.dumps({"torch":torch.__version__,"tokenizers":tokenizers.__version__,"transformers":transformers.__version__}))'
-    for t in gpt_neox=framework/model/tiny/tokenizer.json qwen3=/tmp/tok/qwen3/tokenizer.json llama3=/tmp/tok/llama3/tokenizer.json deepseek_v3=/tmp/tok/deepseek_v3/tokenizer.json; do
+    for t in gpt_neox=framework/model/tiny/tokenizer.json qwen3=/tmp/tok/qwen3/tokenizer.json llama3=/tmp/tok/llama3/tokenizer.json deepseek_v3=/tmp/tok/deepseek_v3/tokenizer.json llama2=/tmp/tok/llama2/tokenizer.json; do
       python3 benchmarks/tokenizer_hf.py "$t"
       build-gpu/bin/runexp tokenize --tokenizer "${t#*=}" --benchmark < $corpus | sed "s/^{/{\"name\":\"${t%%=*}\",\"impl\":\"moelab\",/"
     done

@@ -17,8 +17,23 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path kFixtures = fs::path(MOELAB_SOURCE_DIR) / "tests" / "fixtures" / "tokenizers";
 
+// Metaspace-style variants of the llama2 file, built as make_expected.py builds them.
+fs::path metaspace_variant(const std::string& name) {
+  const std::string m = "\u2581";
+  auto j = nlohmann::json::parse(moelab::read_file(fs::path(MOELAB_TOKENIZER_DIR) / "llama2" / "tokenizer.json"));
+  j["normalizer"] = nullptr;
+  bool split = name == "llama2_metaspace_split";
+  j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", m}, {"prepend_scheme", split ? "always" : "first"}, {"split", split}};
+  if (split) j["decoder"] = {{"type", "Metaspace"}, {"replacement", m}, {"prepend_scheme", "always"}, {"split", true}};
+  fs::path file = fs::path(MOELAB_TOKENIZER_DIR) / name / "tokenizer.json";
+  fs::create_directories(file.parent_path());
+  moelab::write_file_atomic(file, j.dump());
+  return file;
+}
+
 fs::path tokenizer_file(const std::string& name) {
   if (name == "gpt_neox") return fs::path(MOELAB_SOURCE_DIR) / "framework" / "model" / "tiny" / "tokenizer.json";
+  if (name.rfind("llama2_", 0) == 0) return metaspace_variant(name);
   return fs::path(MOELAB_TOKENIZER_DIR) / name / "tokenizer.json";
 }
 
@@ -38,7 +53,8 @@ TEST_P(HfParity, EveryCorpusTextEncodesAndDecodesLikeHf) {
   EXPECT_EQ(checked, 35);
 }
 
-INSTANTIATE_TEST_SUITE_P(Files, HfParity, testing::Values("gpt_neox", "qwen3", "llama3", "deepseek_v3"));
+INSTANTIATE_TEST_SUITE_P(Files, HfParity, testing::Values("gpt_neox", "qwen3", "llama3", "deepseek_v3", "llama2", "llama2_metaspace",
+                                                                "llama2_metaspace_split"));
 
 TEST(Tokenizer, SpecialTokensCanBeSkippedWhenDecoding) {
   auto tokenizer = moelab::Tokenizer::from_file(tokenizer_file("gpt_neox"));
@@ -58,9 +74,14 @@ TEST(Tokenizer, MalformedFilesNameTheComponent) {
     return error_of([&] { moelab::Tokenizer::from_file(file); });
   };
   EXPECT_THAT(error_for([](auto& j) { j["model"]["type"] = "Unigram"; }), HasSubstr("model: type \"Unigram\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", "_"}}; }),
+              HasSubstr("normalizer.Replace: only String patterns are supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["decoder"] = {{"type", "CTC"}}; }), HasSubstr("decoder: type \"CTC\" is not supported"));
   EXPECT_THAT(error_for([](auto& j) { j["model"]["type"] = "WordPiece"; }), HasSubstr("model: WordPiece needs an unk_token"));
-  EXPECT_THAT(error_for([](auto& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }),
-              HasSubstr("pre_tokenizer: type \"Metaspace\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}, {"prepend_scheme", "sometimes"}}; }),
+              HasSubstr("pre_tokenizer.Metaspace: prepend_scheme \"sometimes\" is not one of always, first, never"));
+  EXPECT_THAT(error_for([](auto& j) { j["pre_tokenizer"] = {{"type", "UnicodeScripts"}}; }),
+              HasSubstr("pre_tokenizer: type \"UnicodeScripts\" is not supported"));
   EXPECT_THAT(error_for([](auto& j) { j["normalizer"] = {{"type", "NFKC"}}; }), HasSubstr("normalizer: type \"NFKC\" is not supported"));
   EXPECT_THAT(error_for([](auto& j) { j["model"]["merges"][0] = nlohmann::json::array({"zz", "qq"}); }),
               HasSubstr("model.merges: merge [\"zz\",\"qq\"] uses tokens missing from the vocab"));

@@ -1,5 +1,7 @@
 // A Hugging Face tokenizer.json in C++: byte-level BPE with Split/ByteLevel pre-tokenizers, NFC,
-// added and special tokens, and the ByteLevel decoder; and WordPiece (BERT-style encoders). Ids are
+// added and special tokens, and the ByteLevel decoder; SentencePiece-style BPE (Prepend/Replace
+// normalizers, byte_fallback, Replace/ByteFallback/Fuse/Strip decoders: Mistral, Mixtral, Llama 2);
+// and WordPiece (BERT-style encoders). Ids are
 // identical to HF `tokenizers`; anything in a file it does not implement is an error naming the
 // component, never a silent difference.
 #pragma once

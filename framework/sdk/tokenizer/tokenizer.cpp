@@ -9,7 +9,10 @@
 #include <nlohmann/json.hpp>
 #include <pcre2.h>
 
+#include <algorithm>
+#include <cctype>
 #include <limits>
+#include <queue>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -79,10 +82,39 @@ class Regex {
 
 // A pre-tokenizer step: splits each piece of text into smaller pieces.
 struct Step {
-  enum class Kind { split, byte_level } kind;
+  enum class Kind { split, byte_level, metaspace } kind;
   std::unique_ptr<Regex> regex;  // split pattern, or GPT-2's for ByteLevel with use_regex
   bool add_prefix_space = false;
+  // Metaspace: spaces become `replacement`, which is prepended ("always", or "first": only to text at
+  // the start of the input) unless already there; with split, pieces start at each replacement.
+  std::string replacement, prepend_scheme;
+  bool split = false;
 };
+
+// A normalizer step (applied to each piece of text between added tokens, as HF does).
+struct Normalizer {
+  enum class Kind { nfc, prepend, replace } kind;
+  std::string text, content;  // prepend: text; replace: text -> content
+};
+
+// A decoder step over the list of token strings.
+struct Decoder {
+  enum class Kind { byte_level, replace, byte_fallback, fuse, strip, metaspace } kind;
+  std::string text, content;  // replace: text -> content; strip: text is the character; metaspace: text is the replacement
+  int start = 0, stop = 0;    // strip: how many to remove at each end
+};
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  if (from.empty()) return s;
+  for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+  return s;
+}
+
+// "<0xAB>" -> 0xAB, or -1.
+int byte_token(const std::string& token) {
+  if (token.size() != 6 || token.compare(0, 3, "<0x") != 0 || token[5] != '>' || !std::isxdigit(token[3]) || !std::isxdigit(token[4])) return -1;
+  return std::stoi(token.substr(3, 2), nullptr, 16);
+}
 
 struct AddedToken {
   std::string content;
@@ -112,32 +144,26 @@ class BpeTokenizer final : public Tokenizer {
         ++i;
         continue;
       }
-      encode_plain(text.substr(plain_start, i - plain_start), ids);
+      encode_plain(text.substr(plain_start, i - plain_start), ids, plain_start == 0);
       ids.push_back(hit->id);
       i += hit->content.size();
       plain_start = i;
     }
-    encode_plain(text.substr(plain_start), ids);
+    encode_plain(text.substr(plain_start), ids, plain_start == 0);
     return ids;
   }
 
   std::string decode(const std::vector<Id>& ids, bool skip_special_tokens) const override {
-    std::string bytes;
+    std::vector<std::string> tokens;
     for (Id id : ids) {
       if (id < 0 || static_cast<std::size_t>(id) >= id_to_token_.size() || id_to_token_[id] == nullptr) continue;  // as HF: skipped
       if (skip_special_tokens && special_ids_.count(id)) continue;
-      const std::string& token = *id_to_token_[id];
-      // ByteLevel: every character stands for a byte; a token with other characters keeps its bytes.
-      std::string mapped;
-      bool all_bytes = true;
-      for (std::size_t i = 0; i < token.size() && all_bytes;) {
-        int b = unicode::char_to_byte(unicode::next_code_point(token, i));
-        if (b < 0) all_bytes = false;
-        else mapped += static_cast<char>(b);
-      }
-      bytes += all_bytes ? mapped : token;
+      tokens.push_back(*id_to_token_[id]);
     }
-    return unicode::utf8_lossy(bytes);
+    for (const auto& d : decoders_) tokens = apply(d, std::move(tokens));
+    std::string out;
+    for (std::size_t i = 0; i < tokens.size(); ++i) out += (i > 0 && decoders_.empty() ? " " : "") + tokens[i];
+    return out;
   }
 
   Id token_id(std::string_view token) const override {
@@ -154,13 +180,18 @@ class BpeTokenizer final : public Tokenizer {
   void read_model(const json& m) {
     std::string type = m.value("type", "");
     if (type != "BPE") fail("model", fmt::format("type \"{}\" is not supported (BPE, WordPiece)", type));
-    if (m.value("byte_fallback", false)) fail("model", "byte_fallback is not supported yet (SentencePiece-style files)");
-    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix", "unk_token"})
+    byte_fallback_ = m.value("byte_fallback", false);
+    fuse_unk_ = m.value("fuse_unk", false);
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
       if (m.contains(key) && !m[key].is_null() && m[key] != "") fail("model", fmt::format("{} is not supported", key));
     if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() > 0) fail("model", "BPE dropout is not supported");
     ignore_merges_ = m.value("ignore_merges", false);
     if (!m.contains("vocab") || !m["vocab"].is_object()) fail("model", "needs a \"vocab\" object");
     for (const auto& [token, id] : m["vocab"].items()) add_token(token, id.get<Id>());
+    if (m.contains("unk_token") && m["unk_token"].is_string()) {
+      unk_ = token_id(m["unk_token"].get<std::string>());
+      if (unk_ < 0) fail("model", fmt::format("unk_token \"{}\" is not in the vocab", m["unk_token"].get<std::string>()));
+    }
     Id rank = 0;
     for (const auto& merge : m.value("merges", json::array())) {
       std::string left, right;
@@ -195,14 +226,20 @@ class BpeTokenizer final : public Tokenizer {
     if (type == "Sequence") {
       for (const auto& child : n.value("normalizers", json::array())) read_normalizer(child);
     } else if (type == "NFC") {
-      nfc_ = true;
+      normalizers_.push_back({Normalizer::Kind::nfc, "", ""});
+    } else if (type == "Prepend") {
+      normalizers_.push_back({Normalizer::Kind::prepend, n.at("prepend").get<std::string>(), ""});
+    } else if (type == "Replace") {
+      if (!n.contains("pattern") || !n["pattern"].contains("String"))
+        fail("normalizer.Replace", "only String patterns are supported, found " + describe(n.value("pattern", json())));
+      normalizers_.push_back({Normalizer::Kind::replace, n["pattern"]["String"].get<std::string>(), n.at("content").get<std::string>()});
     } else {
-      fail("normalizer", fmt::format("type \"{}\" is not supported (NFC, Sequence)", type));
+      fail("normalizer", fmt::format("type \"{}\" is not supported (NFC, Prepend, Replace, Sequence)", type));
     }
   }
 
   void read_pre_tokenizer(const json& p) {
-    if (p.is_null()) fail("pre_tokenizer", "missing; byte-level BPE files need ByteLevel");
+    if (p.is_null()) return;  // SentencePiece-style files: the normalized text is one piece
     std::string type = p.value("type", "");
     if (type == "Sequence") {
       for (const auto& child : p.value("pretokenizers", json::array())) read_pre_tokenizer(child);
@@ -218,21 +255,44 @@ class BpeTokenizer final : public Tokenizer {
       Step step{Step::Kind::byte_level, nullptr, p.value("add_prefix_space", false)};
       if (p.value("use_regex", true)) step.regex = std::make_unique<Regex>(kGpt2Pattern, file_ + ": pre_tokenizer.ByteLevel");
       steps_.push_back(std::move(step));
+    } else if (type == "Metaspace") {
+      Step step{Step::Kind::metaspace, nullptr, false, p.value("replacement", "\u2581"), p.value("prepend_scheme", "always"), p.value("split", true)};
+      if (step.prepend_scheme != "always" && step.prepend_scheme != "first" && step.prepend_scheme != "never")
+        fail("pre_tokenizer.Metaspace", fmt::format("prepend_scheme \"{}\" is not one of always, first, never", step.prepend_scheme));
+      steps_.push_back(std::move(step));
     } else {
-      fail("pre_tokenizer", fmt::format("type \"{}\" is not supported (Split, ByteLevel, Sequence)", type));
+      fail("pre_tokenizer", fmt::format("type \"{}\" is not supported (Split, ByteLevel, Metaspace, Sequence)", type));
     }
   }
 
   void read_decoder(const json& d) {
     std::string type = d.is_null() ? "" : d.value("type", "");
-    if (type != "ByteLevel") fail("decoder", fmt::format("type \"{}\" is not supported (ByteLevel)", type));
+    if (type == "Sequence") {
+      for (const auto& child : d.value("decoders", json::array())) read_decoder(child);
+    } else if (type == "ByteLevel") {
+      decoders_.push_back({Decoder::Kind::byte_level});
+    } else if (type == "ByteFallback") {
+      decoders_.push_back({Decoder::Kind::byte_fallback});
+    } else if (type == "Fuse") {
+      decoders_.push_back({Decoder::Kind::fuse});
+    } else if (type == "Metaspace") {  // replacement -> space; the first token loses its replacements unless prepend_scheme is never
+      decoders_.push_back({Decoder::Kind::metaspace, d.value("replacement", "\u2581"), d.value("prepend_scheme", "always") == "never" ? "keep" : ""});
+    } else if (type == "Replace") {
+      if (!d.contains("pattern") || !d["pattern"].contains("String"))
+        fail("decoder.Replace", "only String patterns are supported, found " + describe(d.value("pattern", json())));
+      decoders_.push_back({Decoder::Kind::replace, d["pattern"]["String"].get<std::string>(), d.at("content").get<std::string>()});
+    } else if (type == "Strip") {
+      decoders_.push_back({Decoder::Kind::strip, d.at("content").get<std::string>(), "", d.value("start", 0), d.value("stop", 0)});
+    } else {
+      fail("decoder", fmt::format("type \"{}\" is not supported (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, Sequence)", type));
+    }
   }
 
   void read_added_tokens(const json& tokens) {
     for (const auto& t : tokens) {
       for (const char* flag : {"lstrip", "rstrip", "single_word"})
         if (t.value(flag, false)) fail("added_tokens", fmt::format("\"{}\" sets {}, which is not supported", t.value("content", ""), flag));
-      if (t.value("normalized", false) && nfc_)
+      if (t.value("normalized", false) && !normalizers_.empty())
         fail("added_tokens", fmt::format("\"{}\" is normalized, with a normalizer: not supported", t.value("content", "")));
       AddedToken token{t.at("content").get<std::string>(), t.at("id").get<Id>(), t.value("special", false)};
       if (token.content.empty()) fail("added_tokens", "an added token is empty");
@@ -252,15 +312,21 @@ class BpeTokenizer final : public Tokenizer {
     return nullptr;
   }
 
-  void encode_plain(std::string_view text, std::vector<Id>& ids) const {
+  void encode_plain(std::string_view text, std::vector<Id>& ids, bool at_start) const {
     if (text.empty()) return;
-    std::string normalized = nfc_ ? unicode::nfc(text) : std::string(text);
+    std::string normalized(text);
+    for (const auto& n : normalizers_) {
+      if (n.kind == Normalizer::Kind::nfc) normalized = unicode::nfc(normalized);
+      else if (n.kind == Normalizer::Kind::prepend) normalized = normalized.empty() ? normalized : n.text + normalized;
+      else normalized = replace_all(normalized, n.text, n.content);
+    }
     std::vector<std::string> pieces = {normalized};
-    for (const auto& step : steps_) pieces = apply(step, pieces);
+    for (const auto& step : steps_) pieces = apply(step, pieces, at_start);
     for (const auto& piece : pieces) bpe(piece, ids);
   }
 
-  static std::vector<std::string> apply(const Step& step, const std::vector<std::string>& pieces) {
+  static std::vector<std::string> apply(const Step& step, const std::vector<std::string>& pieces, bool at_start) {
+    if (step.kind == Step::Kind::metaspace) return metaspace(step, pieces, at_start);
     std::vector<std::string> out;
     for (const auto& piece_in : pieces) {
       std::string piece = piece_in;
@@ -289,12 +355,127 @@ class BpeTokenizer final : public Tokenizer {
     return out;
   }
 
+  static std::vector<std::string> apply(const Decoder& d, std::vector<std::string> tokens) {
+    switch (d.kind) {
+      case Decoder::Kind::byte_level: {  // every character stands for a byte; a token with other characters keeps its bytes
+        std::string bytes;
+        for (const auto& token : tokens) {
+          std::string mapped;
+          bool all_bytes = true;
+          for (std::size_t i = 0; i < token.size() && all_bytes;) {
+            int b = unicode::char_to_byte(unicode::next_code_point(token, i));
+            if (b < 0) all_bytes = false;
+            else mapped += static_cast<char>(b);
+          }
+          bytes += all_bytes ? mapped : token;
+        }
+        return {unicode::utf8_lossy(bytes)};
+      }
+      case Decoder::Kind::replace:
+        for (auto& t : tokens) t = replace_all(t, d.text, d.content);
+        return tokens;
+      case Decoder::Kind::byte_fallback: {  // runs of <0xAB> tokens become their UTF-8 text, or one U+FFFD per byte
+        std::vector<std::string> out;
+        std::string bytes;
+        std::size_t count = 0;
+        auto flush = [&] {
+          if (count == 0) return;
+          if (unicode::utf8_lossy(bytes) == bytes) out.push_back(bytes);
+          else for (std::size_t i = 0; i < count; ++i) out.push_back("\xEF\xBF\xBD");
+          bytes.clear();
+          count = 0;
+        };
+        for (auto& t : tokens) {
+          int b = byte_token(t);
+          if (b >= 0) {
+            bytes += static_cast<char>(b);
+            ++count;
+          } else {
+            flush();
+            out.push_back(std::move(t));
+          }
+        }
+        flush();
+        return out;
+      }
+      case Decoder::Kind::metaspace:
+        for (std::size_t i = 0; i < tokens.size(); ++i)
+          tokens[i] = replace_all(tokens[i], d.text, i == 0 && d.content != "keep" ? "" : " ");
+        return tokens;
+      case Decoder::Kind::fuse: {
+        std::string joined;
+        for (const auto& t : tokens) joined += t;
+        return {joined};
+      }
+      case Decoder::Kind::strip:
+        for (auto& t : tokens) {
+          for (int i = 0; i < d.start && t.compare(0, d.text.size(), d.text) == 0 && !d.text.empty(); ++i) t.erase(0, d.text.size());
+          for (int i = 0; i < d.stop && t.size() >= d.text.size() && !d.text.empty() &&
+                          t.compare(t.size() - d.text.size(), d.text.size(), d.text) == 0; ++i)
+            t.erase(t.size() - d.text.size());
+        }
+        return tokens;
+    }
+    return tokens;
+  }
+
+  static std::vector<std::string> metaspace(const Step& step, const std::vector<std::string>& pieces, bool at_start) {
+    std::vector<std::string> out;
+    for (std::size_t p = 0; p < pieces.size(); ++p) {
+      std::string piece = replace_all(pieces[p], " ", step.replacement);
+      bool prepend = step.prepend_scheme == "always" || (step.prepend_scheme == "first" && at_start && p == 0);
+      if (prepend && piece.compare(0, step.replacement.size(), step.replacement) != 0) piece = step.replacement + piece;
+      if (!step.split) {
+        out.push_back(std::move(piece));
+        continue;
+      }
+      std::string current;
+      for (std::size_t i = 0; i < piece.size();) {
+        if (piece.compare(i, step.replacement.size(), step.replacement) == 0) {
+          if (!current.empty()) out.push_back(std::move(current));
+          current = step.replacement;
+          i += step.replacement.size();
+        } else {
+          current += piece[i++];
+        }
+      }
+      if (!current.empty()) out.push_back(std::move(current));
+    }
+    return out;
+  }
+
   static std::uint64_t pair_key(Id a, Id b) { return (static_cast<std::uint64_t>(a) << 32) | static_cast<std::uint64_t>(b); }
 
-  // Byte-pair merges by rank (lowest first, leftmost among equals), with a cache of whole words.
+  // Initial symbols of a word: its characters, or their UTF-8 bytes as <0xAB> tokens (byte_fallback),
+  // or the unknown token (consecutive ones fused with fuse_unk).
+  std::vector<Id> initial_symbols(const std::string& word) const {
+    std::vector<Id> symbols;
+    for (auto ch : unicode::characters(word)) {
+      Id id = token_id(ch);
+      if (id < 0 && byte_fallback_) {
+        std::vector<Id> bytes;
+        for (unsigned char b : ch) bytes.push_back(token_id(fmt::format("<0x{:02X}>", b)));
+        if (std::find(bytes.begin(), bytes.end(), Id{-1}) == bytes.end()) {
+          symbols.insert(symbols.end(), bytes.begin(), bytes.end());
+          continue;
+        }
+      }
+      if (id < 0) {
+        if (unk_ < 0) throw std::runtime_error(fmt::format("{}: model: character \"{}\" has no token (and no byte fallback)", file_, std::string(ch)));
+        if (fuse_unk_ && !symbols.empty() && symbols.back() == unk_) continue;
+        id = unk_;
+      }
+      symbols.push_back(id);
+    }
+    return symbols;
+  }
+
+  // Byte-pair merges by rank, lowest first and leftmost among equals (a heap over a linked list, so long
+  // pieces of pre-tokenizer-free files stay O(n log n)), with a cache of short words.
   void bpe(const std::string& word, std::vector<Id>& ids) const {
     if (word.empty()) return;
-    {
+    const bool cacheable = word.size() <= 256;
+    if (cacheable) {
       std::lock_guard lock(cache_mutex_);
       if (auto it = cache_.find(word); it != cache_.end()) {
         ids.insert(ids.end(), it->second.begin(), it->second.end());
@@ -305,37 +486,62 @@ class BpeTokenizer final : public Tokenizer {
     if (Id whole = ignore_merges_ ? token_id(word) : -1; whole >= 0) {
       symbols.push_back(whole);
     } else {
-      for (auto ch : unicode::characters(word)) {
-        Id id = token_id(ch);
-        if (id < 0) throw std::runtime_error(fmt::format("{}: model: character \"{}\" has no token (and no byte fallback)", file_, std::string(ch)));
-        symbols.push_back(id);
-      }
-      while (symbols.size() > 1) {
-        Id best_rank = std::numeric_limits<Id>::max(), best_merged = -1;
-        std::size_t best_at = 0;
-        for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
-          auto it = merges_.find(pair_key(symbols[i], symbols[i + 1]));
-          if (it != merges_.end() && it->second.first < best_rank) {
-            best_rank = it->second.first;
-            best_merged = it->second.second;
-            best_at = i;
-          }
-        }
-        if (best_merged < 0) break;
-        symbols[best_at] = best_merged;
-        symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best_at) + 1);
-      }
+      symbols = merge(initial_symbols(word));
     }
     ids.insert(ids.end(), symbols.begin(), symbols.end());
+    if (!cacheable) return;
     std::lock_guard lock(cache_mutex_);
     if (cache_.size() < 200000) cache_.emplace(word, std::move(symbols));
+  }
+
+  std::vector<Id> merge(std::vector<Id> sym) const {
+    const std::size_t n = sym.size();
+    std::vector<std::ptrdiff_t> prev(n), next(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      prev[i] = static_cast<std::ptrdiff_t>(i) - 1;
+      next[i] = i + 1 < n ? static_cast<std::ptrdiff_t>(i + 1) : -1;
+    }
+    struct Candidate {
+      Id rank;
+      std::size_t at;
+      Id left, right, merged;
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : at > o.at; }
+    };
+    std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+    auto push = [&](std::ptrdiff_t i) {
+      if (i < 0 || next[i] < 0) return;
+      auto it = merges_.find(pair_key(sym[i], sym[next[i]]));
+      if (it != merges_.end()) heap.push({it->second.first, static_cast<std::size_t>(i), sym[i], sym[next[i]], it->second.second});
+    };
+    for (std::size_t i = 0; i + 1 < n; ++i) push(static_cast<std::ptrdiff_t>(i));
+    std::vector<bool> alive(n, true);
+    while (!heap.empty()) {
+      Candidate c = heap.top();
+      heap.pop();
+      const auto i = static_cast<std::ptrdiff_t>(c.at);
+      if (!alive[i] || sym[i] != c.left || next[i] < 0 || sym[next[i]] != c.right) continue;  // stale
+      const std::ptrdiff_t j = next[i];
+      sym[i] = c.merged;
+      alive[j] = false;
+      next[i] = next[j];
+      if (next[j] >= 0) prev[next[j]] = i;
+      push(prev[i]);
+      push(i);
+    }
+    std::vector<Id> out;
+    for (std::size_t i = 0; i < n; ++i)
+      if (alive[i]) out.push_back(sym[i]);
+    return out;
   }
 
   std::string file_;
   std::unordered_map<std::string, Id> vocab_;
   std::vector<const std::string*> id_to_token_;
   std::unordered_map<std::uint64_t, std::pair<Id, Id>> merges_;  // (left, right) -> (rank, merged)
-  bool ignore_merges_ = false, nfc_ = false;
+  bool ignore_merges_ = false, byte_fallback_ = false, fuse_unk_ = false;
+  Id unk_ = -1;
+  std::vector<Normalizer> normalizers_;
+  std::vector<Decoder> decoders_;
   std::vector<Step> steps_;
   std::map<unsigned char, std::vector<AddedToken>> added_by_first_byte_;
   std::unordered_map<Id, bool> special_ids_;
