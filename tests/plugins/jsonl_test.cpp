@@ -49,3 +49,38 @@ TEST(Jsonl, ErrorsNameFileAndLine) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Jsonl, RecognizesSeedHuggingFaceArcOpenBookQaAndSciqForms) {
+  moelab::test::TempDir dir;
+  dir.write("mixed.jsonl",
+            R"({"id": "seed", "question": "Which is a gas?", "choices": ["A) ice", "B) steam", "C) rock"], "answer": "B"})" "\n"
+            R"({"id": "hf", "question": "Pick two", "choices": {"text": ["one", "two"], "label": ["1", "2"]}, "answerKey": "2"})" "\n"
+            R"({"id": "obqa", "question_stem": "Sun is a", "choices": {"text": ["star", "moon"], "label": ["A", "B"]}, "answerKey": "A"})" "\n"
+            R"({"id": "sciq", "question": "Water boils at?", "correct_answer": "100 C", "distractor1": "0 C", "distractor2": "50 C", "distractor3": "10 C"})" "\n");
+  auto run = moelab::test::start_run(dir, "seed = 3\nstages = []\n[d]\nplugin = \"jsonl\"\npath = \"mixed.jsonl\"\n");
+  auto data = run->make<moelab::Dataset>("d");
+  ASSERT_EQ(data->size(), 4u);
+  EXPECT_EQ(data->at(0).choices, (std::vector<std::string>{"ice", "steam", "rock"}));
+  EXPECT_EQ(data->at(0).answer, 1);
+  EXPECT_EQ(data->at(1).text, "Pick two");
+  EXPECT_EQ(data->at(1).letters, (std::vector<std::string>{"A", "B"}));
+  EXPECT_EQ(data->at(1).answer, 1);
+  EXPECT_EQ(data->at(2).text, "Sun is a");
+  EXPECT_EQ(data->at(2).answer, 0);
+  const moelab::Example& sciq = data->at(3);
+  ASSERT_EQ(sciq.choices.size(), 4u);
+  EXPECT_EQ(sciq.choices[sciq.answer], "100 C");
+  // The shuffle follows the run seed: the same seed gives the same order.
+  auto again = moelab::test::start_run(dir, "seed = 3\nstages = []\n[d]\nplugin = \"jsonl\"\npath = \"mixed.jsonl\"\n")->make<moelab::Dataset>("d");
+  EXPECT_EQ(again->at(3).choices, sciq.choices);
+  std::set<long long> gold_positions;
+  for (int seed = 0; seed < 12; ++seed) {
+    auto other = moelab::test::start_run(dir, "seed = " + std::to_string(seed) + "\nstages = []\n[d]\nplugin = \"jsonl\"\npath = \"mixed.jsonl\"\n");
+    gold_positions.insert(other->make<moelab::Dataset>("d")->at(3).answer);
+  }
+  EXPECT_GT(gold_positions.size(), 1u) << "SciQ's correct answer must not stay in one position";
+}
+
+}  // namespace
