@@ -104,10 +104,16 @@ struct Decoder {
   int start = 0, stop = 0;    // strip: how many to remove at each end
 };
 
-std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+std::string replace_all(const std::string& s, const std::string& from, const std::string& to) {
   if (from.empty()) return s;
-  for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
-  return s;
+  std::string out;
+  out.reserve(s.size());
+  std::size_t last = 0;
+  for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, last)) {
+    out.append(s, last, at - last).append(to);
+    last = at + from.size();
+  }
+  return out.append(s, last, std::string::npos);
 }
 
 // "<0xAB>" -> 0xAB, or -1.
