@@ -132,6 +132,45 @@ TEST(Roe, NoiseChangesExpertsAtTheRateItImplies) {
   EXPECT_NEAR(observed, expected, 0.075);
 }
 
+// Every architecture (GQA, shared experts, dense layers, DeepSeek's latent attention) reads the shared
+// prefix through KVCache::replicas: tau = 0 is greedy, and noisy rows never reach the cache.
+class RoeArchitectures : public testing::TestWithParam<std::string> {};
+
+TEST_P(RoeArchitectures, TauZeroIsGreedyAndNoiseStaysOutOfTheCache) {
+  const fs::path folder = fs::path(MOELAB_SOURCE_DIR) / "tests" / "fixtures" / "models" / GetParam();
+  auto model = moelab::load_model(folder, torch::kCPU, torch::kFloat32);
+  torch::Tensor prompt = moelab::SafetensorsFile(folder / "expected.safetensors").get("prompt_ids")[0];
+  std::vector<std::int64_t> ids(prompt.data_ptr<std::int64_t>(), prompt.data_ptr<std::int64_t>() + prompt.numel());
+  std::string zeros, loud_taus;
+  for (std::size_t i = 0; i < model->info().moe_layers.size(); ++i) {
+    zeros += std::string(i ? ", " : "") + "0.0";
+    loud_taus += std::string(i ? ", " : "") + "1.5";
+  }
+  TempDir dir;
+  auto run = moelab::test::start_run(dir, "stages = []\n[greedy]\nplugin = \"greedy\"\n[quiet]\nplugin = \"roe\"\nk = 3\ntau_mode = \"list\"\n"
+                                          "tau_list = [" + zeros + "]\n[loud]\nplugin = \"roe\"\nk = 3\ntau_mode = \"list\"\ntau_list = [" + loud_taus + "]\n");
+  Decoded greedy = decode(*run->make<moelab::Sampler>("greedy"), *model, ids, 6);
+  EXPECT_EQ(decode(*run->make<moelab::Sampler>("quiet"), *model, ids, 6).tokens, greedy.tokens);
+  Decoded loud = decode(*run->make<moelab::Sampler>("loud"), *model, ids, 6);
+  bool explored = false;  // the noisy rows of the last step chose other experts somewhere
+  for (const auto& trace : model->routing())
+    explored = explored || std::get<0>(trace.topk_ids.sort(-1)).ne(std::get<0>(trace.topk_ids[0].sort(-1))).any().item<bool>();
+  EXPECT_TRUE(explored) << GetParam();
+  torch::NoGradGuard no_grad;
+  moelab::KVCache cache;
+  torch::Tensor t = torch::tensor(ids).unsqueeze(0);
+  model->forward(t.narrow(1, 0, t.size(1) - 1), {}, &cache);
+  torch::Tensor last = t.narrow(1, t.size(1) - 1, 1);
+  for (std::size_t step = 0; step < loud.tokens.size(); ++step) {
+    model->forward(last, {}, &cache);
+    for (std::size_t layer = 0; layer < cache.first.size(); ++layer)
+      EXPECT_TRUE(torch::allclose(cache.first[layer], loud.keys[step][layer], 1e-5, 1e-5)) << GetParam() << " step " << step << " layer " << layer;
+    last = torch::tensor({{loud.tokens[step]}});
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, RoeArchitectures, testing::Values("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
+
 TEST(RoeK8, ConfigRunsGreedyAndRoeWithPairedMetrics) {
   TempDir dir;
   auto r = moelab::test::run_command(moelab::test::runexp_binary() + " " + MOELAB_SOURCE_DIR + "/configs/roe_k8.toml --set run_dir=" +
