@@ -4,6 +4,8 @@
 // experts from logits + tau_l * g, g ~ Gumbel(0, 1) i.i.d. per sample, token, layer and expert. The
 // next token comes from the mean of the K rows' next-token probabilities (greedy, or sampled).
 // Routing weights come from the perturbed logits by default, as in the public RoE code.
+// history = "exact" recomputes the clean row alone after the shared forward (one more forward per step),
+// so the cache is bit for bit greedy's even where BLAS rounds a 1-row batch differently from K+1 rows.
 #include "moelab/moelab.h"
 
 namespace {
@@ -18,6 +20,7 @@ class RoeSampler final : public moelab::Sampler {
         tau_range_(config.get_reals("tau_range")),
         tau_list_(config.get_reals("tau_list")),
         weights_from_clean_(config.get_string("weights_from") == "clean"),
+        exact_history_(config.get_string("history") == "exact"),
         temperature_(config.get_real("temperature")),
         top_p_(config.get_real("top_p")),
         seed_(context.seed_for(config.id())) {
@@ -42,6 +45,13 @@ class RoeSampler final : public moelab::Sampler {
     }
     cache.replicas = 1;
     model.set_router_transform({});
+    if (exact_history_) {  // drop the shared forward's clean keys and values, then append greedy's own
+      for (auto* slots : {&cache.first, &cache.second})
+        for (auto& t : *slots)
+          if (t.defined()) t = t.narrow(2, 0, t.size(2) - tokens.size(1));
+      cache.mask = cache.mask.narrow(1, 0, cache.mask.size(1) - tokens.size(1));
+      model.forward(tokens, {}, &cache, /*last_only=*/true);
+    }
     torch::Tensor probs = logits.select(1, 0).view({rows, replicas, -1}).narrow(1, 1, k_).softmax(-1).mean(1);  // [B, V]
     torch::Tensor u = moelab::counter_uniform(seed_ ^ 0x5A5A5A5Aull, static_cast<std::uint64_t>(step) * rows, {rows}, probs.device());
     return moelab::pick_token(probs, temperature_, top_p_, u);
@@ -88,7 +98,7 @@ class RoeSampler final : public moelab::Sampler {
   std::string tau_mode_;
   double tau_middle_;
   std::vector<double> tau_range_, tau_list_;
-  bool weights_from_clean_;
+  bool weights_from_clean_, exact_history_;
   double temperature_, top_p_;
   std::uint64_t seed_;
   std::map<int, double> tau_;
@@ -104,6 +114,8 @@ moelab::Descriptor describe() {
       .reals("tau_range", {0.0, 0.01}, "[low, high] (tau_mode = range)")
       .reals("tau_list", {}, "tau per MoE layer (tau_mode = list)")
       .choice("weights_from", "perturbed", {"perturbed", "clean"}, "routing weights of the selected experts: from the noisy or the clean logits")
+      .choice("history", "shared", {"shared", "exact"},
+              "shared: the clean row's keys/values come from the one batched forward; exact: recomputed alone, bit-identical to greedy")
       .real("temperature", 0.0, "0: argmax of the averaged distribution; else sample it at this temperature")
       .real("top_p", 1.0, "nucleus of the averaged distribution when sampling");
 }

@@ -64,27 +64,39 @@ TEST(Roe, TauZeroIsGreedyForAnyK) {
   }
 }
 
-// RoE's clean row is computed inside a batch of K + 1 rows, greedy's in a batch of 1: BLAS kernels
-// may round differently for different row counts (seen with pip LibTorch's MKL: 4e-7), so the cache is
-// compared to within float32 rounding. A noisy row leaking into the history differs by O(1).
-TEST(Roe, SharedCacheIsTheGreedyRunsCacheAfterEveryStep) {
-  RoeSetup s;
-  // Large noise on the middle layers: the prediction explores, the history must not.
-  auto roe = s.roe("k = 6\ntau_middle = 2.0\n");
-  Decoded explored = decode(*roe, *s.model, s.prompt, 10);
-  // Greedy fed the same tokens: teacher-force RoE's choices through the clean path.
+// Greedy fed RoE's tokens through the clean path; returns the cached keys after each step.
+std::vector<std::vector<torch::Tensor>> teacher_forced_keys(moelab::Model& model, const std::vector<std::int64_t>& prompt,
+                                                            const std::vector<std::int64_t>& tokens) {
   torch::NoGradGuard no_grad;
   moelab::KVCache cache;
-  torch::Tensor ids = torch::tensor(s.prompt).unsqueeze(0);
-  s.model->forward(ids.narrow(1, 0, ids.size(1) - 1), {}, &cache);
+  torch::Tensor ids = torch::tensor(prompt).unsqueeze(0);
+  model.forward(ids.narrow(1, 0, ids.size(1) - 1), {}, &cache);
   torch::Tensor last = ids.narrow(1, ids.size(1) - 1, 1);
-  for (std::size_t step = 0; step < explored.tokens.size(); ++step) {
-    s.model->forward(last, {}, &cache);
-    for (std::size_t layer = 0; layer < cache.first.size(); ++layer)
-      EXPECT_TRUE(torch::allclose(cache.first[layer], explored.keys[step][layer], 1e-5, 1e-5))
-          << "step " << step << " layer " << layer << " max diff "
-          << (cache.first[layer] - explored.keys[step][layer]).abs().max().item<double>();
-    last = torch::tensor({{explored.tokens[step]}});
+  std::vector<std::vector<torch::Tensor>> keys;
+  for (std::int64_t token : tokens) {
+    model.forward(last, {}, &cache);
+    keys.emplace_back(cache.first.begin(), cache.first.end());
+    last = torch::tensor({{token}});
+  }
+  return keys;
+}
+
+// Large noise on the middle layers: the prediction explores, the history must not. history = "exact"
+// makes the cache greedy's bit for bit. The default "shared" takes the clean row from the batch of
+// K + 1 rows, where BLAS may round differently than for greedy's 1 row (pip LibTorch's MKL: 4e-7), so
+// it is compared within float32 rounding; a noisy row leaking into the history differs by O(1).
+TEST(Roe, SharedCacheIsTheGreedyRunsCacheAfterEveryStep) {
+  RoeSetup s;
+  for (const char* history : {"exact", "shared"}) {
+    auto roe = s.roe(std::string("k = 6\ntau_middle = 2.0\nhistory = \"") + history + "\"\n");
+    Decoded explored = decode(*roe, *s.model, s.prompt, 10);
+    auto greedy = teacher_forced_keys(*s.model, s.prompt, explored.tokens);
+    for (std::size_t step = 0; step < explored.tokens.size(); ++step)
+      for (std::size_t layer = 0; layer < greedy[step].size(); ++layer) {
+        const torch::Tensor &want = greedy[step][layer], &got = explored.keys[step][layer];
+        if (std::string(history) == "exact") EXPECT_TRUE(torch::equal(got, want)) << "step " << step << " layer " << layer;
+        else EXPECT_TRUE(torch::allclose(got, want, 1e-5, 1e-5)) << "step " << step << " layer " << layer;
+      }
   }
 }
 
