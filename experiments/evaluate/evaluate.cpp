@@ -6,7 +6,6 @@
 // accuracy is within chance or one letter takes over 70% of the answers.
 #include "moelab/moelab.h"
 
-
 namespace {
 
 struct Scores {
@@ -25,6 +24,7 @@ class Evaluate final : public moelab::Stage {
     std::vector<moelab::McItem> items;
     for (std::size_t i = 0; i < dataset_->size(); ++i)
       items.push_back(moelab::prepare_item(dataset_->at(i), context_.tokenizer(), moelab::prompt_format(config_), config_.get_int("max_len")));
+    if (items.empty()) throw std::runtime_error(fmt::format("[{}] the dataset has no questions", config_.id()));
     double chance = 0;
     for (const auto& item : items) chance += 1.0 / static_cast<double>(item.letters.size());
     chance /= static_cast<double>(items.size());

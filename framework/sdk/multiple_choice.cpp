@@ -12,6 +12,8 @@ McItem prepare_item(const Example& example, const Tokenizer& tokenizer, const Pr
   item.letters = example.letters;
   item.answer = example.answer;
   if (item.letters.empty()) throw std::runtime_error(fmt::format("{}: item '{}' has no answer choices", example.origin, example.id));
+  if (item.answer < 0 || item.answer >= static_cast<std::int64_t>(item.letters.size()))
+    throw std::runtime_error(fmt::format("{}: item '{}' has no gold answer among its {} choices", example.origin, example.id, item.letters.size()));
   bool ready = example.record.is_object() && example.record.contains("prompt") && example.record["prompt"].is_string();
   item.prompt = ready ? example.record["prompt"].get<std::string>() : format_prompt(example, format);
   item.prompt_ids = tokenizer.encode(item.prompt);

@@ -190,6 +190,18 @@ TEST(Evaluate, PromptStartingWithAIsNotReadAsTheAnswerAndChanceIsFlagged) {
   EXPECT_THAT(warnings, HasSubstr("within chance")) << warnings;
 }
 
+TEST(MultipleChoice, AnItemWithoutGoldAnswerIsNamed) {
+  auto tokenizer = moelab::Tokenizer::from_file(kTiny / "tokenizer.json");
+  moelab::Example ex;
+  ex.id = "q7";
+  ex.origin = "data.jsonl:7";
+  ex.text = "Which?";
+  ex.choices = {"a", "b"};
+  ex.letters = {"A", "B"};
+  EXPECT_THAT(moelab::test::error_of([&] { moelab::prepare_item(ex, *tokenizer, {}, 64); }),
+              HasSubstr("data.jsonl:7: item 'q7' has no gold answer"));
+}
+
 TEST(RouterCheckpoint, RoundTripChecksTheModelAndReportsTheChange) {
   TempDir dir;
   auto model = moelab::load_model(kTiny, torch::kCPU, torch::kFloat32);

@@ -36,7 +36,8 @@ struct McBatch {
 };
 
 // The prompt is record["prompt"] when the dataset already holds one, else `format` applied to the
-// example; it keeps its last `max_len` tokens. Letters must each be one token (" A" or "A").
+// example; it keeps its last `max_len` tokens. Letters must each be one token (" A" or "A"), and the
+// example needs a gold answer.
 McItem prepare_item(const Example& example, const Tokenizer& tokenizer, const PromptFormat& format, std::size_t max_len);
 enum class Padding { left, right };
 McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id, Padding padding = Padding::left);
