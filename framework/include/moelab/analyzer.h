@@ -7,6 +7,7 @@
 #include <torch/types.h>
 
 #include <filesystem>
+#include <vector>
 
 namespace moelab {
 
@@ -14,6 +15,7 @@ struct RoutingRecords {
   torch::Tensor topk_ids;      // [N, L, k] int64: experts chosen for each of N tokens in each of L MoE layers
   torch::Tensor topk_weights;  // [N, L, k] float: their routing weights
   long long num_experts = 0;
+  std::vector<torch::Tensor> routers;  // per MoE layer: the gate weight [E, hidden], for weight analyses (may be empty)
 };
 
 class Analyzer : public Plugin {

@@ -1,0 +1,75 @@
+// Router-weight geometry across MoE layers, from the gate matrices W_l [E, hidden]: cosine similarity
+// of matched rows (expert e at l vs expert e at m), linear CKA of the gate matrices, singular-value
+// spectra with effective rank (exp of the entropy of the normalized spectrum), and the principal angles
+// between the layers' router row spaces (arccos of the singular values of Q_l^T Q_m).
+#include "moelab/moelab.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace {
+
+using torch::Tensor;
+
+// Linear CKA between two sets of expert vectors, with rows as samples (experts) after centering.
+double linear_cka(Tensor a, Tensor b) {
+  a = a - a.mean(0, true);
+  b = b - b.mean(0, true);
+  double cross = a.t().matmul(b).pow(2).sum().item<double>();
+  double self_a = a.t().matmul(a).pow(2).sum().item<double>(), self_b = b.t().matmul(b).pow(2).sum().item<double>();
+  return cross / std::sqrt(self_a * self_b);
+}
+
+class RouterGeometry final : public moelab::Analyzer {
+ public:
+  RouterGeometry(const moelab::Config& config, moelab::RunContext&) : rank_(config.get_int("subspace_rank")) {}
+
+  nlohmann::json analyze(const moelab::RoutingRecords& records, const std::filesystem::path& out_dir) override {
+    const auto& routers = records.routers;
+    if (routers.size() < 1) throw std::runtime_error("router_geometry: the records carry no router weights");
+    std::vector<Tensor> w, basis;
+    nlohmann::json layers = nlohmann::json::array();
+    std::ostringstream spectra;
+    spectra << "layer,index,singular_value\n";
+    for (std::size_t l = 0; l < routers.size(); ++l) {
+      w.push_back(routers[l].detach().to(torch::kCPU, torch::kFloat64));
+      auto [u, s, v] = torch::linalg_svd(w.back(), /*full_matrices=*/false);
+      Tensor p = s / s.sum();
+      double effective_rank = std::exp(-(p * p.clamp_min(1e-300).log()).sum().item<double>());
+      const long long r = std::min<long long>(rank_ > 0 ? rank_ : s.size(0), s.size(0));
+      basis.push_back(v.narrow(0, 0, r).t());  // [hidden, r] orthonormal basis of the top row space
+      layers.push_back({{"layer", l}, {"effective_rank", effective_rank}, {"top_singular_value", s[0].item<double>()}});
+      for (long long i = 0; i < s.size(0); ++i) spectra << l << ',' << i << ',' << s[i].item<double>() << '\n';
+    }
+    nlohmann::json pairs = nlohmann::json::array();
+    std::ostringstream csv;
+    csv << "layer_a,layer_b,mean_row_cosine,cka,mean_principal_angle_deg,max_principal_angle_deg\n";
+    for (std::size_t l = 0; l < w.size(); ++l)
+      for (std::size_t m = l + 1; m < w.size(); ++m) {
+        double cosine = torch::cosine_similarity(w[l], w[m], 1).mean().item<double>();
+        double cka = linear_cka(w[l].t(), w[m].t());
+        Tensor sv = torch::linalg_svdvals(basis[l].t().matmul(basis[m])).clamp(-1.0, 1.0);
+        Tensor angles = sv.acos() * (180.0 / M_PI);
+        double mean_angle = angles.mean().item<double>(), max_angle = angles.max().item<double>();
+        pairs.push_back({{"layer_a", l}, {"layer_b", m}, {"mean_row_cosine", cosine}, {"cka", cka},
+                         {"mean_principal_angle_deg", mean_angle}, {"max_principal_angle_deg", max_angle}});
+        csv << l << ',' << m << ',' << cosine << ',' << cka << ',' << mean_angle << ',' << max_angle << '\n';
+      }
+    moelab::write_file_atomic(out_dir / "router_spectra.csv", spectra.str());
+    moelab::write_file_atomic(out_dir / "router_similarity.csv", csv.str());
+    return {{"layers", layers}, {"pairs", pairs}};
+  }
+
+ private:
+  long long rank_;
+};
+
+moelab::Descriptor describe() {
+  return moelab::Descriptor("router_geometry", moelab::Kind::analyzer, "0.1.0",
+                            "router-weight similarity (row cosine, CKA), spectra, effective rank, principal angles")
+      .integer("subspace_rank", 0, "rows of the router row space compared by principal angles (0: all)");
+}
+
+}  // namespace
+
+MOELAB_PLUGIN(describe, RouterGeometry)
