@@ -6,6 +6,7 @@
 // r_j as recorded in the routing-results JSON (neighbours = "recorded"), or recomputed by the current
 // model without gradient (neighbours = "live").
 #include "moelab/moelab.h"
+#include "moelab/routing_results.h"
 
 #include <unordered_map>
 
@@ -28,33 +29,29 @@ class Roma final : public moelab::Objective {
         representation_(config.get_string("representation")),
         live_neighbours_(config.get_string("neighbours") == "live") {
     std::filesystem::path path = context.run_path(config.get_path("routing_results"));
-    nlohmann::json results = nlohmann::json::parse(moelab::read_file(path));
-    std::vector<std::string> keys, texts;
-    for (const auto& [key, entry] : results.items()) {
-      keys.push_back(key);
-      texts.push_back(entry.at("input_text").get<std::string>());
-    }
+    std::vector<moelab::RoutingResult> results = moelab::read_routing_results(path);
+    std::vector<std::string> texts;
     std::vector<int64_t> successful;
-    for (std::size_t i = 0; i < keys.size(); ++i)
-      if (results[keys[i]].value("is_correct", false)) successful.push_back(static_cast<long long>(i));
+    for (std::size_t i = 0; i < results.size(); ++i) {
+      texts.push_back(results[i].input_text);
+      if (results[i].is_correct) successful.push_back(static_cast<int64_t>(i));
+    }
     if (successful.size() < 2)
       throw std::runtime_error(fmt::format("roma: {} has {} correctly answered samples; the manifold term needs at least 2", path.string(),
                                            successful.size()));
     torch::Tensor e = context.make<moelab::Embedder>(config.get_string("embedder"))->embed(texts);
     moelab::NeighbourGraph graph = moelab::nearest_neighbours(e, successful, k_, sigma_);
     const long long k = graph.index.size(1);
-    for (std::size_t i = 0; i < keys.size(); ++i) {
+    for (std::size_t i = 0; i < results.size(); ++i) {
       Neighbours n;
       n.weights = graph.weight[static_cast<long long>(i)];
-      for (long long j = 0; j < k; ++j) n.keys.push_back(keys[graph.index[static_cast<long long>(i)][j].item<int64_t>()]);
-      neighbours_[keys[i]] = std::move(n);
-    }
-    for (const auto& key : keys) {
-      recorded_routing_[key] = recorded(results[key], key, path.string());
-      prompts_[key] = results[key]["input_text"].get<std::string>();
+      for (long long j = 0; j < k; ++j) n.keys.push_back(results[graph.index[static_cast<long long>(i)][j].item<int64_t>()].key);
+      neighbours_[results[i].key] = std::move(n);
+      recorded_routing_[results[i].key] = std::move(results[i].routing);
+      prompts_[results[i].key] = results[i].input_text;
     }
     moelab::log::info("roma: {} samples, {} successful; k={} neighbours, sigma={}, lambda={} (warmup {} steps), r = {}, r_j {}",
-                      keys.size(), successful.size(), k, sigma_, lambda_, lambda_warmup_, representation_,
+                      results.size(), successful.size(), k, sigma_, lambda_, lambda_warmup_, representation_,
                       live_neighbours_ ? "live" : "recorded");
   }
 
@@ -64,7 +61,7 @@ class Roma final : public moelab::Objective {
     std::vector<torch::Tensor> per_sample;
     for (std::size_t b = 0; b < batch.sample_keys.size(); ++b) {
       const Neighbours& n = neighbour_entry(batch.sample_keys[b]);
-      torch::Tensor r_j = (live_neighbours_ ? recomputed_for(n.keys, batch) : torch::stack(recorded_for(n.keys, batch)))
+      torch::Tensor r_j = (live_neighbours_ ? recomputed_for(n.keys, batch) : recorded_for(n.keys, batch))
                               .to(r_i.device(), r_i.scalar_type());  // [k, L*E]
       per_sample.push_back((n.weights.to(r_i.device(), r_i.scalar_type()) * (r_i[b].unsqueeze(0) - r_j).pow(2).sum(1)).sum());
     }
@@ -100,38 +97,28 @@ class Roma final : public moelab::Objective {
     return it->second;
   }
 
-  // Recorded routing of an entry: {layer: dense [E] weights}.
-  std::map<int, std::vector<double>> recorded(const nlohmann::json& entry, const std::string& key, const std::string& file) const {
-    std::map<int, std::vector<double>> out;
-    for (const auto& layer : entry.at("last_token_routing").at("layers")) {
-      std::vector<double> dense;
-      for (const auto& [name, w] : layer.at("routing_weights").items()) {
-        if (name.rfind("expert_", 0) != 0) throw std::runtime_error(fmt::format("{} [\"{}\"]: routing key \"{}\" is not expert_<e>", file, key, name));
-        std::size_t e = std::stoul(name.substr(7));
-        if (dense.size() <= e) dense.resize(e + 1, 0.0);
-        dense[e] = w.get<double>();
-      }
-      out[layer.at("layer").get<int>()] = dense;
-    }
-    return out;
-  }
-
-  std::vector<torch::Tensor> recorded_for(const std::vector<std::string>& keys, const moelab::ObjectiveBatch& batch) const {
+  // Recorded r_j rows [k, L*E], built once per sample (the file's routing as the representation wants it).
+  torch::Tensor recorded_for(const std::vector<std::string>& keys, const moelab::ObjectiveBatch& batch) {
     std::vector<torch::Tensor> rows;
     const long long experts = batch.routing.at(0).size(1);
     for (const auto& key : keys) {
-      const auto& layers = recorded_routing_.at(key);
-      std::vector<torch::Tensor> parts;
-      for (int layer : batch.routing_layers) {
-        auto it = layers.find(layer);
-        if (it == layers.end()) throw std::runtime_error(fmt::format("roma: sample '{}' has no recorded routing for layer {}", key, layer));
-        torch::Tensor v = torch::zeros({experts}, torch::kFloat64);
-        for (std::size_t e = 0; e < it->second.size() && static_cast<long long>(e) < experts; ++e) v[static_cast<long long>(e)] = it->second[e];
-        parts.push_back(representation_ == "softmax" ? v : topk_renorm(v, batch.top_k));
+      auto cached = recorded_rows_.find(key);
+      if (cached == recorded_rows_.end()) {
+        const auto& layers = recorded_routing_.at(key);
+        std::vector<torch::Tensor> parts;
+        for (int layer : batch.routing_layers) {
+          auto it = layers.find(layer);
+          if (it == layers.end()) throw std::runtime_error(fmt::format("roma: sample '{}' has no recorded routing for layer {}", key, layer));
+          std::vector<double> dense = it->second;
+          dense.resize(static_cast<std::size_t>(experts), 0.0);
+          torch::Tensor v = torch::tensor(dense, torch::kFloat64);
+          parts.push_back(representation_ == "softmax" ? v : topk_renorm(v, batch.top_k));
+        }
+        cached = recorded_rows_.emplace(key, torch::cat(parts)).first;
       }
-      rows.push_back(torch::cat(parts));
+      rows.push_back(cached->second);
     }
-    return rows;
+    return torch::stack(rows);
   }
 
   // r_j by a no-grad forward of the current model over the neighbours' prompts.
@@ -161,6 +148,7 @@ class Roma final : public moelab::Objective {
   std::unordered_map<std::string, Neighbours> neighbours_;
   std::unordered_map<std::string, std::string> prompts_;
   std::unordered_map<std::string, std::map<int, std::vector<double>>> recorded_routing_;
+  std::unordered_map<std::string, torch::Tensor> recorded_rows_;
 };
 
 moelab::Descriptor describe() {
