@@ -190,6 +190,17 @@ TEST(Evaluate, PromptStartingWithAIsNotReadAsTheAnswerAndChanceIsFlagged) {
   EXPECT_THAT(warnings, HasSubstr("within chance")) << warnings;
 }
 
+TEST(RoutingResults, BadEntriesNameTheFileAndTheEntry) {
+  TempDir dir;
+  dir.write("rr.json", R"({"q1": {"input_text": "x", "correct_answer": "A", "last_token_routing": {"layers": [{"layer": 1, "routing_weights": {"e3": 0.5}}]}}})");
+  auto run = moelab::test::start_run(dir, "stages = []\n[rr]\nplugin = \"routing_results\"\npath = \"rr.json\"\n");
+  EXPECT_THAT(moelab::test::error_of([&] { run->make<moelab::Dataset>("rr"); }), HasSubstr("rr.json [\"q1\"]: routing key \"e3\" is not expert_<e>"));
+  dir.write("rr.json", R"({"q1": {"correct_answer": "A", "last_token_routing": {"layers": []}}})");
+  EXPECT_THAT(moelab::test::error_of([&] { run->make<moelab::Dataset>("rr"); }), HasSubstr("rr.json [\"q1\"]: missing \"input_text\""));
+  dir.write("rr.json", "{not json");
+  EXPECT_THAT(moelab::test::error_of([&] { run->make<moelab::Dataset>("rr"); }), HasSubstr("rr.json: not valid JSON"));
+}
+
 TEST(MultipleChoice, AnItemWithoutGoldAnswerIsNamed) {
   auto tokenizer = moelab::Tokenizer::from_file(kTiny / "tokenizer.json");
   moelab::Example ex;
