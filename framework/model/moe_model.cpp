@@ -90,6 +90,15 @@ class MoeModel final : public Model {
 
   NamedTensors named_weights() override { return named_; }
 
+  ExpertWeights expert_weights(int layer) override {
+    router_weight(layer);  // validates the layer
+    const Layer& L = layers_[layer];
+    return {L.expert_gate, L.expert_up, L.expert_down, fmt::format("model.layers.{}.{}.experts.", layer, c_.arch->moe_module),
+            {c_.arch->expert_names[0], c_.arch->expert_names[1], c_.arch->expert_names[2]}};
+  }
+
+  void set_moe_input_observer(MoeInputObserver observer) override { observer_ = std::move(observer); }
+
   Tensor forward(const Tensor& input_ids_in, const Tensor& attention_mask, KVCache* cache, bool last_only) override {
     Tensor input_ids = input_ids_in.to(device_);
     const int64_t B = input_ids.size(0), T = input_ids.size(1);
@@ -285,6 +294,7 @@ class MoeModel final : public Model {
       weights = weights / weights.sum(-1, true);
     if (c_.arch->router == RouterRule::group_limited_topk) weights = weights * c_.routed_scaling_factor;
     routing_.push_back({layer, logits, ids, weights});
+    if (observer_) observer_(layer, x, ids);
 
     Tensor out = dispatch(L, x, ids, weights.to(x.scalar_type()));
     if (L.shared.gate.defined()) {
@@ -429,6 +439,7 @@ class MoeModel final : public Model {
   NamedTensors named_;
   std::vector<RouterTrace> routing_;
   RouterTransform transform_;
+  MoeInputObserver observer_;
 };
 
 }  // namespace

@@ -23,6 +23,7 @@ class Coactivation final : public moelab::Analyzer {
       active.push_back(torch::zeros({tokens, experts}, torch::kFloat64).scatter_(1, ids.select(1, l), 1.0));
 
     nlohmann::json pairs = nlohmann::json::array();
+    torch::Tensor summary = torch::eye(layers, torch::kFloat64), first_conditional;
     std::ostringstream csv;
     csv << "layer_a,layer_b,mean_max_conditional,mean_abs_correlation\n";
     for (long long l = 0; l < layers; ++l)
@@ -39,10 +40,24 @@ class Coactivation final : public moelab::Analyzer {
         double mean_abs = correlation.abs().masked_select(sd > 0).mean().item<double>();
         pairs.push_back({{"layer_a", l}, {"layer_b", m}, {"mean_max_conditional", predictability}, {"mean_abs_correlation", mean_abs}});
         csv << l << ',' << m << ',' << predictability << ',' << mean_abs << '\n';
+        summary[l][m] = predictability;
+        summary[m][l] = mean_abs;
         if (m == l + 1) write_matrix(out_dir / fmt::format("conditional_{}_{}.csv", l, m), conditional);
+        if (m == l + 1 && !first_conditional.defined()) first_conditional = conditional;
       }
     moelab::write_file_atomic(out_dir / "coactivation_pairs.csv", csv.str());
-    return {{"pairs", pairs}, {"tokens", tokens}};
+    nlohmann::json figures = {moelab::plot_heatmap(
+        out_dir, "pair_summary", summary, {"Cross-layer co-activation", "MoE layer index", "MoE layer index"},
+        "Above the diagonal (row l < column m): mean over experts i of max_j P(expert j at m | expert i at l); below it: mean |correlation| "
+        "of the expert indicators.")};
+    if (first_conditional.defined())
+      figures.push_back(moelab::plot_heatmap(out_dir, "conditional_first_pair", first_conditional,
+                                             {"P(expert j at the next layer | expert i)", "expert j (next layer)", "expert i (first MoE layer)"},
+                                             "Conditional co-activation between the first two MoE layers; each row sums to k."));
+    double mean_predictability = 0;
+    for (const auto& p : pairs) mean_predictability += p["mean_max_conditional"].get<double>();
+    return {{"pairs", pairs}, {"tokens", tokens}, {"figures", figures},
+            {"mean_max_conditional", pairs.empty() ? 0.0 : mean_predictability / static_cast<double>(pairs.size())}};
   }
 
  private:

@@ -1,10 +1,32 @@
 // Expert usage and load balance per MoE layer: the share of top-k slots each expert receives, the
-// coefficient of variation and max/mean of that share, and its entropy normalized by log(E).
+// coefficient of variation and max/mean of that share, and its entropy normalized by log(E); the same
+// per text set when the records carry sets. Figure: the layer x expert usage heatmap.
 #include "moelab/moelab.h"
 
 #include <sstream>
 
 namespace {
+
+using torch::Tensor;
+
+struct Balance {
+  Tensor share, cv, max_over_mean, entropy;  // [L, E], then [L] each
+};
+
+Balance balance(const Tensor& ids, const Tensor& mass, long long experts) {
+  const long long layers = ids.size(1);
+  // counts[l, e] = sum over tokens and slots of mass where the slot chose expert e.
+  Tensor counts = torch::zeros({layers, experts}, torch::kFloat64);
+  counts.scatter_add_(1, ids.permute({1, 0, 2}).reshape({layers, -1}), mass.permute({1, 0, 2}).reshape({layers, -1}));
+  Balance b;
+  b.share = counts / counts.sum(1, true).clamp_min(1e-300);
+  Tensor mean = b.share.mean(1);
+  b.cv = b.share.std(1, /*unbiased=*/false) / mean;
+  b.max_over_mean = std::get<0>(b.share.max(1)) / mean;
+  Tensor plogp = torch::where(b.share > 0, b.share * b.share.clamp_min(1e-300).log(), torch::zeros_like(b.share));
+  b.entropy = -plogp.sum(1) / std::log(static_cast<double>(experts));
+  return b;
+}
 
 class ExpertUsage final : public moelab::Analyzer {
  public:
@@ -14,29 +36,37 @@ class ExpertUsage final : public moelab::Analyzer {
     const auto& ids = records.topk_ids;
     TORCH_CHECK(ids.dim() == 3, "expert_usage: topk_ids must be [tokens, layers, k]");
     const long long layers = ids.size(1), experts = records.num_experts;
-    torch::Tensor mass = weighted_ ? records.topk_weights.to(torch::kFloat64) : torch::ones(ids.sizes(), torch::kFloat64);
-    // counts[l, e] = sum over tokens and slots of mass where the slot chose expert e.
-    torch::Tensor counts = torch::zeros({layers, experts}, torch::kFloat64);
-    counts.scatter_add_(1, ids.permute({1, 0, 2}).reshape({layers, -1}), mass.permute({1, 0, 2}).reshape({layers, -1}));
-    torch::Tensor share = counts / counts.sum(1, true);
-    torch::Tensor mean = share.mean(1);
-    torch::Tensor cv = share.std(1, /*unbiased=*/false) / mean;
-    torch::Tensor max_over_mean = std::get<0>(share.max(1)) / mean;
-    torch::Tensor plogp = torch::where(share > 0, share * share.log(), torch::zeros_like(share));
-    torch::Tensor entropy = -plogp.sum(1) / std::log(static_cast<double>(experts));
+    Tensor mass = weighted_ ? records.topk_weights.to(torch::kFloat64) : torch::ones(ids.sizes(), torch::kFloat64);
+    Balance all = balance(ids, mass, experts);
 
     nlohmann::json out = {{"layers", nlohmann::json::array()}};
     std::ostringstream csv;
-    csv << "layer,expert,share\n";
+    csv << "set,layer,expert,share\n";
     for (long long l = 0; l < layers; ++l) {
-      out["layers"].push_back({{"layer", l},
-                               {"cv", cv[l].item<double>()},
-                               {"max_over_mean", max_over_mean[l].item<double>()},
-                               {"normalized_entropy", entropy[l].item<double>()}});
-      for (long long e = 0; e < experts; ++e) csv << l << ',' << e << ',' << share[l][e].item<double>() << '\n';
+      out["layers"].push_back({{"layer", records.layer_label(l)},
+                               {"cv", all.cv[l].item<double>()},
+                               {"max_over_mean", all.max_over_mean[l].item<double>()},
+                               {"normalized_entropy", all.entropy[l].item<double>()}});
+      for (long long e = 0; e < experts; ++e) csv << "all," << records.layer_label(l) << ',' << e << ',' << all.share[l][e].item<double>() << '\n';
     }
-    out["mean_cv"] = cv.mean().item<double>();
-    out["mean_normalized_entropy"] = entropy.mean().item<double>();
+    out["mean_cv"] = all.cv.mean().item<double>();
+    out["mean_max_over_mean"] = all.max_over_mean.mean().item<double>();
+    out["mean_normalized_entropy"] = all.entropy.mean().item<double>();
+    out["figures"] = nlohmann::json::array();
+    out["figures"].push_back(moelab::plot_heatmap(out_dir, "usage_heatmap", all.share, {"Expert usage (share of top-k slots)", "expert", "MoE layer index"},
+                                                    "Share of each layer's top-k slots taken by each expert, over all sets; a balanced layer is one flat colour."));
+    if (records.set_ids.defined() && records.set_names.size() > 1) {
+      for (std::size_t s = 0; s < records.set_names.size(); ++s) {
+        Tensor rows = (records.set_ids == static_cast<int64_t>(s)).nonzero().squeeze(1);
+        if (rows.numel() == 0) continue;
+        Balance b = balance(ids.index_select(0, rows), mass.index_select(0, rows), experts);
+        out["by_set"][records.set_names[s]] = {{"tokens", rows.numel()}, {"mean_cv", b.cv.mean().item<double>()},
+                                              {"mean_normalized_entropy", b.entropy.mean().item<double>()}};
+        for (long long l = 0; l < layers; ++l)
+          for (long long e = 0; e < experts; ++e)
+            csv << records.set_names[s] << ',' << records.layer_label(l) << ',' << e << ',' << b.share[l][e].item<double>() << '\n';
+      }
+    }
     moelab::write_file_atomic(out_dir / "expert_usage.csv", csv.str());
     return out;
   }
@@ -46,8 +76,8 @@ class ExpertUsage final : public moelab::Analyzer {
 };
 
 moelab::Descriptor describe() {
-  return moelab::Descriptor("expert_usage", moelab::Kind::analyzer, "0.1.0",
-                            "expert usage per layer with load balance (CV, max/mean, normalized entropy)")
+  return moelab::Descriptor("expert_usage", moelab::Kind::analyzer, "0.2.0",
+                            "expert usage per layer and set with load balance (CV, max/mean, normalized entropy), usage heatmap")
       .flag("weighted", false, "count routing weights instead of selections");
 }
 

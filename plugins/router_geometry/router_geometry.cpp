@@ -42,6 +42,13 @@ class RouterGeometry final : public moelab::Analyzer {
       for (long long i = 0; i < s.size(0); ++i) spectra << l << ',' << i << ',' << s[i].item<double>() << '\n';
     }
     nlohmann::json pairs = nlohmann::json::array();
+    const auto count = static_cast<long long>(w.size());
+    Tensor cosine_matrix = torch::eye(count, torch::kFloat64), cka_matrix = torch::eye(count, torch::kFloat64);
+    std::vector<std::pair<std::string, Tensor>> spectra_series;
+    for (long long l = 0; l < count; ++l) {
+      Tensor s = torch::linalg_svdvals(w[l]);
+      spectra_series.emplace_back(fmt::format("layer {}", records.layer_label(l)), s / s[0]);
+    }
     std::ostringstream csv;
     csv << "layer_a,layer_b,mean_row_cosine,cka,mean_principal_angle_deg,max_principal_angle_deg\n";
     for (std::size_t l = 0; l < w.size(); ++l)
@@ -51,13 +58,22 @@ class RouterGeometry final : public moelab::Analyzer {
         Tensor sv = torch::linalg_svdvals(basis[l].t().matmul(basis[m])).clamp(-1.0, 1.0);
         Tensor angles = sv.acos() * (180.0 / M_PI);
         double mean_angle = angles.mean().item<double>(), max_angle = angles.max().item<double>();
+        cosine_matrix[l][m] = cosine_matrix[m][l] = cosine;
+        cka_matrix[l][m] = cka_matrix[m][l] = cka;
         pairs.push_back({{"layer_a", l}, {"layer_b", m}, {"mean_row_cosine", cosine}, {"cka", cka},
                          {"mean_principal_angle_deg", mean_angle}, {"max_principal_angle_deg", max_angle}});
         csv << l << ',' << m << ',' << cosine << ',' << cka << ',' << mean_angle << ',' << max_angle << '\n';
       }
     moelab::write_file_atomic(out_dir / "router_spectra.csv", spectra.str());
     moelab::write_file_atomic(out_dir / "router_similarity.csv", csv.str());
-    return {{"layers", layers}, {"pairs", pairs}};
+    nlohmann::json figures = {
+        moelab::plot_heatmap(out_dir, "row_cosine", cosine_matrix, {"Router similarity: mean cosine of matched rows", "MoE layer index", "MoE layer index"},
+                             "Mean cosine similarity between expert e's router row at layer l and at layer m."),
+        moelab::plot_heatmap(out_dir, "cka", cka_matrix, {"Router similarity: linear CKA", "MoE layer index", "MoE layer index"},
+                             "Linear CKA between the layers' gate matrices (experts as samples)."),
+        moelab::plot_lines(out_dir, "spectra", spectra_series, {"Router singular-value spectra", "index", "singular value / largest"},
+                           "Singular values of each layer's gate matrix, normalized by the largest; a fast decay means a low-rank router.", true)};
+    return {{"layers", layers}, {"pairs", pairs}, {"figures", figures}};
   }
 
  private:

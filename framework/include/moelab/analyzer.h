@@ -1,12 +1,15 @@
-// An analyzer turns recorded routing decisions into statistics (JSON) and files in its folder.
+// An analyzer turns recorded routing decisions into statistics (JSON), tables (CSV) and figures (PNG)
+// in its folder. Its JSON may list "figures" ([{file, caption}], see plot.h) for the report page.
 #pragma once
 
+#include "moelab/model.h"
 #include "moelab/plugin.h"
 
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace moelab {
@@ -16,6 +19,15 @@ struct RoutingRecords {
   torch::Tensor topk_weights;  // [N, L, k] float: their routing weights
   long long num_experts = 0;
   std::vector<torch::Tensor> routers;  // per MoE layer: the gate weight [E, hidden], for weight analyses (may be empty)
+  torch::Tensor probs;                 // [N, L, E] full router softmax, when collected (else undefined)
+  torch::Tensor entropy, margin;       // [N, L] entropy (nats) of the full router softmax, top-1 minus top-2 probability
+  torch::Tensor set_ids;               // [N] int64 index into set_names of each token's text set (undefined: one set)
+  std::vector<std::string> set_names;
+  std::vector<int> layers;             // decoder layer index of each of the L MoE layers (empty: 0..L-1)
+  std::vector<ExpertWeights> experts;  // per MoE layer: the routed experts, for router-expert analyses (may be empty)
+  const RoutingRecords* compare = nullptr;  // the same tokens under a second router state (compare mode), or null
+
+  long long layer_label(long long l) const { return layers.empty() ? l : layers.at(l); }
 };
 
 class Analyzer : public Plugin {

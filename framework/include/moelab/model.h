@@ -6,6 +6,7 @@
 
 #include <torch/types.h>
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -46,6 +47,18 @@ struct RouterTransform {
   bool weights_from_clean = false;
 };
 
+// A MoE layer's routed experts, stacked [E, ...] and sharing storage with the model, so writes change
+// it (quantizers). Checkpoint name of expert e's projection p: prefix + e + "." + names[p] + ".weight".
+struct ExpertWeights {
+  torch::Tensor gate, up, down;  // [E, I, H], [E, I, H], [E, H, I]
+  std::string prefix;            // for example "model.layers.3.mlp.experts."
+  std::array<std::string, 3> names;  // gate, up, down projection names ("gate_proj", or Mixtral's "w1"...)
+};
+
+// Sees each MoE layer's input [N, hidden] (after the layer's norm) and the experts chosen [N, k] during
+// a forward, for calibration statistics (GPTQ Hessians) without keeping activations.
+using MoeInputObserver = std::function<void(int layer, const torch::Tensor& input, const torch::Tensor& topk_ids)>;
+
 class Model {
  public:
   virtual ~Model();
@@ -69,6 +82,10 @@ class Model {
   virtual torch::Tensor router_weight(int layer) = 0;
   // All weights by checkpoint name, sharing storage with the model.
   virtual NamedTensors named_weights() = 0;
+  // The routed experts of a MoE layer (throws for a dense layer).
+  virtual ExpertWeights expert_weights(int layer) = 0;
+  // Installs (or, with an empty function, removes) the observer of MoE layer inputs.
+  virtual void set_moe_input_observer(MoeInputObserver observer) = 0;
 };
 
 }  // namespace moelab

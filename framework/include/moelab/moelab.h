@@ -13,6 +13,7 @@
 #include "moelab/neighbours.h"
 #include "moelab/objective.h"
 #include "moelab/paired.h"
+#include "moelab/plot.h"
 #include "moelab/prompt.h"
 #include "moelab/router_checkpoint.h"
 #include "moelab/plugin.h"

@@ -11,7 +11,7 @@
 #include <vector>
 
 #ifndef MOELAB_PLUGIN_ABI_VERSION
-#define MOELAB_PLUGIN_ABI_VERSION 2
+#define MOELAB_PLUGIN_ABI_VERSION 3
 #endif
 
 namespace moelab {
@@ -19,7 +19,7 @@ namespace moelab {
 class Config;
 class RunContext;
 
-constexpr int kPluginAbiVersion = 2;  // 2: samplers drive the model (Sampler::next), KV cache replicas
+constexpr int kPluginAbiVersion = 3;  // 3: expert weights and MoE input observer; routing records carry sets and probabilities
 
 enum class Kind { objective, dataset, sampler, analyzer, transform, embedder, stage };
 

@@ -1,0 +1,165 @@
+#include "moelab/plot.h"
+
+#include "moelab/files.h"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <sstream>
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A gnuplot single-quoted string: a quote is written twice.
+std::string quoted(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string header(const std::string& png, const PlotLabels& labels) {
+  return fmt::format("set terminal pngcairo size 960,640 font 'sans,10' noenhanced\nset output {}\nset title {}\nset xlabel {}\nset ylabel {}\n",
+                     quoted(png), quoted(labels.title), quoted(labels.xlabel), quoted(labels.ylabel));
+}
+
+// Writes the data and script, runs gnuplot into a temporary image and renames it into place.
+nlohmann::json draw(const fs::path& dir, const std::string& name, const std::string& data, const std::string& script_body,
+                    const PlotLabels& labels, const std::string& caption) {
+  fs::create_directories(dir);
+  const fs::path png = dir / (name + ".png"), partial = dir / (name + ".png.partial"), script = dir / (name + ".gp");
+  write_file_atomic(dir / (name + ".dat"), data);
+  write_file_atomic(script, header(partial.filename().string(), labels) + script_body);
+  const fs::path errors = dir / (name + ".gnuplot.log");
+  std::string command = fmt::format("cd {} && gnuplot {} > {} 2>&1", quoted(dir.string()), quoted(script.filename().string()),
+                                    quoted(errors.filename().string()));
+  int status = std::system(command.c_str());
+  if (status != 0 || !fs::exists(partial)) {
+    std::string log = fs::exists(errors) ? read_file(errors) : "";
+    if (log.find("not found") != std::string::npos || status == 127 << 8)
+      throw std::runtime_error("figures need gnuplot (Debian package gnuplot-nox; third_party/setup-debian.sh installs it)");
+    throw std::runtime_error(fmt::format("gnuplot failed on {} (exit {}): {}", script.string(), status, log));
+  }
+  fs::remove(errors);
+  fs::rename(partial, png);
+  return {{"file", png.filename().string()}, {"caption", caption}};
+}
+
+std::string column_title(const std::string& name) {
+  std::string out = "\"";
+  for (char c : name) out += c == '"' ? '\'' : c;
+  return out + "\"";
+}
+
+}  // namespace
+
+nlohmann::json plot_heatmap(const fs::path& dir, const std::string& name, const torch::Tensor& matrix, const PlotLabels& labels,
+                            const std::string& caption) {
+  torch::Tensor m = matrix.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  if (m.dim() != 2 || m.numel() == 0) throw std::runtime_error(fmt::format("plot_heatmap {}: needs a non-empty matrix", name));
+  std::ostringstream data;
+  const double* v = m.data_ptr<double>();
+  for (long long r = 0; r < m.size(0); ++r)
+    for (long long c = 0; c < m.size(1); ++c) data << v[r * m.size(1) + c] << (c + 1 < m.size(1) ? ' ' : '\n');
+  std::string body = fmt::format(
+      "set palette defined (0 '#f7fbff', 0.5 '#6baed6', 1 '#08306b')\nset xrange [-0.5:{}]\nset yrange [-0.5:{}]\n"
+      "set tics out\nplot {} matrix with image notitle\n",
+      m.size(1) - 0.5, m.size(0) - 0.5, quoted(name + ".dat"));
+  return draw(dir, name, data.str(), body, labels, caption);
+}
+
+nlohmann::json plot_lines(const fs::path& dir, const std::string& name, const std::vector<std::pair<std::string, torch::Tensor>>& series,
+                          const PlotLabels& labels, const std::string& caption, bool log_y) {
+  if (series.empty()) throw std::runtime_error(fmt::format("plot_lines {}: no series", name));
+  long long points = 0;
+  std::vector<torch::Tensor> ys;
+  for (const auto& [title, y] : series) {
+    ys.push_back(y.detach().to(torch::kCPU, torch::kFloat64).reshape(-1));
+    points = std::max<long long>(points, ys.back().numel());
+  }
+  std::ostringstream data;
+  data << "x";
+  for (const auto& s : series) data << ' ' << column_title(s.first);
+  data << '\n';
+  for (long long i = 0; i < points; ++i) {
+    data << i;
+    for (const auto& y : ys) {
+      if (i < y.numel()) data << ' ' << y[i].item<double>();
+      else data << " NaN";
+    }
+    data << '\n';
+  }
+  std::string body = fmt::format("set key outside right\nset grid\n{}plot for [i=2:{}] {} using 1:i with linespoints pt 7 ps 0.5 title columnheader(i)\n",
+                                 log_y ? "set logscale y\n" : "", series.size() + 1, quoted(name + ".dat"));
+  return draw(dir, name, data.str(), body, labels, caption);
+}
+
+nlohmann::json plot_bars(const fs::path& dir, const std::string& name, const std::vector<std::string>& categories,
+                         const std::vector<std::pair<std::string, std::vector<double>>>& series, const PlotLabels& labels,
+                         const std::string& caption) {
+  if (series.empty() || categories.empty()) throw std::runtime_error(fmt::format("plot_bars {}: no data", name));
+  std::ostringstream data;
+  data << "category";
+  for (const auto& s : series) data << ' ' << column_title(s.first);
+  data << '\n';
+  for (std::size_t c = 0; c < categories.size(); ++c) {
+    data << column_title(categories[c]);
+    for (const auto& s : series) data << ' ' << (c < s.second.size() ? s.second[c] : 0.0);
+    data << '\n';
+  }
+  std::string body = fmt::format(
+      "set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\nset key outside right\n"
+      "set xtics rotate by -45\nset grid ytics\nset yrange [0:*]\nplot for [i=2:{}] {} using i:xtic(1) title columnheader(i)\n",
+      series.size() + 1, quoted(name + ".dat"));
+  return draw(dir, name, data.str(), body, labels, caption);
+}
+
+namespace {
+std::string html_escape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string number_text(const nlohmann::json& v) {
+  if (v.is_number_float()) return fmt::format("{:.4g}", v.get<double>());
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+}  // namespace
+
+void write_report_html(const fs::path& file, const std::string& title, const nlohmann::json& sections) {
+  std::ostringstream html;
+  html << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" << html_escape(title) << "</title>\n"
+       << "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
+          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}"
+          "figcaption{color:#555;font-size:90%}</style></head><body>\n<h1>"
+       << html_escape(title) << "</h1>\n";
+  for (const auto& section : sections) {
+    html << "<h2>" << html_escape(section.value("title", "")) << "</h2>\n";
+    if (section.contains("text")) html << "<p>" << html_escape(section["text"].get<std::string>()) << "</p>\n";
+    if (section.contains("numbers") && !section["numbers"].empty()) {
+      html << "<table>\n";
+      for (const auto& [key, value] : section["numbers"].items())
+        html << "<tr><th>" << html_escape(key) << "</th><td>" << html_escape(number_text(value)) << "</td></tr>\n";
+      html << "</table>\n";
+    }
+    for (const auto& figure : section.value("figures", nlohmann::json::array()))
+      html << "<figure><img src=\"" << html_escape(figure["file"].get<std::string>()) << "\" alt=\""
+           << html_escape(figure["caption"].get<std::string>()) << "\"><figcaption>" << html_escape(figure["caption"].get<std::string>())
+           << "</figcaption></figure>\n";
+  }
+  html << "</body></html>\n";
+  write_file_atomic(file, html.str());
+}
+
+}  // namespace moelab

@@ -1,0 +1,77 @@
+// Expert specialization by text set: per MoE layer, the KL divergence KL(u_s || u) of each set's
+// expert usage u_s (share of top-k slots) from the overall usage u, and each set's top experts with
+// their lift u_s(e) / u(e). Figure: KL per set and layer.
+#include "moelab/moelab.h"
+
+#include <sstream>
+
+namespace {
+
+using torch::Tensor;
+
+Tensor usage(const Tensor& ids, long long experts) {  // ids [n, L, k] -> [L, E] shares
+  const long long layers = ids.size(1);
+  Tensor counts = torch::zeros({layers, experts}, torch::kFloat64);
+  counts.scatter_add_(1, ids.permute({1, 0, 2}).reshape({layers, -1}), torch::ones({layers, ids.size(0) * ids.size(2)}, torch::kFloat64));
+  return counts / counts.sum(1, true).clamp_min(1e-300);
+}
+
+class Specialization final : public moelab::Analyzer {
+ public:
+  Specialization(const moelab::Config& config, moelab::RunContext&) : top_(config.get_int("top_experts")) {}
+
+  nlohmann::json analyze(const moelab::RoutingRecords& records, const std::filesystem::path& out_dir) override {
+    if (!records.set_ids.defined() || records.set_names.size() < 2)
+      throw std::runtime_error("specialization: needs records of at least two text sets");
+    const long long layers = records.topk_ids.size(1);
+    Tensor overall = usage(records.topk_ids, records.num_experts);
+    nlohmann::json out = {{"sets", nlohmann::json::object()}};
+    std::vector<std::pair<std::string, Tensor>> series;
+    std::vector<std::pair<std::string, std::vector<double>>> bars(1, {"mean KL over layers", {}});
+    std::vector<std::string> names;
+    std::ostringstream csv;
+    csv << "set,layer,kl\n";
+    double total = 0;
+    for (std::size_t s = 0; s < records.set_names.size(); ++s) {
+      Tensor rows = (records.set_ids == static_cast<int64_t>(s)).nonzero().squeeze(1);
+      if (rows.numel() == 0) continue;
+      Tensor u = usage(records.topk_ids.index_select(0, rows), records.num_experts);
+      Tensor terms = torch::where(u > 0, u * (u.clamp_min(1e-300) / overall.clamp_min(1e-300)).log(), torch::zeros_like(u));
+      Tensor kl = terms.sum(1);  // [L]
+      nlohmann::json per_layer = nlohmann::json::array();
+      for (long long l = 0; l < layers; ++l) {
+        auto [values, experts] = (u[l] / overall[l].clamp_min(1e-300)).topk(std::min<long long>(top_, records.num_experts));
+        nlohmann::json top = nlohmann::json::array();
+        for (long long i = 0; i < experts.numel(); ++i)
+          top.push_back({{"expert", experts[i].item<int64_t>()}, {"share", u[l][experts[i]].item<double>()}, {"lift", values[i].item<double>()}});
+        per_layer.push_back({{"layer", records.layer_label(l)}, {"kl", kl[l].item<double>()}, {"top_experts", top}});
+        csv << records.set_names[s] << ',' << records.layer_label(l) << ',' << kl[l].item<double>() << '\n';
+      }
+      out["sets"][records.set_names[s]] = {{"tokens", rows.numel()}, {"mean_kl", kl.mean().item<double>()}, {"layers", per_layer}};
+      total += kl.mean().item<double>();
+      names.push_back(records.set_names[s]);
+      bars[0].second.push_back(kl.mean().item<double>());
+      series.emplace_back(records.set_names[s], kl);
+    }
+    out["mean_kl"] = total / static_cast<double>(names.size());
+    moelab::write_file_atomic(out_dir / "specialization.csv", csv.str());
+    out["figures"] = {
+        moelab::plot_bars(out_dir, "kl_by_set", names, bars, {"Specialization: KL(set usage || overall usage)", "text set", "KL (nats)"},
+                          "How far each text set's expert usage is from the overall usage, averaged over layers; 0 means the set routes like everything else."),
+        moelab::plot_lines(out_dir, "kl_by_layer", series, {"Specialization per layer", "MoE layer index", "KL (nats)"},
+                           "KL divergence of each set's expert usage from the overall usage, per layer.")};
+    return out;
+  }
+
+ private:
+  long long top_;
+};
+
+moelab::Descriptor describe() {
+  return moelab::Descriptor("specialization", moelab::Kind::analyzer, "0.1.0", "expert specialization by text set: KL from overall usage, top experts")
+      .integer("top_experts", 3, "experts listed per set and layer, by lift over the overall usage");
+}
+
+}  // namespace
+
+MOELAB_PLUGIN(describe, Specialization)
