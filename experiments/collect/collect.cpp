@@ -203,7 +203,15 @@ class Collect final : public moelab::Stage {
       model.forward(ids, mask, nullptr, /*last_only=*/true);
       Tensor real = mask.reshape(-1).nonzero().squeeze(1);
       Tensor real_device = real.to(model.device());
-      std::vector<Tensor> topk_ids, topk_weights, probs, entropy, margin;
+      // Among the real tokens, the last one of each window that ends a document (for the RoMA export).
+      std::vector<int64_t> ending_rows, ending_windows;
+      for (std::size_t r = 0, offset = 0; r < rows; offset += windows[start + r].ids.size(), ++r)
+        if (do_export && windows[start + r].ends_document) {
+          ending_rows.push_back(static_cast<int64_t>(offset + windows[start + r].ids.size() - 1));
+          ending_windows.push_back(static_cast<int64_t>(start + r));
+        }
+      Tensor ending = torch::tensor(ending_rows, torch::kInt64).to(model.device());
+      std::vector<Tensor> topk_ids, topk_weights, probs, entropy, margin, ending_probs;
       for (const auto& trace : model.routing()) {
         Tensor p = trace.logits.index_select(0, real_device).to(torch::kFloat32).softmax(-1);
         Tensor top2 = std::get<0>(p.topk(std::min<long long>(2, p.size(1)), -1));
@@ -211,7 +219,8 @@ class Collect final : public moelab::Stage {
         topk_weights.push_back(trace.topk_weights.index_select(0, real_device).to(torch::kFloat32));
         entropy.push_back(-(p * p.clamp_min(1e-30).log()).sum(-1));
         margin.push_back(top2.size(1) > 1 ? top2.select(1, 0) - top2.select(1, 1) : top2.select(1, 0));
-        if (full || do_export) probs.push_back(p);
+        if (full) probs.push_back(p);
+        if (!ending_rows.empty()) ending_probs.push_back(p.index_select(0, ending));
       }
       std::map<std::string, Tensor> chunk = {
           {"topk_ids", torch::stack(topk_ids, 1).to(torch::kCPU, torch::kInt16)},
@@ -220,9 +229,8 @@ class Collect final : public moelab::Stage {
           {"margin", torch::stack(margin, 1).to(torch::kCPU, dtype)},
           {"token_ids", ids.reshape(-1).index_select(0, real).to(torch::kInt32)},
           {"set_ids", set_ids.reshape(-1).index_select(0, real)}};
-      Tensor all_probs = probs.empty() ? Tensor() : torch::stack(probs, 1).cpu();  // [n, L, E]
-      if (full) chunk["probs"] = all_probs.to(dtype);
-      if (do_export) export_last_tokens(windows, start, rows, mask, all_probs, model, exported);
+      if (full) chunk["probs"] = torch::stack(probs, 1).to(torch::kCPU, dtype);  // [n, L, E]
+      if (!ending_rows.empty()) export_last_tokens(windows, ending_windows, torch::stack(ending_probs, 1).cpu(), model, exported);
       const long long tokens = real.size(0);
       writer.add(std::move(chunk));
       progress.advance(tokens, fmt::format("{} tokens", writer.tokens()));
@@ -240,17 +248,14 @@ class Collect final : public moelab::Stage {
     return out;
   }
 
-  // RoMA's routing-results entry for each document that ends in this batch: its last token's full softmax.
-  void export_last_tokens(const std::vector<Window>& windows, std::size_t start, std::size_t rows, const Tensor& mask, const Tensor& probs,
+  // RoMA's routing-results entry for each document that ends in this batch: its last token's full softmax [L, E].
+  void export_last_tokens(const std::vector<Window>& windows, const std::vector<int64_t>& ending_windows, const Tensor& probs,
                           moelab::Model& model, nlohmann::json& exported) {
-    Tensor lengths = mask.sum(1);
-    Tensor offsets = lengths.cumsum(0) - lengths;  // row r's first token among the real tokens
     const std::vector<std::string> set_names = config_.get_strings("sets");
-    for (std::size_t r = 0; r < rows; ++r) {
-      const Window& w = windows[start + r];
-      if (!w.ends_document) continue;
+    for (std::size_t i = 0; i < ending_windows.size(); ++i) {
+      const Window& w = windows[ending_windows[i]];
       const moelab::Example& ex = sets_[w.set]->at(w.example);
-      Tensor p = probs[offsets[static_cast<long long>(r)].item<int64_t>() + lengths[static_cast<long long>(r)].item<int64_t>() - 1];
+      Tensor p = probs[static_cast<int64_t>(i)];
       nlohmann::json layers = nlohmann::json::array();
       for (std::size_t l = 0; l < model.info().moe_layers.size(); ++l) {
         nlohmann::json weights = nlohmann::json::object();

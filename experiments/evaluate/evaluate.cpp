@@ -1,7 +1,8 @@
 // Multiple-choice evaluation of the base model and of finetuned routers in the same run. "letter":
 // the answer is the letter whose token has the highest logit at the last prompt token (never decoded
-// text). "loglik" (lm-eval style): each choice's text is scored as a continuation of the prompt; acc
-// takes the highest summed log-probability, acc_norm the highest per byte. Reports every accuracy,
+// text). "loglik" (lm-eval style): each choice's text is scored as a continuation of the prompt (or of
+// the form's own context: HellaSwag; Winogrande scores one continuation after per-choice contexts);
+// acc takes the highest summed log-probability, acc_norm the highest per byte. Reports every accuracy,
 // the paired difference with a bootstrap 95% interval and an exact McNemar p-value, and warns when
 // accuracy is within chance or one letter takes over 70% of the answers.
 #include "moelab/moelab.h"
@@ -103,10 +104,15 @@ class Evaluate final : public moelab::Stage {
     std::vector<Sequence> sequences;
     for (std::size_t i = 0; i < items.size(); ++i) {
       const moelab::Example& ex = dataset_->at(i);
-      std::vector<std::int64_t> context = tokenizer.encode(moelab::format_prompt(ex, format));
+      // A form may bring lm-eval's own context (HellaSwag) or per-choice contexts with one continuation (Winogrande).
+      const bool partial = ex.record.contains("loglik_contexts");
+      std::vector<std::int64_t> context = tokenizer.encode(ex.record.contains("loglik_context") ? ex.record["loglik_context"].get<std::string>()
+                                                                                                : moelab::format_prompt(ex, format));
       for (std::size_t c = 0; c < ex.choices.size(); ++c) {
         Sequence seq{i, c, {}, 0};
-        std::vector<std::int64_t> continuation = tokenizer.encode(" " + ex.choices[c]);
+        if (partial) context = tokenizer.encode(ex.record["loglik_contexts"].at(c).get<std::string>());
+        std::vector<std::int64_t> continuation =
+            tokenizer.encode(partial ? ex.record["loglik_continuation"].get<std::string>() : " " + ex.choices[c]);
         seq.tokens.prompt_ids = context;
         seq.tokens.prompt_ids.insert(seq.tokens.prompt_ids.end(), continuation.begin(), continuation.end());
         seq.continuation = continuation.size();
@@ -126,7 +132,10 @@ class Evaluate final : public moelab::Stage {
         torch::Tensor targets = batch.input_ids[static_cast<long long>(r)].narrow(0, length - n, n);
         double sum = logp[static_cast<long long>(r)].narrow(0, length - n - 1, n).gather(1, targets.unsqueeze(1)).sum().item<double>();
         loglik[seq.item].push_back(sum);
-        per_byte[seq.item].push_back(sum / static_cast<double>(dataset_->at(seq.item).choices[seq.choice].size() + 1));
+        const moelab::Example& ex = dataset_->at(seq.item);
+        const std::size_t bytes = ex.record.contains("loglik_contexts") ? ex.record["loglik_continuation"].get<std::string>().size()
+                                                                        : ex.choices[seq.choice].size() + 1;
+        per_byte[seq.item].push_back(sum / static_cast<double>(bytes));
       }
     }
     auto argmax = [](const std::vector<std::vector<double>>& v) {

@@ -4,6 +4,7 @@
 #include "moelab/files.h"
 #include "moelab/log.h"
 #include "moe_model.h"
+#include "moelab/quantized_checkpoint.h"
 #include "moelab/stage.h"
 
 #include <boost/dll/runtime_symbol_info.hpp>
@@ -110,6 +111,8 @@ Model& ExperimentRun::model() {
   bool bf16 = *t.get("dtype")->value<std::string>() == "bfloat16";
   model_folder_ = path;
   model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU), bf16 ? torch::kBFloat16 : torch::kFloat32);
+  std::string quantized = *t.get("quantized")->value<std::string>();
+  if (!quantized.empty()) apply_quantized_checkpoint(run_path(quantized), *model_);
   return *model_;
 }
 

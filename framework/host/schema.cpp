@@ -32,7 +32,8 @@ const Descriptor& model_keys() {
       Descriptor("model", Kind::stage, "", "[model]")
           .path("path", "builtin:tiny-olmoe", "Hugging Face model folder (config.json, safetensors)")
           .choice("device", "auto", {"auto", "cpu", "cuda"}, "where the model runs; auto picks cuda when present")
-          .choice("dtype", "float32", {"float32", "bfloat16"}, "compute dtype of the model weights");
+          .choice("dtype", "float32", {"float32", "bfloat16"}, "compute dtype of the model weights")
+          .path("quantized", "", "moelab quantized checkpoint applied after loading (a quantize or finetune_lm stage's output)");
   return d;
 }
 

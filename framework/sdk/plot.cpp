@@ -1,6 +1,7 @@
 #include "moelab/plot.h"
 
 #include "moelab/files.h"
+#include "moelab/log.h"
 
 #include <fmt/format.h>
 
@@ -38,8 +39,14 @@ nlohmann::json draw(const fs::path& dir, const std::string& name, const std::str
   int status = std::system(command.c_str());
   if (status != 0 || !fs::exists(partial)) {
     std::string log = fs::exists(errors) ? read_file(errors) : "";
-    if (log.find("not found") != std::string::npos || status == 127 << 8)
-      throw std::runtime_error("figures need gnuplot (Debian package gnuplot-nox; third_party/setup-debian.sh installs it)");
+    if (log.find("not found") != std::string::npos || status == 127 << 8) {
+      // Numbers matter more than pictures: without gnuplot the run goes on and keeps each figure's data and script.
+      static bool warned = false;
+      if (!warned) log::warn("gnuplot not found (Debian: gnuplot-nox): figures are left as .dat/.gp files; render them with `gnuplot NAME.gp`");
+      warned = true;
+      fs::remove(errors);
+      return {{"file", png.filename().string()}, {"caption", caption}, {"rendered", false}};
+    }
     throw std::runtime_error(fmt::format("gnuplot failed on {} (exit {}): {}", script.string(), status, log));
   }
   fs::remove(errors);
@@ -153,10 +160,15 @@ void write_report_html(const fs::path& file, const std::string& title, const nlo
         html << "<tr><th>" << html_escape(key) << "</th><td>" << html_escape(number_text(value)) << "</td></tr>\n";
       html << "</table>\n";
     }
-    for (const auto& figure : section.value("figures", nlohmann::json::array()))
+    for (const auto& figure : section.value("figures", nlohmann::json::array())) {
+      if (!figure.value("rendered", true)) {
+        html << "<p><em>Figure not rendered (no gnuplot): " << html_escape(figure["caption"].get<std::string>()) << "</em></p>\n";
+        continue;
+      }
       html << "<figure><img src=\"" << html_escape(figure["file"].get<std::string>()) << "\" alt=\""
            << html_escape(figure["caption"].get<std::string>()) << "\"><figcaption>" << html_escape(figure["caption"].get<std::string>())
            << "</figcaption></figure>\n";
+    }
   }
   html << "</body></html>\n";
   write_file_atomic(file, html.str());

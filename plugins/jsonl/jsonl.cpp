@@ -1,7 +1,9 @@
 // Dataset of JSON Lines records: multiple-choice items or plain text. Known forms are recognized per
 // record (form = "auto"): ARC ({"question": {"stem", "choices"}} or Hugging Face's {"question",
 // "choices": {"text", "label"}}), OpenBookQA ("question_stem"), SciQ ("correct_answer" and
-// "distractor1-3", shuffled with the run seed) and the RoMA seed form ({"question", "choices":
+// "distractor1-3", shuffled with the run seed), HellaSwag ({"ctx", "endings", "label"}; lm-eval's
+// context and cleaning), Winogrande ({"sentence" with "_", "option1", "option2", "answer"}; lm-eval's
+// partial scoring: per-option contexts, one continuation) and the RoMA seed form ({"question", "choices":
 // ["A) ...", ...], "answer"}). Otherwise the *_field keys are dotted paths into each record; choices
 // may be strings or {"text","label"} objects, and answers a letter, a 0-based index, or a numeric key
 // "1".."N" (ARC's numeric items, shown as A..N as lm-eval does).
@@ -61,6 +63,8 @@ class JsonlDataset final : public moelab::Dataset {
     if (form_ == "fields" || !record.is_object()) return record;
     auto has = [&](const char* key) { return record.contains(key); };
     json arc = record;
+    if (has("endings") && has("ctx") && (form_ == "auto" || form_ == "hellaswag")) return hellaswag(record);
+    if (has("sentence") && has("option1") && has("option2") && (form_ == "auto" || form_ == "winogrande")) return winogrande(record, origin);
     if (has("question_stem") && (form_ == "auto" || form_ == "openbookqa")) {
       arc["question"] = {{"stem", record["question_stem"]}, {"choices", record.at("choices")}};
     } else if (has("correct_answer") && has("distractor1") && (form_ == "auto" || form_ == "sciq")) {
@@ -101,6 +105,57 @@ class JsonlDataset final : public moelab::Dataset {
         arc["answerKey"] = answer;
       }
     }
+    return arc;
+  }
+
+  // lm-eval's HellaSwag: context "<activity>: <ctx_a> <Ctx_b>", cleaned of WikiHow's [title]/[step]
+  // markers; each ending is a continuation of it.
+  static std::string hellaswag_clean(std::string text) {
+    text.erase(0, text.find_first_not_of(" \t\n"));
+    text.erase(text.find_last_not_of(" \t\n") + 1);
+    for (std::size_t at; (at = text.find(" [title]")) != std::string::npos;) text.replace(at, 8, ". ");
+    for (std::size_t open; (open = text.find('[')) != std::string::npos;) {
+      std::size_t close = text.find(']', open);
+      if (close == std::string::npos) break;
+      text.erase(open, close - open + 1);
+    }
+    for (std::size_t at; (at = text.find("  ")) != std::string::npos;) text.replace(at, 2, " ");
+    return text;
+  }
+
+  static json hellaswag(const json& record) {
+    std::string ctx_b = record.value("ctx_b", "");
+    if (!ctx_b.empty()) ctx_b[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(ctx_b[0])));
+    std::string ctx = record.contains("ctx_a") ? record["ctx_a"].get<std::string>() + " " + ctx_b : record["ctx"].get<std::string>();
+    std::string query = hellaswag_clean(record.value("activity_label", "") + ": " + ctx);
+    json choices = json::array();
+    for (std::size_t i = 0; i < record["endings"].size(); ++i)
+      choices.push_back({{"text", hellaswag_clean(record["endings"][i].get<std::string>())}, {"label", std::string(1, static_cast<char>('A' + i))}});
+    json label = record.at("label");
+    long long gold = label.is_string() ? std::stoll(label.get<std::string>()) : label.get<long long>();
+    json arc = record;
+    arc["question"] = {{"stem", query}, {"choices", choices}};
+    arc["answerKey"] = std::string(1, static_cast<char>('A' + gold));
+    arc["loglik_context"] = query;
+    return arc;
+  }
+
+  // lm-eval's Winogrande (partial scoring): each option fills the blank in its own context, and the
+  // rest of the sentence is the one continuation scored under every context.
+  static json winogrande(const json& record, const std::string& origin) {
+    std::string sentence = record["sentence"].get<std::string>();
+    std::size_t blank = sentence.find('_');
+    if (blank == std::string::npos) throw std::runtime_error(fmt::format("{}: winogrande sentence has no \"_\" blank", origin));
+    std::string rest = sentence.substr(blank + 1);
+    rest.erase(0, rest.find_first_not_of(' '));
+    json arc = record;
+    json options = {record["option1"], record["option2"]};
+    arc["question"] = {{"stem", sentence}, {"choices", {{{"text", options[0]}, {"label", "A"}}, {{"text", options[1]}, {"label", "B"}}}}};
+    std::string answer = record.at("answer").is_string() ? record["answer"].get<std::string>() : record["answer"].dump();
+    if (answer != "1" && answer != "2") throw std::runtime_error(fmt::format("{}: winogrande answer must be \"1\" or \"2\", found {}", origin, answer));
+    arc["answerKey"] = answer == "1" ? "A" : "B";
+    arc["loglik_contexts"] = {sentence.substr(0, blank) + options[0].get<std::string>(), sentence.substr(0, blank) + options[1].get<std::string>()};
+    arc["loglik_continuation"] = " " + rest;
     return arc;
   }
 
@@ -162,8 +217,8 @@ class JsonlDataset final : public moelab::Dataset {
 moelab::Descriptor describe() {
   return moelab::Descriptor("jsonl", moelab::Kind::dataset, "0.1.0", "JSON Lines records: multiple choice or plain text")
       .required("path", moelab::KeyType::path, "the .jsonl file")
-      .choice("form", "auto", {"auto", "arc", "openbookqa", "sciq", "fields"},
-              "record form: auto-detect ARC/HF ARC/seed, OpenBookQA, SciQ; or \"fields\" (the *_field paths only)")
+      .choice("form", "auto", {"auto", "arc", "openbookqa", "sciq", "hellaswag", "winogrande", "fields"},
+              "record form: auto-detect ARC/HF ARC/seed, OpenBookQA, SciQ, HellaSwag, Winogrande; or \"fields\" (the *_field paths only)")
       .string("text_field", "question.stem", "dotted path of the question or text")
       .string("choices_field", "question.choices", "dotted path of the choices (absent: plain text)")
       .string("answer_field", "answerKey", "dotted path of the answer (letter, label or index)")

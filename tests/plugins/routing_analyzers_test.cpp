@@ -136,3 +136,21 @@ TEST(RoutingFigures, UsageCoactivationAndGeometryFiguresRender) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(RoutingFigures, WithoutGnuplotTheDataAndScriptStayAndTheFigureSaysItWasNotRendered) {
+  TempDir dir;
+  const std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+  setenv("PATH", "/nonexistent", 1);
+  nlohmann::json figure = moelab::plot_heatmap(dir.path(), "m", torch::eye(3), {"t", "x", "y"}, "caption");
+  setenv("PATH", path.c_str(), 1);
+  EXPECT_FALSE(figure.value("rendered", true));
+  EXPECT_TRUE(fs::exists(dir.path() / "m.gp"));
+  EXPECT_TRUE(fs::exists(dir.path() / "m.dat"));
+  EXPECT_FALSE(fs::exists(dir.path() / "m.png"));
+  moelab::write_report_html(dir.path() / "index.html", "r", nlohmann::json::array({{{"title", "s"}, {"figures", {figure}}}}));
+  EXPECT_THAT(moelab::read_file(dir.path() / "index.html"), testing::HasSubstr("not rendered"));
+}
+
+}  // namespace

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "moelab/analyzer.h"
+#include "moelab/calibration.h"
 #include "moelab/config.h"
 #include "moelab/context.h"
 #include "moelab/dataset.h"
@@ -15,10 +16,13 @@
 #include "moelab/paired.h"
 #include "moelab/plot.h"
 #include "moelab/prompt.h"
+#include "moelab/quant.h"
+#include "moelab/quantized_checkpoint.h"
 #include "moelab/router_checkpoint.h"
 #include "moelab/plugin.h"
 #include "moelab/safetensors.h"
 #include "moelab/sampler.h"
+#include "moelab/spectral.h"
 #include "moelab/stage.h"
 #include "moelab/tokenizer.h"
 #include "moelab/transform.h"

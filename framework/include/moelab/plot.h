@@ -1,6 +1,7 @@
 // Figures for reports, drawn by gnuplot as PNG. Each figure keeps its data (.dat) and script (.gp)
 // beside the image so a user can restyle and redraw it. Every function returns {"file", "caption"},
-// the entry an analyzer lists under "figures" for the report page.
+// the entry an analyzer lists under "figures" for the report page. Without gnuplot installed, a
+// warning is logged once and the entry says "rendered": false (data and script are still written).
 #pragma once
 
 #include <nlohmann/json.hpp>

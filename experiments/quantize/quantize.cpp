@@ -1,0 +1,200 @@
+// Quantizes every routed expert's gate, up and down projections with the format its bit plan gives
+// (or one format), by round-to-nearest or GPTQ. GPTQ runs layer by layer on calibration windows: the
+// model's MoE input observer accumulates, for each expert, H = 2 X^T X / n over only the tokens routed
+// to it (the gate/up inputs, and the down inputs recomputed from them); layer l's statistics see layers
+// before it already quantized. An expert that got no token falls back to RTN, with a warning. The
+// model keeps the dequantized weights; quantized.safetensors keeps the packed codes, plan and config.
+#include "moelab/moelab.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+
+namespace {
+
+using torch::Tensor;
+
+struct StopForward {};  // thrown by the observer once the layer being calibrated has been seen
+
+class Quantize final : public moelab::Stage {
+ public:
+  Quantize(const moelab::Config& config, moelab::RunContext& context) : config_(config), context_(context) {
+    moelab::quant_format(config.get_string("format"));
+    if (config.get_string("method") == "gptq" && config.get_string("calibration").empty())
+      throw std::runtime_error(fmt::format("[{}] method = \"gptq\" needs calibration text: set calibration to a dataset table", config.id()));
+    if (!config.get_string("calibration").empty()) calibration_ = context.make<moelab::Dataset>(config.get_string("calibration"));
+  }
+
+  void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
+    moelab::Model& model = context_.model();
+    torch::NoGradGuard no_grad;
+    const bool gptq = config_.get_string("method") == "gptq";
+    nlohmann::json plan = read_plan();
+    Tensor windows;
+    if (gptq)
+      windows = moelab::random_windows(moelab::token_stream(*calibration_, context_.tokenizer()), config_.get_int("nsamples"),
+                                       config_.get_int("seqlen"), context_.seed_for(config_.id() + ".calibration"),
+                                       fmt::format("[{}] calibration", config_.id()));
+    moelab::QuantizedCheckpoint checkpoint;
+    std::map<std::string, long long> counts;
+    long long fallbacks = 0, elements = 0;
+    const auto started = std::chrono::steady_clock::now();
+    const auto& layers = model.info().moe_layers;
+    moelab::Progress progress(fmt::format("quantize ({})", config_.get_string("method")), static_cast<long long>(layers.size()), "matrices");
+    for (int layer : layers) {
+      const auto layer_started = std::chrono::steady_clock::now();
+      moelab::ExpertWeights ex = model.expert_weights(layer);
+      Tensor s_in, s_mid, tokens;
+      if (gptq) calibrate(model, layer, ex, windows, s_in, s_mid, tokens);
+      nlohmann::json errors = nlohmann::json::object();
+      Tensor* stacks[3] = {&ex.gate, &ex.up, &ex.down};
+      for (int p = 0; p < 3; ++p) {
+        std::map<std::string, std::vector<int64_t>> by_format;
+        for (int64_t e = 0; e < model.info().num_experts; ++e)
+          by_format[plan.at(fmt::format("{}{}.{}.weight", ex.prefix, e, ex.names[p])).get<std::string>()].push_back(e);
+        double err = 0, norm = 0;
+        for (const auto& [format, experts] : by_format) {
+          moelab::QuantSpec spec{moelab::quant_format(format), config_.get_int("group_size")};
+          std::vector<int64_t> with_tokens, without;
+          for (int64_t e : experts) (!gptq || tokens[e].item<int64_t>() > 0 ? with_tokens : without).push_back(e);
+          for (int64_t e : without)
+            moelab::log::warn("quantize: layer {} expert {} received no calibration token; its {} falls back to RTN", layer, e, ex.names[p]);
+          fallbacks += static_cast<long long>(without.size());
+          for (bool use_gptq : {true, false}) {
+            const auto& group = use_gptq ? with_tokens : without;
+            if (group.empty()) continue;
+            Tensor index = torch::tensor(group, torch::kInt64).to(stacks[p]->device());
+            Tensor w = stacks[p]->index_select(0, index).to(torch::kFloat32);
+            moelab::GptqResult r;
+            if (gptq && use_gptq) {
+              Tensor count = tokens.to(index.device()).index_select(0, index).to(torch::kFloat32).view({-1, 1, 1});
+              Tensor h = (p < 2 ? s_in : s_mid).index_select(0, index) * (2.0 / count);
+              r = moelab::gptq_quantize(w, h, spec, {config_.get_real("damp"), config_.get_int("block_size"), config_.get_bool("act_order")});
+            } else {
+              r.grids = moelab::fit_grids(w, spec);
+              r.q = moelab::fake_quantize(w, r.grids, spec);
+            }
+            err += (r.q - w).pow(2).sum().item<double>();
+            norm += w.pow(2).sum().item<double>();
+            stacks[p]->index_copy_(0, index, r.q.to(stacks[p]->scalar_type()));
+            for (std::size_t i = 0; i < group.size(); ++i) {
+              const auto row = static_cast<int64_t>(i);
+              moelab::QuantGrids grids{r.grids.scale[row], r.grids.zero.defined() ? r.grids.zero[row] : Tensor()};
+              checkpoint.matrices.push_back({fmt::format("{}{}.{}.weight", ex.prefix, group[i], ex.names[p]), moelab::pack(r.q[row], grids, spec)});
+            }
+            counts[format] += static_cast<long long>(group.size());
+            elements += w.numel();
+          }
+        }
+        errors[ex.names[p]] = std::sqrt(err / std::max(norm, 1e-300));
+      }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - layer_started).count();
+      context_.record_metrics({{"stage", config_.id()}, {"layer", layer}, {"seconds", seconds}, {"relative_weight_error", errors}});
+      progress.advance(3 * model.info().num_experts, fmt::format("layer {} relative error {}", layer, errors.dump()));
+    }
+    progress.finish();
+    long long packed = 0;
+    for (const auto& m : checkpoint.matrices) packed += m.packed.bytes();
+    nlohmann::json quantization = {{"method", config_.get_string("method")}, {"group_size", config_.get_int("group_size")},
+                                   {"damp", config_.get_real("damp")}, {"act_order", config_.get_bool("act_order")},
+                                   {"block_size", config_.get_int("block_size")}, {"nsamples", config_.get_int("nsamples")},
+                                   {"seqlen", config_.get_int("seqlen")}, {"seed", context_.seed()}};
+    checkpoint.metadata = {{"plan", plan}, {"quantization", quantization}};
+    const std::filesystem::path file = out_dir / "quantized.safetensors";
+    moelab::save_quantized_checkpoint(file, model, checkpoint);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    summary = {{"method", config_.get_string("method")}, {"matrices", checkpoint.matrices.size()}, {"formats", counts},
+               {"packed_bytes", packed}, {"bf16_bytes", 2 * elements}, {"bits_per_weight", 8.0 * packed / static_cast<double>(elements)},
+               {"rtn_fallbacks", fallbacks}, {"seconds", seconds}, {"checkpoint", file.string()}, {"quantization", quantization}};
+    moelab::log::info("quantize: {} expert matrices in {:.1f}s; {:.1f} MB packed vs {:.1f} MB in bf16 ({:.2f} bits per weight); {} RTN fallbacks",
+                      checkpoint.matrices.size(), seconds, packed / 1e6, 2e-6 * elements, summary["bits_per_weight"].get<double>(), fallbacks);
+  }
+
+ private:
+  // Every expert matrix's format: from the plan file, or the one `format`.
+  nlohmann::json read_plan() {
+    moelab::Model& model = context_.model();
+    nlohmann::json formats = nlohmann::json::object();
+    const std::string plan = config_.get_string("plan");
+    if (!plan.empty()) {
+      std::filesystem::path file = context_.run_path(plan);
+      formats = nlohmann::json::parse(moelab::read_file(file)).at("formats");
+      for (const auto& [name, f] : formats.items()) moelab::quant_format(f.get<std::string>());
+    }
+    for (int layer : model.info().moe_layers) {
+      moelab::ExpertWeights ex = model.expert_weights(layer);
+      for (long long e = 0; e < model.info().num_experts; ++e)
+        for (const auto& p : ex.names) {
+          std::string name = fmt::format("{}{}.{}.weight", ex.prefix, e, p);
+          if (plan.empty()) formats[name] = config_.get_string("format");
+          else if (!formats.contains(name)) throw std::runtime_error(fmt::format("[{}] plan {} has no format for {}", config_.id(), plan, name));
+        }
+    }
+    return formats;
+  }
+
+  // Per-expert sums of x x^T over the tokens routed to it: s_in [E, H, H] of the MoE inputs, s_mid [E, I, I]
+  // of the down projection's inputs; tokens [E] counts (host). Forwards stop right after `layer`.
+  void calibrate(moelab::Model& model, int layer, const moelab::ExpertWeights& ex, const Tensor& windows, Tensor& s_in, Tensor& s_mid,
+                 Tensor& tokens) {
+    const int64_t E = ex.gate.size(0), I = ex.gate.size(1), H = ex.gate.size(2), k = model.info().top_k;
+    auto options = torch::TensorOptions().dtype(torch::kFloat32).device(model.device());
+    s_in = torch::zeros({E, H, H}, options);
+    s_mid = torch::zeros({E, I, I}, options);
+    tokens = torch::zeros({E}, torch::kInt64);
+    model.set_moe_input_observer([&](int l, const Tensor& x, const Tensor& ids) {
+      if (l != layer) return;
+      Tensor xf = x.to(torch::kFloat32), flat = ids.reshape(-1), order = flat.argsort();
+      Tensor token_of = order.div(k, "floor");
+      Tensor count = torch::bincount(flat, {}, E).cpu();
+      int64_t start = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t c = count[e].item<int64_t>();
+        if (c == 0) continue;
+        Tensor xe = xf.index_select(0, token_of.narrow(0, start, c));
+        s_in[e].addmm_(xe.t(), xe);
+        Tensor mid = torch::silu(xe.matmul(ex.gate[e].to(torch::kFloat32).t())) * xe.matmul(ex.up[e].to(torch::kFloat32).t());
+        s_mid[e].addmm_(mid.t(), mid);
+        tokens[e] += c;
+        start += c;
+      }
+      throw StopForward{};
+    });
+    const int64_t batch = config_.get_int("batch_size");
+    try {
+      for (int64_t start = 0; start < windows.size(0); start += batch) {
+        try {
+          model.forward(windows.narrow(0, start, std::min<int64_t>(batch, windows.size(0) - start)), {}, nullptr, /*last_only=*/true);
+        } catch (const StopForward&) {
+        }
+      }
+    } catch (...) {
+      model.set_moe_input_observer({});
+      throw;
+    }
+    model.set_moe_input_observer({});
+  }
+
+  moelab::Config config_;
+  moelab::RunContext& context_;
+  std::shared_ptr<moelab::Dataset> calibration_;
+};
+
+moelab::Descriptor describe() {
+  return moelab::Descriptor("quantize", moelab::Kind::stage, "0.1.0", "RTN or GPTQ quantization of the routed experts (INT3/INT4/MXFP4/MXFP8)")
+      .path("plan", "", "bit plan (\"@plan/plan.json\"); empty: every expert matrix in `format`")
+      .choice("format", "int4", {"int3", "int4", "mxfp4", "mxfp8"}, "the format when there is no plan")
+      .integer("group_size", 128, "INT formats: columns sharing a scale and zero point (MX blocks are 32)")
+      .choice("method", "gptq", {"gptq", "rtn"}, "GPTQ with calibration Hessians, or round-to-nearest")
+      .optional_component("calibration", moelab::Kind::dataset, "raw text for GPTQ's calibration windows")
+      .integer("nsamples", 128, "calibration windows")
+      .integer("seqlen", 2048, "tokens per calibration window")
+      .integer("batch_size", 4, "calibration windows per forward")
+      .real("damp", 0.01, "GPTQ damping: share of the mean Hessian diagonal added to it")
+      .flag("act_order", false, "GPTQ: quantize columns by decreasing Hessian diagonal")
+      .integer("block_size", 128, "GPTQ: columns per lazy batch update");
+}
+
+}  // namespace
+
+MOELAB_PLUGIN(describe, Quantize)

@@ -1,0 +1,28 @@
+#include "moelab/calibration.h"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <random>
+
+namespace moelab {
+
+torch::Tensor token_stream(const Dataset& dataset, const Tokenizer& tokenizer) {
+  std::string text;
+  for (std::size_t i = 0; i < dataset.size(); ++i) text += (i ? "\n\n" : "") + dataset.at(i).text;
+  return torch::tensor(tokenizer.encode(text), torch::kInt64);
+}
+
+torch::Tensor random_windows(const torch::Tensor& stream, long long count, long long length, std::uint64_t seed, const std::string& what) {
+  const long long n = stream.numel();
+  if (count < 1 || length < 2) throw std::runtime_error(fmt::format("{}: need at least 1 window of at least 2 tokens", what));
+  if (n < length + 1)
+    throw std::runtime_error(fmt::format("{}: the text has {} tokens, fewer than one window of {} (+1); use more text or a shorter seqlen", what, n, length));
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<long long> start(0, n - length - 1);
+  std::vector<torch::Tensor> rows;
+  for (long long i = 0; i < count; ++i) rows.push_back(stream.narrow(0, start(rng), length));
+  return torch::stack(rows);
+}
+
+}  // namespace moelab
