@@ -103,9 +103,10 @@ if has quant; then
 fi
 
 if has collect; then
+  python3 benchmarks/hf_collect_peer.py /tmp/olmoe 16 | tee -a "$OUT/benchmarks.jsonl"
   with_peak build-gpu/bin/runexp configs/routing_study.toml "${real[@]}" --set 'stages=["study"]' --set 'study.analyzers=[]' \
     --set 'study.compare_with=""' --set study.full_probs=false --set study.max_tokens_per_set=340000 --set study.max_len=2048 \
-    --set study.batch_size=8 --set sets.prose.path=/tmp/text/prose.txt --set sets.math.path=/tmp/text/math.txt \
+    --set sets.prose.path=/tmp/text/prose.txt --set sets.math.path=/tmp/text/math.txt \
     --set sets.code.path=/tmp/text/code.txt > "$OUT/collect.log" 2>&1 || { tail -30 "$OUT/collect.log"; exit 1; }
   python3 benchmarks/summarize_run.py collect /tmp/runs/routing_study "$(cat /tmp/peak_mib)" | tee -a "$OUT/benchmarks.jsonl"
 fi

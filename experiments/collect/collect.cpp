@@ -167,6 +167,8 @@ class Collect final : public moelab::Stage {
       }
       moelab::log::info("collect: set [{}]: {} tokens in {} documents", config_.get_strings("sets")[s], taken, sets_[s]->size());
     }
+    std::stable_sort(windows.begin(), windows.end(),
+                     [](const Window& a, const Window& b) { return a.set != b.set ? a.set < b.set : a.ids.size() < b.ids.size(); });
     return windows;
   }
 
@@ -182,11 +184,28 @@ class Collect final : public moelab::Stage {
     ChunkWriter writer(dir, config_.get_int("chunk_tokens"), dtype, meta);
     const bool do_export = !export_dir.empty() && config_.get_bool("export_routing_results");
     nlohmann::json exported = nlohmann::json::object();
-    const std::size_t batch_size = config_.get_int("batch_size");
+    // Windows are taken shortest first within each set (little padding; records keep set and token ids),
+    // and batches fill a token budget (rows x longest row), so short documents share one forward.
+    const std::size_t budget = std::max<std::size_t>(config_.get_int("batch_tokens"), config_.get_int("max_len"));
+    std::vector<std::pair<std::size_t, std::size_t>> batches;  // [start, end) of windows
+    for (std::size_t start = 0, width = 0, end = 0; end <= windows.size(); ++end) {
+      if (end == windows.size()) {
+        if (end > start) batches.emplace_back(start, end);
+        break;
+      }
+      const std::size_t wider = std::max(width, windows[end].ids.size());
+      if (end > start && wider * (end - start + 1) > budget) {
+        batches.emplace_back(start, end);
+        start = end;
+        width = windows[end].ids.size();
+      } else {
+        width = wider;
+      }
+    }
     const auto started = std::chrono::steady_clock::now();
-    moelab::Progress progress("collect " + state, static_cast<long long>((windows.size() + batch_size - 1) / batch_size), "tokens");
-    for (std::size_t start = 0; start < windows.size(); start += batch_size) {
-      const std::size_t rows = std::min(batch_size, windows.size() - start);
+    moelab::Progress progress("collect " + state, static_cast<long long>(batches.size()), "tokens");
+    for (const auto& [start, end] : batches) {
+      const std::size_t rows = end - start;
       std::size_t width = 0;
       for (std::size_t r = 0; r < rows; ++r) width = std::max(width, windows[start + r].ids.size());
       Tensor ids = torch::full({static_cast<long long>(rows), static_cast<long long>(width)}, static_cast<int64_t>(std::max<long long>(model.info().pad_token_id, 0)),
@@ -255,11 +274,13 @@ class Collect final : public moelab::Stage {
     for (std::size_t i = 0; i < ending_windows.size(); ++i) {
       const Window& w = windows[ending_windows[i]];
       const moelab::Example& ex = sets_[w.set]->at(w.example);
-      Tensor p = probs[static_cast<int64_t>(i)];
+      Tensor p = probs[static_cast<int64_t>(i)].to(torch::kFloat64).contiguous();  // [L, E] on the host
+      const double* values = p.data_ptr<double>();
+      const int64_t experts = p.size(1);
       nlohmann::json layers = nlohmann::json::array();
       for (std::size_t l = 0; l < model.info().moe_layers.size(); ++l) {
         nlohmann::json weights = nlohmann::json::object();
-        for (long long e = 0; e < p.size(1); ++e) weights["expert_" + std::to_string(e)] = p[static_cast<long long>(l)][e].item<double>();
+        for (int64_t e = 0; e < experts; ++e) weights["expert_" + std::to_string(e)] = values[l * experts + e];
         layers.push_back({{"layer", model.info().moe_layers[l]}, {"routing_weights", weights}});
       }
       const std::int64_t last = w.ids.back();
@@ -302,7 +323,7 @@ moelab::Descriptor describe() {
       .strings("analyzers", {}, "analyzer tables to run on the records, in order")
       .integer("max_tokens_per_set", 100000, "stop reading a set after this many tokens (0: no cap)")
       .integer("max_len", 512, "tokens per forward row; longer documents are cut into windows")
-      .integer("batch_size", 8, "windows per forward")
+      .integer("batch_tokens", 16384, "tokens per forward (rows x longest row); short documents share a forward")
       .integer("chunk_tokens", 65536, "tokens per chunk file")
       .flag("full_probs", false, "also record the full router softmax [tokens, layers, experts]")
       .choice("precision", "float16", {"float16", "float32"}, "stored precision of weights, probabilities, entropy and margin")

@@ -116,6 +116,8 @@ class MoeModel final : public Model {
     Tensor causal = key_index.unsqueeze(0) <= query_index.unsqueeze(1);  // [T, S]
     Tensor allowed = (causal.unsqueeze(0) & full_mask.unsqueeze(1)) | (key_index.unsqueeze(0) == query_index.unsqueeze(1)).unsqueeze(0);
     allowed = allowed.unsqueeze(1);  // [B, 1, T, S]
+    // Unpadded rows without a cache need no mask: the fused kernels' causal mode (flash attention) takes over.
+    if (compat::kHasSdpa && device_.is_cuda() && !cache && mask.all().item<bool>()) allowed = Tensor();
     Tensor freqs = positions.unsqueeze(-1).to(torch::kFloat32) * inv_freq_;  // [B, T, R/2]
 
     if (cache && cache->first.empty()) {
@@ -178,6 +180,7 @@ class MoeModel final : public Model {
     k = expand_heads(k, q.size(1));
     v = expand_heads(v, q.size(1));
     if (compat::kHasSdpa && q.is_cuda()) return compat::sdpa(q, k, v, allowed, scale);  // fused kernel, no score matrix kept
+    if (!allowed.defined()) throw std::logic_error("attend: an unmasked (causal) forward needs the fused CUDA kernel");
     Tensor scores = torch::matmul(q, k.transpose(-1, -2)).to(accumulate_type(q)) * scale;
     scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
     Tensor probs = scores.softmax(-1).to(q.scalar_type());

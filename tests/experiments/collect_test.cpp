@@ -43,7 +43,7 @@ TEST(Collect, ChunksMatchTheModelsRouterLogitsAndRespectTheTokenCap) {
   auto run = moelab::test::start_run(dir, "stages = []\n[model]\npath = \"" + kTiny.string() + "\"\n"
                                           "[a]\nplugin = \"text\"\npath = \"a.txt\"\n[b]\nplugin = \"text\"\npath = \"b.txt\"\n"
                                           "[study]\nplugin = \"collect\"\nsets = [\"a\", \"b\"]\nfull_probs = true\nprecision = \"float32\"\n"
-                                          "max_len = 8\nbatch_size = 3\nchunk_tokens = 10\nmax_tokens_per_set = 12\n");
+                                          "max_len = 8\nbatch_tokens = 20\nchunk_tokens = 10\nmax_tokens_per_set = 12\n");
   fs::path out = dir.path() / "study_out";
   fs::create_directories(out);
   nlohmann::json summary;
@@ -61,21 +61,24 @@ TEST(Collect, ChunksMatchTheModelsRouterLogitsAndRespectTheTokenCap) {
   EXPECT_EQ(chunks["set_ids"].narrow(0, 0, 12).sum().item<int64_t>(), 0);
   EXPECT_EQ(chunks["set_ids"].narrow(0, 12, total - 12).min().item<int64_t>(), 1);
 
-  // The first 8 tokens of set a are one window: the same forward on a fresh model gives the same routing.
+  // The first 8 tokens of set a are one window (set a's windows go shortest first: it follows the 4-token
+  // one): the same forward on a fresh model gives the same routing.
   auto model = moelab::load_model(kTiny, torch::kCPU, torch::kFloat32);
   torch::NoGradGuard no_grad;
   std::vector<std::int64_t> window(a.begin(), a.begin() + 8);
   model->forward(torch::tensor(window).unsqueeze(0), {});
-  EXPECT_TRUE(torch::equal(chunks["token_ids"].narrow(0, 0, 8).to(torch::kInt64), torch::tensor(window)));
+  const long long at = 4;
+  EXPECT_TRUE(torch::equal(chunks["token_ids"].narrow(0, 0, 4).to(torch::kInt64), torch::tensor(std::vector<std::int64_t>(a.begin() + 8, a.begin() + 12))));
+  EXPECT_TRUE(torch::equal(chunks["token_ids"].narrow(0, at, 8).to(torch::kInt64), torch::tensor(window)));
   const auto& routing = model->routing();
   ASSERT_EQ(static_cast<long long>(routing.size()), chunks["probs"].size(1));
   for (std::size_t l = 0; l < routing.size(); ++l) {
     torch::Tensor expected = routing[l].logits.softmax(-1);
-    torch::Tensor stored = chunks["probs"].narrow(0, 0, 8).select(1, static_cast<long long>(l));
+    torch::Tensor stored = chunks["probs"].narrow(0, at, 8).select(1, static_cast<long long>(l));
     EXPECT_TRUE(torch::allclose(stored, expected, 1e-5, 1e-6)) << "layer " << l;
-    EXPECT_TRUE(torch::equal(chunks["topk_ids"].narrow(0, 0, 8).select(1, static_cast<long long>(l)).to(torch::kInt64), routing[l].topk_ids));
+    EXPECT_TRUE(torch::equal(chunks["topk_ids"].narrow(0, at, 8).select(1, static_cast<long long>(l)).to(torch::kInt64), routing[l].topk_ids));
     torch::Tensor entropy = -(expected * expected.log()).sum(-1);
-    EXPECT_TRUE(torch::allclose(chunks["entropy"].narrow(0, 0, 8).select(1, static_cast<long long>(l)), entropy, 1e-5, 1e-6));
+    EXPECT_TRUE(torch::allclose(chunks["entropy"].narrow(0, at, 8).select(1, static_cast<long long>(l)), entropy, 1e-5, 1e-6));
   }
   // RoMA export: one entry per document that ended inside the cap (set b's two), readable by RoMA's reader.
   auto results = moelab::read_routing_results(out / "routing_results.json");

@@ -38,6 +38,19 @@ TEST_P(CudaFixture, Bfloat16IsAsCloseAsTransformersBfloat16) {
             << "), argmax agreement with transformers bf16 " << agree << "\n";
 }
 
+// Unpadded rows take the fused kernel's causal mode (no mask); a left-padded copy of the same rows takes
+// the masked path. Both must give the same logits at the real positions, and both match transformers.
+TEST_P(CudaFixture, CausalFastPathEqualsTheMaskedPath) {
+  auto model = moelab::load_model(kFixtures / GetParam(), torch::kCUDA, torch::kFloat32);
+  moelab::SafetensorsFile expected(kFixtures / GetParam() / "expected.safetensors");
+  torch::Tensor ids = expected.get("input_ids");
+  torch::Tensor fast = model->forward(ids, {}).cpu();
+  torch::Tensor padded_ids = torch::cat({torch::zeros({ids.size(0), 3}, ids.options()), ids}, 1);
+  torch::Tensor mask = torch::cat({torch::zeros({ids.size(0), 3}, torch::kInt64), torch::ones(ids.sizes(), torch::kInt64)}, 1);
+  torch::Tensor masked = model->forward(padded_ids, mask).cpu().narrow(1, 3, ids.size(1));
+  EXPECT_LE((fast - masked).abs().max().item<double>(), 1e-4);
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, CudaFixture,
                          testing::Values("olmoe", "olmoe_clip_norm", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
 

@@ -31,11 +31,13 @@ inline torch::Tensor grouped_mm(const torch::Tensor& x, const torch::Tensor& wei
 }
 
 // at::scaled_dot_product_attention with an explicit scale (LibTorch >= 2.1): flash or memory-efficient
-// kernels on CUDA. q [B, H, T, D], k/v [B, H, S, D], allowed [B, 1, T, S] bool (true: may attend).
+// kernels on CUDA. q [B, H, T, D], k/v [B, H, S, D], allowed [B, 1, T, S] bool (true: may attend), or
+// undefined for plain causal attention with T == S (no padding, no cache: the flash kernel's case).
 constexpr bool kHasSdpa = MOELAB_TORCH_AT_LEAST(2, 1);
 
 inline torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& allowed, double scale) {
 #if MOELAB_TORCH_AT_LEAST(2, 1)
+  if (!allowed.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale);
   return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false, scale);
 #else
   (void)q, (void)k, (void)v, (void)allowed, (void)scale;
