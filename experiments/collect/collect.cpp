@@ -1,8 +1,9 @@
 // Routing at scale: runs the model over several text sets, streams every token's routing in every MoE
 // layer to chunk files (top-k ids and weights, per-token entropy and top-1 margin, optionally the full
 // router softmax), with a token cap per set. With compare_with, the same tokens are collected again
-// under a second router state. Then the analyzers run on the records and index.html shows their
-// numbers and figures. Also exports RoMA's routing-results JSON (last token of every document).
+// under a second state: a router checkpoint (base vs finetuned) or a quantized checkpoint (full vs
+// quantized). Then the analyzers run on the records and index.html shows their numbers and figures.
+// Also exports RoMA's routing-results JSON (last token of every document).
 #include "moelab/moelab.h"
 
 #include <chrono>
@@ -101,12 +102,20 @@ class Collect final : public moelab::Stage {
     collection["primary"] = collect_pass(model, windows, out_dir / "chunks" / "primary", "primary", out_dir);
     std::string compare = config_.get_string("compare_with");
     if (!compare.empty()) {
-      std::map<int, Tensor> saved;
-      for (int l : model.info().moe_layers) saved[l] = model.router_weight(l).detach().clone();
-      auto moved = moelab::apply_router_checkpoint(context_.run_path(compare), model);
+      // The second state: a router checkpoint, or a quantized checkpoint (full vs quantized). The weights it
+      // replaces are kept on the host and put back afterwards.
+      const std::filesystem::path file = context_.run_path(compare);
+      const moelab::SafetensorsFile state(file);
+      const bool quantized = state.metadata().count("moelab.kind") && state.metadata().at("moelab.kind") == "quantized_checkpoint";
+      std::vector<std::pair<Tensor, Tensor>> saved;  // (model tensor, host copy)
+      for (auto& [name, w] : model.named_weights())
+        if (quantized && name.find(".experts.") != std::string::npos) saved.emplace_back(w, w.detach().to(torch::kCPU, false, true));
+      for (int l : model.info().moe_layers) saved.emplace_back(model.router_weight(l), model.router_weight(l).detach().to(torch::kCPU, false, true));
+      if (quantized) moelab::apply_quantized_checkpoint(file, model);
+      else moelab::apply_router_checkpoint(file, model);
       collection["compare"] = collect_pass(model, windows, out_dir / "chunks" / "compare", "compare", {});
       torch::NoGradGuard no_grad;
-      for (auto& [l, w] : saved) model.router_weight(l).copy_(w);
+      for (auto& [w, copy] : saved) w.copy_(copy);
     }
     summary["collection"] = collection;
     summary["sets"] = set_names;
@@ -327,7 +336,7 @@ moelab::Descriptor describe() {
       .integer("chunk_tokens", 65536, "tokens per chunk file")
       .flag("full_probs", false, "also record the full router softmax [tokens, layers, experts]")
       .choice("precision", "float16", {"float16", "float32"}, "stored precision of weights, probabilities, entropy and margin")
-      .path("compare_with", "", "router checkpoint: collect the same tokens again under it (\"@finetune/routers.safetensors\")")
+      .path("compare_with", "", "router checkpoint (\"@finetune/routers.safetensors\") or quantized checkpoint: collect the same tokens again under it")
       .flag("export_routing_results", true, "write routing_results.json (RoMA format: last token of each document, full softmax)");
 }
 

@@ -6,6 +6,7 @@
 #include "moelab/routing_results.h"
 #include "test_run.h"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 
 #include <fstream>
@@ -84,6 +85,38 @@ TEST(Collect, ChunksMatchTheModelsRouterLogitsAndRespectTheTokenCap) {
   auto results = moelab::read_routing_results(out / "routing_results.json");
   EXPECT_EQ(results.size(), 2u);
   for (const auto& r : results) EXPECT_EQ(r.routing.size(), model->info().moe_layers.size());
+}
+
+TEST(Collect, ComparesFullAndQuantizedExpertsOnTheSameTokensAndRestoresTheModel) {
+  TempDir dir;
+  dir.write("a.txt", "The cat sat on the mat and looked at the birds in the garden.\n\nTwo plus two is four.\n");
+  auto run = moelab::test::start_run(dir, "stages = []\n[model]\npath = \"" + kTiny.string() + "\"\n"
+                                          "[a]\nplugin = \"text\"\npath = \"a.txt\"\n[diff]\nplugin = \"routing_diff\"\n"
+                                          "[study]\nplugin = \"collect\"\nsets = [\"a\"]\nanalyzers = [\"diff\"]\ncompare_with = \"q.safetensors\"\n");
+  moelab::Model& model = run->model();
+  // A quantized checkpoint of every expert matrix in INT3 (round to nearest), made through the SDK.
+  moelab::QuantizedCheckpoint checkpoint;
+  const moelab::QuantSpec spec{moelab::QuantFormat::int3, 32};
+  for (int layer : model.info().moe_layers) {
+    moelab::ExpertWeights ex = model.expert_weights(layer);
+    const torch::Tensor* stacks[3] = {&ex.gate, &ex.up, &ex.down};
+    for (int p = 0; p < 3; ++p)
+      for (int64_t e = 0; e < stacks[p]->size(0); ++e) {
+        torch::Tensor w = (*stacks[p])[e];
+        moelab::QuantGrids grids = moelab::fit_grids(w, spec);
+        checkpoint.matrices.push_back({fmt::format("{}{}.{}.weight", ex.prefix, e, ex.names[p]), moelab::pack(moelab::fake_quantize(w, grids, spec), grids, spec)});
+      }
+  }
+  moelab::save_quantized_checkpoint(dir.path() / "q.safetensors", model, checkpoint);
+  std::map<std::string, torch::Tensor> before;
+  for (auto& [name, t] : model.named_weights()) before[name] = t.clone();
+  fs::path out = dir.path() / "study_out";
+  fs::create_directories(out);
+  nlohmann::json summary;
+  run->make<moelab::Stage>("study")->run(out, summary);
+  EXPECT_EQ(summary["collection"]["primary"]["tokens"], summary["collection"]["compare"]["tokens"]);
+  EXPECT_GT(summary["analyses"]["diff"]["changed_topk_share"].get<double>(), 0.0);
+  for (auto& [name, t] : model.named_weights()) EXPECT_TRUE(torch::equal(t, before[name])) << name;
 }
 
 TEST(RoutingStudy, ConfigRunsEndToEndIntoAReportWithPngFigures) {

@@ -126,10 +126,25 @@ TEST(QuantRecovery, CheckpointRebuildsTheQuantizedModelAndRouterTrainingTouchesO
   EXPECT_EQ(meta["router_finetuning"]["lr"].get<double>(), 0.05);
   EXPECT_TRUE(meta["plan"]["model.layers.0.mlp.experts.0.gate_proj.weight"].is_string());
   EXPECT_EQ(meta["quantization"]["method"], "gptq");
+  // [model] quantized = ... rebuilds it in any experiment.
+  auto from_config = moelab::test::start_run(dir, "stages = []\n[model]\npath = \"" + kTiny.string() + "\"\nquantized = \"" +
+                                                      (dir.path() / "recover_out" / "recovered.safetensors").string() + "\"\n");
+  EXPECT_TRUE(torch::equal(from_config->model().forward(ids, {}), model.forward(ids, {})));
   // Another model refuses it.
   auto other = moelab::load_model(fs::path(MOELAB_SOURCE_DIR) / "tests/fixtures/models/qwen3_moe", torch::kCPU, torch::kFloat32);
   EXPECT_THAT(moelab::test::error_of([&] { moelab::apply_quantized_checkpoint(dir.path() / "quantize_out" / "quantized.safetensors", *other); }),
               HasSubstr("made for model"));
+}
+
+TEST(QuantRecovery, ExpertsWithoutCalibrationTokensFallBackToRtnWithAWarning) {
+  TempDir dir;
+  // One window of 2 tokens: each layer routes 2 tokens to at most 4 of its 8 experts.
+  auto run = moelab::test::start_run(dir, base_config() + "[starved]\nplugin = \"quantize\"\nformat = \"int4\"\ncalibration = \"text\"\n"
+                                                          "nsamples = 1\nseqlen = 2\n");
+  auto summary = run_stage(*run, dir, "starved");
+  EXPECT_GE(summary["rtn_fallbacks"].get<long long>(), 6 * 4 * 3);
+  EXPECT_EQ(summary["matrices"], 144);
+  EXPECT_THAT(moelab::read_file(run->run_dir() / "log.txt"), HasSubstr("received no calibration token"));
 }
 
 TEST(QuantRecovery, WinograndeScoresOneContinuationAfterEachOptionsContext) {

@@ -2,10 +2,13 @@
 // fp32 logits within 1e-4, the same router top-k sets, the same greedy tokens; padding and KV cache.
 #include "moe_model.h"
 #include "moelab/files.h"
+#include "moelab/quant.h"
+#include "moelab/quantized_checkpoint.h"
 #include "moelab/safetensors.h"
 #include "moelab/tokenizer.h"
 #include "test_run.h"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 
 namespace {
@@ -101,6 +104,53 @@ TEST_P(PerArchitecture, CachedDecodingMatchesFullForward) {
   for (long long t = 5; t < 9; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), mask.narrow(1, t, 1), &cache));
   EXPECT_EQ(cache.length(), 9);
   EXPECT_LE((torch::cat(pieces, 1) - full).narrow(1, 1, 8).abs().max().item<double>(), 1e-4);
+}
+
+// What quantization relies on, per architecture: the MoE input observer sees every MoE layer's input and
+// choices; expert_weights shares storage with the named checkpoint tensors; GPTQ-quantized experts saved
+// as a quantized checkpoint rebuild the same model from the full-precision one.
+TEST_P(PerArchitecture, ExpertWeightsObserverAndQuantizedCheckpoint) {
+  auto model = load(GetParam());
+  const auto& info = model->info();
+  Tensor ids = torch::randint(2, 256, {2, 6}, torch::kInt64);
+  std::vector<int> seen;
+  std::map<int, Tensor> inputs;
+  model->set_moe_input_observer([&](int layer, const Tensor& x, const Tensor& chosen) {
+    seen.push_back(layer);
+    inputs[layer] = x.detach().clone();
+    EXPECT_EQ(x.sizes(), (std::vector<int64_t>{12, info.hidden_size}));
+    EXPECT_EQ(chosen.sizes(), (std::vector<int64_t>{12, info.top_k}));
+  });
+  torch::NoGradGuard no_grad;
+  model->forward(ids, {});
+  model->set_moe_input_observer({});
+  EXPECT_EQ(seen, info.moe_layers);
+
+  std::map<std::string, Tensor> named;
+  for (auto& [name, t] : model->named_weights()) named[name] = t;
+  moelab::QuantizedCheckpoint checkpoint;
+  const moelab::QuantSpec spec{moelab::QuantFormat::int4, 128};
+  for (int layer : info.moe_layers) {
+    moelab::ExpertWeights ex = model->expert_weights(layer);
+    Tensor* stacks[3] = {&ex.gate, &ex.up, &ex.down};
+    for (int p = 0; p < 3; ++p) {
+      const int64_t experts = stacks[p]->size(0), cols = stacks[p]->size(2);
+      Tensor h = p < 2 ? 2 * inputs[layer].t().matmul(inputs[layer]) / 12 + 1e-3 * torch::eye(cols) : torch::eye(cols);
+      moelab::GptqResult r = moelab::gptq_quantize(*stacks[p], h.expand({experts, cols, cols}), spec, {});
+      stacks[p]->copy_(r.q);
+      for (int64_t e = 0; e < experts; ++e) {
+        const std::string name = fmt::format("{}{}.{}.weight", ex.prefix, e, ex.names[p]);
+        ASSERT_TRUE(named.count(name)) << name;
+        EXPECT_TRUE(torch::equal(named[name], r.q[e])) << name;  // the named tensor is a view of the stack
+        checkpoint.matrices.push_back({name, moelab::pack(r.q[e], {r.grids.scale[e], r.grids.zero[e]}, spec)});
+      }
+    }
+  }
+  moelab::test::TempDir dir;
+  moelab::save_quantized_checkpoint(dir.path() / "q.safetensors", *model, checkpoint);
+  auto rebuilt = load(GetParam());
+  moelab::apply_quantized_checkpoint(dir.path() / "q.safetensors", *rebuilt);
+  EXPECT_TRUE(torch::equal(rebuilt->forward(ids, {}), model->forward(ids, {})));
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, PerArchitecture, testing::Values("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
