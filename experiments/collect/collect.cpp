@@ -259,9 +259,14 @@ class Collect final : public moelab::Stage {
           {"set_ids", set_ids.reshape(-1).index_select(0, real)}};
       if (full) chunk["probs"] = torch::stack(probs, 1).to(torch::kCPU, dtype);  // [n, L, E]
       if (!ending_rows.empty()) export_last_tokens(windows, ending_windows, torch::stack(ending_probs, 1).cpu(), model, exported);
-      const long long tokens = real.size(0);
+      const long long tokens = real.size(0), chunks_before = writer.chunks();
       writer.add(std::move(chunk));
       progress.advance(tokens, fmt::format("{} tokens", writer.tokens()));
+      if (writer.chunks() > chunks_before) {  // one metrics line per chunk written, to watch a long run live
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", writer.chunks()}, {"tokens", writer.tokens()},
+                                 {"tokens_per_second", writer.tokens() / std::max(elapsed, 1e-9)}});
+      }
     }
     writer.flush();
     progress.finish();

@@ -14,12 +14,8 @@ struct Balance {
 };
 
 Balance balance(const Tensor& ids, const Tensor& mass, long long experts) {
-  const long long layers = ids.size(1);
-  // counts[l, e] = sum over tokens and slots of mass where the slot chose expert e.
-  Tensor counts = torch::zeros({layers, experts}, torch::kFloat64);
-  counts.scatter_add_(1, ids.permute({1, 0, 2}).reshape({layers, -1}), mass.permute({1, 0, 2}).reshape({layers, -1}));
   Balance b;
-  b.share = counts / counts.sum(1, true).clamp_min(1e-300);
+  b.share = moelab::usage_shares(ids, experts, mass);
   Tensor mean = b.share.mean(1);
   b.cv = b.share.std(1, /*unbiased=*/false) / mean;
   b.max_over_mean = std::get<0>(b.share.max(1)) / mean;
@@ -36,7 +32,7 @@ class ExpertUsage final : public moelab::Analyzer {
     const auto& ids = records.topk_ids;
     TORCH_CHECK(ids.dim() == 3, "expert_usage: topk_ids must be [tokens, layers, k]");
     const long long layers = ids.size(1), experts = records.num_experts;
-    Tensor mass = weighted_ ? records.topk_weights.to(torch::kFloat64) : torch::ones(ids.sizes(), torch::kFloat64);
+    Tensor mass = weighted_ ? records.topk_weights : Tensor();
     Balance all = balance(ids, mass, experts);
 
     nlohmann::json out = {{"layers", nlohmann::json::array()}};
@@ -57,9 +53,9 @@ class ExpertUsage final : public moelab::Analyzer {
                                                     "Share of each layer's top-k slots taken by each expert, over all sets; a balanced layer is one flat colour."));
     if (records.set_ids.defined() && records.set_names.size() > 1) {
       for (std::size_t s = 0; s < records.set_names.size(); ++s) {
-        Tensor rows = (records.set_ids == static_cast<int64_t>(s)).nonzero().squeeze(1);
+        Tensor rows = records.rows_of_set(s);
         if (rows.numel() == 0) continue;
-        Balance b = balance(ids.index_select(0, rows), mass.index_select(0, rows), experts);
+        Balance b = balance(ids.index_select(0, rows), mass.defined() ? mass.index_select(0, rows) : Tensor(), experts);
         out["by_set"][records.set_names[s]] = {{"tokens", rows.numel()}, {"mean_cv", b.cv.mean().item<double>()},
                                               {"mean_normalized_entropy", b.entropy.mean().item<double>()}};
         for (long long l = 0; l < layers; ++l)

@@ -10,13 +10,6 @@ namespace {
 
 using torch::Tensor;
 
-Tensor usage(const Tensor& ids, long long experts) {  // [n, L, k] -> [L, E]
-  const long long layers = ids.size(1);
-  Tensor counts = torch::zeros({layers, experts}, torch::kFloat64);
-  counts.scatter_add_(1, ids.permute({1, 0, 2}).reshape({layers, -1}), torch::ones({layers, ids.size(0) * ids.size(2)}, torch::kFloat64));
-  return counts / counts.sum(1, true).clamp_min(1e-300);
-}
-
 class RoutingDiff final : public moelab::Analyzer {
  public:
   RoutingDiff(const moelab::Config&, moelab::RunContext&) {}
@@ -36,7 +29,7 @@ class RoutingDiff final : public moelab::Analyzer {
     Tensor top1 = a.gather(2, records.topk_weights.argmax(-1, true));
     Tensor top1_b = b.gather(2, records.compare->topk_weights.argmax(-1, true));
     Tensor top1_changed = (top1 != top1_b).to(torch::kFloat64).squeeze(2);
-    Tensor shift = 0.5 * (usage(a, experts) - usage(b, experts)).abs().sum(1);  // [L]
+    Tensor shift = 0.5 * (moelab::usage_shares(a, experts) - moelab::usage_shares(b, experts)).abs().sum(1);  // [L]
 
     nlohmann::json out = {{"layers", nlohmann::json::array()}};
     std::ostringstream csv;
@@ -54,7 +47,7 @@ class RoutingDiff final : public moelab::Analyzer {
     out["mean_usage_shift_tv"] = shift.mean().item<double>();
     if (records.set_ids.defined() && records.set_names.size() > 1)
       for (std::size_t s = 0; s < records.set_names.size(); ++s) {
-        Tensor rows = (records.set_ids == static_cast<int64_t>(s)).nonzero().squeeze(1);
+        Tensor rows = records.rows_of_set(s);
         if (rows.numel() > 0) out["by_set"][records.set_names[s]] = {{"changed_topk_share", changed.index_select(0, rows).mean().item<double>()}};
       }
     moelab::write_file_atomic(out_dir / "routing_diff.csv", csv.str());

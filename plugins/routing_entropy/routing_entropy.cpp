@@ -48,7 +48,7 @@ class RoutingEntropy final : public moelab::Analyzer {
     std::vector<std::pair<std::string, Tensor>> series = {{"normalized entropy (all)", normalized.mean(0)}, {"top-1 margin (all)", margin.mean(0)}};
     if (records.set_ids.defined() && records.set_names.size() > 1)
       for (std::size_t s = 0; s < records.set_names.size(); ++s) {
-        Tensor rows = (records.set_ids == static_cast<int64_t>(s)).nonzero().squeeze(1);
+        Tensor rows = records.rows_of_set(s);
         if (rows.numel() == 0) continue;
         Tensor h = normalized.index_select(0, rows).mean(0);
         out["by_set"][records.set_names[s]] = {{"mean_normalized_entropy", h.mean().item<double>()},

@@ -9,13 +9,6 @@ namespace {
 
 using torch::Tensor;
 
-Tensor usage(const Tensor& ids, long long experts) {  // ids [n, L, k] -> [L, E] shares
-  const long long layers = ids.size(1);
-  Tensor counts = torch::zeros({layers, experts}, torch::kFloat64);
-  counts.scatter_add_(1, ids.permute({1, 0, 2}).reshape({layers, -1}), torch::ones({layers, ids.size(0) * ids.size(2)}, torch::kFloat64));
-  return counts / counts.sum(1, true).clamp_min(1e-300);
-}
-
 class Specialization final : public moelab::Analyzer {
  public:
   Specialization(const moelab::Config& config, moelab::RunContext&) : top_(config.get_int("top_experts")) {}
@@ -24,7 +17,7 @@ class Specialization final : public moelab::Analyzer {
     if (!records.set_ids.defined() || records.set_names.size() < 2)
       throw std::runtime_error("specialization: needs records of at least two text sets");
     const long long layers = records.topk_ids.size(1);
-    Tensor overall = usage(records.topk_ids, records.num_experts);
+    Tensor overall = moelab::usage_shares(records.topk_ids, records.num_experts);
     nlohmann::json out = {{"sets", nlohmann::json::object()}};
     std::vector<std::pair<std::string, Tensor>> series;
     std::vector<std::pair<std::string, std::vector<double>>> bars(1, {"mean KL over layers", {}});
@@ -33,9 +26,9 @@ class Specialization final : public moelab::Analyzer {
     csv << "set,layer,kl\n";
     double total = 0;
     for (std::size_t s = 0; s < records.set_names.size(); ++s) {
-      Tensor rows = (records.set_ids == static_cast<int64_t>(s)).nonzero().squeeze(1);
+      Tensor rows = records.rows_of_set(s);
       if (rows.numel() == 0) continue;
-      Tensor u = usage(records.topk_ids.index_select(0, rows), records.num_experts);
+      Tensor u = moelab::usage_shares(records.topk_ids.index_select(0, rows), records.num_experts);
       Tensor terms = torch::where(u > 0, u * (u.clamp_min(1e-300) / overall.clamp_min(1e-300)).log(), torch::zeros_like(u));
       Tensor kl = terms.sum(1);  // [L]
       nlohmann::json per_layer = nlohmann::json::array();

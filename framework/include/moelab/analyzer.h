@@ -28,7 +28,13 @@ struct RoutingRecords {
   const RoutingRecords* compare = nullptr;  // the same tokens under a second router state (compare mode), or null
 
   long long layer_label(long long l) const { return layers.empty() ? l : layers.at(l); }
+  // Indices [n] of the tokens of text set s.
+  torch::Tensor rows_of_set(std::size_t s) const;
 };
+
+// Expert usage [L, E] from top-k ids [N, L, k]: each layer's share of slots per expert, counting `mass`
+// [N, L, k] per slot (for example the routing weights) or 1 when it is undefined.
+torch::Tensor usage_shares(const torch::Tensor& topk_ids, long long num_experts, const torch::Tensor& mass = {});
 
 class Analyzer : public Plugin {
  public:
