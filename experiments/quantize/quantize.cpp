@@ -1,9 +1,10 @@
 // Quantizes every routed expert's gate, up and down projections with the format its bit plan gives
 // (or one format), by round-to-nearest or GPTQ. GPTQ runs layer by layer on calibration windows: the
 // model's MoE input observer accumulates, for each expert, H = 2 X^T X / n over only the tokens routed
-// to it (the gate/up inputs, and the down inputs recomputed from them); layer l's statistics see layers
-// before it already quantized. An expert that got no token falls back to RTN, with a warning. The
-// model keeps the dequantized weights; quantized.safetensors keeps the packed codes, plan and config.
+// to it: the gate/up inputs, then the down inputs recomputed after gate and up are quantized. Layer l's
+// statistics see the layers before it already quantized. An expert that got no token falls back to RTN,
+// with a warning. The model keeps the dequantized weights; quantized.safetensors keeps the packed
+// codes, plan and config.
 #include "moelab/moelab.h"
 
 #include <torch/torch.h>
@@ -44,11 +45,13 @@ class Quantize final : public moelab::Stage {
     for (int layer : layers) {
       const auto layer_started = std::chrono::steady_clock::now();
       moelab::ExpertWeights ex = model.expert_weights(layer);
-      Tensor s_in, s_mid, tokens;
-      if (gptq) calibrate(model, layer, ex, windows, s_in, s_mid, tokens);
+      Tensor sums, tokens;  // per-expert input statistics of the projections being quantized
       nlohmann::json errors = nlohmann::json::object();
       Tensor* stacks[3] = {&ex.gate, &ex.up, &ex.down};
       for (int p = 0; p < 3; ++p) {
+        // gate and up read the layer input; down reads the intermediate activations, recomputed after gate
+        // and up are quantized (GPTQ's sequential order inside a layer).
+        if (gptq && p != 1) sums = calibrate(model, layer, ex, windows, /*down_inputs=*/p == 2, tokens);
         std::map<std::string, std::vector<int64_t>> by_format;
         for (int64_t e = 0; e < model.info().num_experts; ++e)
           by_format[plan.at(fmt::format("{}{}.{}.weight", ex.prefix, e, ex.names[p])).get<std::string>()].push_back(e);
@@ -68,7 +71,7 @@ class Quantize final : public moelab::Stage {
             moelab::GptqResult r;
             if (gptq && use_gptq) {
               Tensor count = tokens.to(index.device()).index_select(0, index).to(torch::kFloat32).view({-1, 1, 1});
-              Tensor h = (p < 2 ? s_in : s_mid).index_select(0, index) * (2.0 / count);
+              Tensor h = sums.index_select(0, index) * (2.0 / count);
               r = moelab::gptq_quantize(w, h, spec, {config_.get_real("damp"), config_.get_int("block_size"), config_.get_bool("act_order")});
             } else {
               r.grids = moelab::fit_grids(w, spec);
@@ -133,14 +136,13 @@ class Quantize final : public moelab::Stage {
     return formats;
   }
 
-  // Per-expert sums of x x^T over the tokens routed to it: s_in [E, H, H] of the MoE inputs, s_mid [E, I, I]
-  // of the down projection's inputs; tokens [E] counts (host). Forwards stop right after `layer`.
-  void calibrate(moelab::Model& model, int layer, const moelab::ExpertWeights& ex, const Tensor& windows, Tensor& s_in, Tensor& s_mid,
-                 Tensor& tokens) {
+  // Per-expert sums of x x^T over the tokens routed to it ([E, H, H] of the layer input, or with
+  // down_inputs [E, I, I] of silu(x G^T) * (x U^T) with the current gate and up weights); tokens [E] counts
+  // them (host). Forwards stop right after `layer`.
+  Tensor calibrate(moelab::Model& model, int layer, const moelab::ExpertWeights& ex, const Tensor& windows, bool down_inputs, Tensor& tokens) {
     const int64_t E = ex.gate.size(0), I = ex.gate.size(1), H = ex.gate.size(2), k = model.info().top_k;
-    auto options = torch::TensorOptions().dtype(torch::kFloat32).device(model.device());
-    s_in = torch::zeros({E, H, H}, options);
-    s_mid = torch::zeros({E, I, I}, options);
+    const int64_t C = down_inputs ? I : H;
+    Tensor sums = torch::zeros({E, C, C}, torch::TensorOptions().dtype(torch::kFloat32).device(model.device()));
     tokens = torch::zeros({E}, torch::kInt64);
     model.set_moe_input_observer([&](int l, const Tensor& x, const Tensor& ids) {
       if (l != layer) return;
@@ -152,9 +154,8 @@ class Quantize final : public moelab::Stage {
         const int64_t c = count[e].item<int64_t>();
         if (c == 0) continue;
         Tensor xe = xf.index_select(0, token_of.narrow(0, start, c));
-        s_in[e].addmm_(xe.t(), xe);
-        Tensor mid = torch::silu(xe.matmul(ex.gate[e].to(torch::kFloat32).t())) * xe.matmul(ex.up[e].to(torch::kFloat32).t());
-        s_mid[e].addmm_(mid.t(), mid);
+        if (down_inputs) xe = torch::silu(xe.matmul(ex.gate[e].to(torch::kFloat32).t())) * xe.matmul(ex.up[e].to(torch::kFloat32).t());
+        sums[e].addmm_(xe.t(), xe);
         tokens[e] += c;
         start += c;
       }
@@ -173,6 +174,7 @@ class Quantize final : public moelab::Stage {
       throw;
     }
     model.set_moe_input_observer({});
+    return sums;
   }
 
   moelab::Config config_;
