@@ -60,7 +60,8 @@ class BitPlan final : public moelab::Stage {
  private:
   nlohmann::json by_alpha(const std::vector<std::string>& names) const {
     std::filesystem::path file = context_.run_path(config_.get_string("alpha"));
-    nlohmann::json rows = nlohmann::json::parse(moelab::read_file(file));
+    nlohmann::json rows = moelab::read_json(file);
+    if (!rows.is_array()) throw std::runtime_error(fmt::format("{}: expected the alpha stage's array of matrices", file.string()));
     std::map<std::string, double> alpha;
     std::map<std::string, int> layer_of;
     for (const auto& r : rows)
@@ -92,12 +93,8 @@ class BitPlan final : public moelab::Stage {
   }
 
   nlohmann::json hand_written(const std::filesystem::path& file, const std::vector<std::string>& names) const {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(moelab::read_file(file));
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(fmt::format("{}: not valid JSON ({})", file.string(), e.what()));
-    }
+    const nlohmann::json j = moelab::read_json(file);
+    if (!j.is_object()) throw std::runtime_error(fmt::format("{}: expected {{\"default\": format, \"formats\": {{name: format}}}}", file.string()));
     const nlohmann::json given = j.value("formats", nlohmann::json::object());
     std::set<std::string> known(names.begin(), names.end());
     for (const auto& [name, format] : given.items()) {

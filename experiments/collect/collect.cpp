@@ -102,20 +102,14 @@ class Collect final : public moelab::Stage {
     collection["primary"] = collect_pass(model, windows, out_dir / "chunks" / "primary", "primary", out_dir);
     std::string compare = config_.get_string("compare_with");
     if (!compare.empty()) {
-      // The second state: a router checkpoint, or a quantized checkpoint (full vs quantized). The weights it
-      // replaces are kept on the host and put back afterwards.
+      // The second state: a router checkpoint, or a quantized checkpoint (full vs quantized).
       const std::filesystem::path file = context_.run_path(compare);
       const moelab::SafetensorsFile state(file);
       const bool quantized = state.metadata().count("moelab.kind") && state.metadata().at("moelab.kind") == "quantized_checkpoint";
-      std::vector<std::pair<Tensor, Tensor>> saved;  // (model tensor, host copy)
-      for (auto& [name, w] : model.named_weights())
-        if (quantized && name.find(".experts.") != std::string::npos) saved.emplace_back(w, w.detach().to(torch::kCPU, false, true));
-      for (int l : model.info().moe_layers) saved.emplace_back(model.router_weight(l), model.router_weight(l).detach().to(torch::kCPU, false, true));
+      moelab::RestoreModelOnExit restore(model, /*experts=*/quantized);
       if (quantized) moelab::apply_quantized_checkpoint(file, model);
       else moelab::apply_router_checkpoint(file, model);
       collection["compare"] = collect_pass(model, windows, out_dir / "chunks" / "compare", "compare", {});
-      torch::NoGradGuard no_grad;
-      for (auto& [w, copy] : saved) w.copy_(copy);
     }
     summary["collection"] = collection;
     summary["sets"] = set_names;
@@ -275,7 +269,8 @@ class Collect final : public moelab::Stage {
     nlohmann::json out = {{"tokens", writer.tokens()}, {"chunks", writer.chunks()}, {"disk_bytes", writer.bytes()},
                           {"disk_bytes_per_token", writer.tokens() ? static_cast<double>(writer.bytes()) / writer.tokens() : 0.0},
                           {"seconds", seconds}, {"tokens_per_second", writer.tokens() / std::max(seconds, 1e-9)}};
-    context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"tokens", writer.tokens()}, {"tokens_per_second", out["tokens_per_second"]}});
+    context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", writer.chunks()}, {"tokens", writer.tokens()},
+                             {"tokens_per_second", out["tokens_per_second"]}});
     moelab::log::info("collect {}: {} tokens at {:.0f} tokens/s, {:.1f} bytes per token on disk", state, writer.tokens(),
                       out["tokens_per_second"].get<double>(), out["disk_bytes_per_token"].get<double>());
     return out;

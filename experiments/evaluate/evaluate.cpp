@@ -38,14 +38,9 @@ class Evaluate final : public moelab::Stage {
     std::string routers = config_.get_string("routers");
     if (!routers.empty()) {
       std::filesystem::path file = context_.run_path(routers);
-      std::map<int, torch::Tensor> saved;
-      for (int l : model.info().moe_layers) saved[l] = model.router_weight(l).detach().clone();
+      moelab::RestoreModelOnExit restore(model, /*experts=*/false);
       auto moved = moelab::apply_router_checkpoint(file, model);
       tuned = score_all(model, items, "finetuned");
-      {
-        torch::NoGradGuard no_grad;
-        for (auto& [l, w] : saved) model.router_weight(l).copy_(w);
-      }
       for (const auto& [metric, s] : tuned) {
         report["finetuned"][metric] = describe_scores(s, items, chance, "finetuned " + metric, report["warnings"]);
         report["paired"][metric] = paired(base.at(metric), s);

@@ -29,12 +29,9 @@ class Perplexity final : public moelab::Stage {
     summary["base"] = score(model, windows, "base");
     const std::string routers = config_.get_string("routers");
     if (!routers.empty()) {
-      std::map<int, Tensor> saved;
-      for (int l : model.info().moe_layers) saved[l] = model.router_weight(l).detach().clone();
+      moelab::RestoreModelOnExit restore(model, /*experts=*/false);
       moelab::apply_router_checkpoint(context_.run_path(routers), model);
       summary["finetuned"] = score(model, windows, "finetuned");
-      torch::NoGradGuard no_grad;
-      for (auto& [l, w] : saved) model.router_weight(l).copy_(w);
     }
   }
 

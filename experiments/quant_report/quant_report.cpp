@@ -63,7 +63,7 @@ class QuantReport final : public moelab::Stage {
     if (!std::filesystem::exists(file))
       throw std::runtime_error(fmt::format("[{}] no summary of stage [{}] in this run ({}): list it in `stages` before [{}]", config_.id(), id,
                                            file.string(), config_.id()));
-    return nlohmann::json::parse(moelab::read_file(file));
+    return moelab::read_json(file);
   }
 
   moelab::Config config_;

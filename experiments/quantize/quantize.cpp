@@ -121,8 +121,18 @@ class Quantize final : public moelab::Stage {
     const std::string plan = config_.get_string("plan");
     if (!plan.empty()) {
       std::filesystem::path file = context_.run_path(plan);
-      formats = nlohmann::json::parse(moelab::read_file(file)).at("formats");
-      for (const auto& [name, f] : formats.items()) moelab::quant_format(f.get<std::string>());
+      const nlohmann::json j = moelab::read_json(file);
+      if (!j.is_object() || !j.contains("formats") || !j["formats"].is_object())
+        throw std::runtime_error(fmt::format("[{}] plan ({}): {} has no \"formats\" object (a bit_plan stage writes one)", config_.id(),
+                                             config_.where("plan"), file.string()));
+      formats = j["formats"];
+      for (const auto& [name, f] : formats.items()) {
+        try {
+          moelab::quant_format(f.is_string() ? f.get<std::string>() : f.dump());
+        } catch (const std::exception& e) {
+          throw std::runtime_error(fmt::format("{}: \"{}\": {}", file.string(), name, e.what()));
+        }
+      }
     }
     for (int layer : model.info().moe_layers) {
       moelab::ExpertWeights ex = model.expert_weights(layer);

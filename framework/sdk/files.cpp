@@ -37,4 +37,12 @@ std::string read_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
+nlohmann::json read_json(const std::filesystem::path& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", path.string(), e.what()));
+  }
+}
+
 }  // namespace moelab

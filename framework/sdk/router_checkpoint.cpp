@@ -80,4 +80,19 @@ std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file,
   return change;
 }
 
+RestoreModelOnExit::RestoreModelOnExit(Model& model, bool experts) {
+  auto keep = [&](const torch::Tensor& t) { saved_.emplace_back(t, t.detach().to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true)); };
+  for (int layer : model.info().moe_layers) {
+    keep(model.router_weight(layer));
+    if (!experts) continue;
+    ExpertWeights ex = model.expert_weights(layer);
+    for (const torch::Tensor* stack : {&ex.gate, &ex.up, &ex.down}) keep(*stack);
+  }
+}
+
+RestoreModelOnExit::~RestoreModelOnExit() {
+  torch::NoGradGuard no_grad;
+  for (auto& [tensor, copy] : saved_) tensor.copy_(copy);
+}
+
 }  // namespace moelab

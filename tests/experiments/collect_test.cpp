@@ -146,7 +146,11 @@ TEST(RoutingStudy, ConfigRunsEndToEndIntoAReportWithPngFigures) {
   EXPECT_GT(analyses["diff"]["changed_topk_share"].get<double>(), 0.0);
   EXPECT_EQ(summary["stages"]["study"]["collection"]["primary"]["tokens"], summary["stages"]["study"]["collection"]["compare"]["tokens"]);
   EXPECT_TRUE(fs::exists(study / "usage" / "expert_usage.csv"));
-  EXPECT_THAT(moelab::read_file(run / "metrics.jsonl"), HasSubstr("\"analyzer\":\"specialization\""));
+  const std::string metrics = moelab::read_file(run / "metrics.jsonl");
+  EXPECT_THAT(metrics, HasSubstr("\"analyzer\":\"specialization\""));
+  // A line per chunk written (to watch a long run live) and one at the end of each pass.
+  EXPECT_THAT(metrics, HasSubstr("{\"chunks\":1,\"stage\":\"study\",\"state\":\"primary\""));
+  EXPECT_THAT(metrics, HasSubstr("{\"chunks\":2,\"stage\":\"study\",\"state\":\"primary\""));
 }
 
 }  // namespace

@@ -78,6 +78,10 @@ TEST(QuantRecovery, HandWrittenPlansAreCheckedAgainstTheModel) {
   auto run = moelab::test::start_run(dir, base_config() + "[bad]\nplugin = \"bit_plan\"\nplan_file = \"bad.json\"\n"
                                                           "[good]\nplugin = \"bit_plan\"\nplan_file = \"good.json\"\n");
   EXPECT_THAT(moelab::test::error_of([&] { run_stage(*run, dir, "bad"); }), HasSubstr("is not an expert matrix of this model"));
+  // The quantize stage reads plans the same careful way.
+  dir.write("no_formats.json", R"({"default": "int4"})");
+  auto quantize = moelab::test::start_run(dir, base_config() + "[q]\nplugin = \"quantize\"\nplan = \"no_formats.json\"\nmethod = \"rtn\"\n");
+  EXPECT_THAT(moelab::test::error_of([&] { run_stage(*quantize, dir, "q"); }), HasSubstr("no_formats.json has no \"formats\" object"));
   auto summary = run_stage(*run, dir, "good");
   EXPECT_EQ(summary["counts"]["mxfp4"], 1);
   EXPECT_EQ(summary["counts"]["int4"], 143);

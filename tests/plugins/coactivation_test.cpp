@@ -6,9 +6,7 @@
 namespace {
 
 nlohmann::json analyze(const moelab::test::TempDir& dir, const torch::Tensor& ids, long long experts) {
-  auto run = moelab::test::start_run(dir, "stages = []\n[co]\nplugin = \"coactivation\"\n");
-  moelab::RoutingRecords records{ids, torch::ones(ids.sizes()), experts};
-  return run->make<moelab::Analyzer>("co")->analyze(records, dir.path());
+  return moelab::test::analyze_with(dir, "coactivation", {ids, torch::ones(ids.sizes()), experts});
 }
 
 TEST(Coactivation, IdenticalLayersArePerfectlyPredictableAndCorrelated) {

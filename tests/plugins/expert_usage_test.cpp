@@ -5,9 +5,7 @@
 namespace {
 
 nlohmann::json analyze(const moelab::test::TempDir& dir, const torch::Tensor& ids, long long experts) {
-  auto run = moelab::test::start_run(dir, "stages = []\n[usage]\nplugin = \"expert_usage\"\n");
-  moelab::RoutingRecords records{ids, torch::ones(ids.sizes()), experts};
-  return run->make<moelab::Analyzer>("usage")->analyze(records, dir.path());
+  return moelab::test::analyze_with(dir, "expert_usage", {ids, torch::ones(ids.sizes()), experts});
 }
 
 TEST(ExpertUsage, UniformRoutingIsPerfectlyBalanced) {

@@ -6,10 +6,9 @@
 namespace {
 
 nlohmann::json analyze(const moelab::test::TempDir& dir, std::vector<torch::Tensor> routers) {
-  auto run = moelab::test::start_run(dir, "stages = []\n[geo]\nplugin = \"router_geometry\"\n");
   moelab::RoutingRecords records;
   records.routers = std::move(routers);
-  return run->make<moelab::Analyzer>("geo")->analyze(records, dir.path());
+  return moelab::test::analyze_with(dir, "router_geometry", records);
 }
 
 TEST(RouterGeometry, IdenticalLayersAreSimilarWithZeroAngles) {

@@ -12,11 +12,6 @@ namespace {
 namespace fs = std::filesystem;
 using moelab::test::TempDir;
 
-nlohmann::json analyze(const TempDir& dir, const std::string& plugin, const moelab::RoutingRecords& records, const std::string& keys = "") {
-  auto run = moelab::test::start_run(dir, "stages = []\n[a]\nplugin = \"" + plugin + "\"\n" + keys);
-  return run->make<moelab::Analyzer>("a")->analyze(records, dir.path());
-}
-
 // Each listed figure exists, starts with the PNG signature and is more than a header.
 void expect_png_figures(const TempDir& dir, const nlohmann::json& out) {
   ASSERT_TRUE(out.contains("figures"));
@@ -42,7 +37,7 @@ TEST(RoutingEntropy, UniformRoutingIsMaximalAndOneHotIsZero) {
   probs.select(1, 1).select(1, 2).fill_(1.0);
   moelab::RoutingRecords records{torch::zeros({6, 2, 1}, torch::kInt64), torch::ones({6, 2, 1}), experts};
   records.probs = probs;
-  auto out = analyze(dir, "routing_entropy", records);
+  auto out = moelab::test::analyze_with(dir, "routing_entropy", records);
   EXPECT_NEAR(out["layers"][0]["mean_normalized_entropy"].get<double>(), 1.0, 1e-9);
   EXPECT_NEAR(out["layers"][0]["mean_margin"].get<double>(), 0.0, 1e-9);
   EXPECT_NEAR(out["layers"][0]["near_uniform_share"].get<double>(), 1.0, 1e-12);
@@ -57,10 +52,10 @@ TEST(RoutingEntropy, ReadsRecordedEntropyAndMarginWithoutProbabilities) {
   // p = (1/2, 1/2, 0...): entropy log 2, normalized log 2 / log 8 = 1/3; margin 0.
   records.entropy = torch::full({2, 1}, std::log(2.0));
   records.margin = torch::zeros({2, 1});
-  auto out = analyze(dir, "routing_entropy", records);
+  auto out = moelab::test::analyze_with(dir, "routing_entropy", records);
   EXPECT_NEAR(out["mean_normalized_entropy"].get<double>(), 1.0 / 3, 1e-6);
   moelab::RoutingRecords bare{torch::zeros({2, 1, 1}, torch::kInt64), torch::ones({2, 1, 1}), 8};
-  EXPECT_THAT(moelab::test::error_of([&] { analyze(dir, "routing_entropy", bare); }), testing::HasSubstr("neither per-token entropy"));
+  EXPECT_THAT(moelab::test::error_of([&] { moelab::test::analyze_with(dir, "routing_entropy", bare); }), testing::HasSubstr("neither per-token entropy"));
 }
 
 TEST(Specialization, KlOfEachSetFromOverallUsage) {
@@ -70,7 +65,7 @@ TEST(Specialization, KlOfEachSetFromOverallUsage) {
   moelab::RoutingRecords records{torch::tensor({0, 0, 0, 1}, torch::kInt64).reshape({4, 1, 1}), torch::ones({4, 1, 1}), 2};
   records.set_ids = torch::tensor({0, 0, 1, 1}, torch::kInt64);
   records.set_names = {"a", "b"};
-  auto out = analyze(dir, "specialization", records, "top_experts = 1\n");
+  auto out = moelab::test::analyze_with(dir, "specialization", records, "top_experts = 1\n");
   EXPECT_NEAR(out["sets"]["a"]["mean_kl"].get<double>(), std::log(4.0 / 3.0), 1e-12);
   EXPECT_NEAR(out["sets"]["b"]["mean_kl"].get<double>(), 0.5 * std::log(2.0 / 3.0) + 0.5 * std::log(2.0), 1e-12);
   // Set b's top expert by lift is expert 1 (share 1/2 against 1/4 overall: lift 2).
@@ -78,7 +73,7 @@ TEST(Specialization, KlOfEachSetFromOverallUsage) {
   EXPECT_NEAR(out["sets"]["b"]["layers"][0]["top_experts"][0]["lift"].get<double>(), 2.0, 1e-12);
   expect_png_figures(dir, out);
   records.set_names = {"a"};
-  EXPECT_THAT(moelab::test::error_of([&] { analyze(dir, "specialization", records); }), testing::HasSubstr("at least two text sets"));
+  EXPECT_THAT(moelab::test::error_of([&] { moelab::test::analyze_with(dir, "specialization", records); }), testing::HasSubstr("at least two text sets"));
 }
 
 TEST(RoutingDiff, ChangedSetsJaccardAndUsageShift) {
@@ -90,7 +85,7 @@ TEST(RoutingDiff, ChangedSetsJaccardAndUsageShift) {
   torch::Tensor weights = torch::tensor({0.6, 0.4}).repeat({4, 1, 1});
   moelab::RoutingRecords first{a, weights, 4}, second{b, weights, 4};
   first.compare = &second;
-  auto out = analyze(dir, "routing_diff", first);
+  auto out = moelab::test::analyze_with(dir, "routing_diff", first);
   EXPECT_NEAR(out["changed_topk_share"].get<double>(), 0.5, 1e-12);
   // Jaccard: 1, 1, 1/3 ({0,1} vs {0,2}), 0.
   EXPECT_NEAR(out["layers"][0]["mean_jaccard"].get<double>(), (1 + 1 + 1.0 / 3 + 0) / 4, 1e-12);
@@ -99,7 +94,7 @@ TEST(RoutingDiff, ChangedSetsJaccardAndUsageShift) {
   // Usage a: experts (3, 3, 1, 1)/8; b: (2, 1, 3, 2)/8; TV = 1/2 * (1+2+2+1)/8 = 3/8.
   EXPECT_NEAR(out["mean_usage_shift_tv"].get<double>(), 0.375, 1e-12);
   expect_png_figures(dir, out);
-  EXPECT_THAT(moelab::test::error_of([&] { analyze(dir, "routing_diff", second); }), testing::HasSubstr("compare_with"));
+  EXPECT_THAT(moelab::test::error_of([&] { moelab::test::analyze_with(dir, "routing_diff", second); }), testing::HasSubstr("compare_with"));
 }
 
 TEST(RouterAlignment, RowInsideTheInputSubspaceIsZeroDegreesAndOrthogonalIsNinety) {
@@ -116,7 +111,7 @@ TEST(RouterAlignment, RowInsideTheInputSubspaceIsZeroDegreesAndOrthogonalIsNinet
   moelab::RoutingRecords records{torch::zeros({1, 1, 1}, torch::kInt64), torch::ones({1, 1, 1}), 2};
   records.routers = {router};
   records.experts = {experts};
-  auto out = analyze(dir, "router_alignment", records, "rank = 2\n");
+  auto out = moelab::test::analyze_with(dir, "router_alignment", records, "rank = 2\n");
   EXPECT_NEAR(out["layers"][0]["min_angle_deg"].get<double>(), 0.0, 1e-4);
   EXPECT_NEAR(out["mean_angle_deg"].get<double>(), 45.0, 1e-4);  // (0 + 90) / 2
   EXPECT_NEAR(out["random_baseline_deg"].get<double>(), std::acos(std::sqrt(2.0 / 6.0)) * 180 / M_PI, 1e-9);
@@ -131,7 +126,7 @@ TEST(RoutingFigures, UsageCoactivationAndGeometryFiguresRender) {
   records.routers = {torch::randn({4, 8}), torch::randn({4, 8}), torch::randn({4, 8})};
   for (const std::string plugin : {"expert_usage", "coactivation", "router_geometry"}) {
     TempDir sub;
-    expect_png_figures(sub, analyze(sub, plugin, records));
+    expect_png_figures(sub, moelab::test::analyze_with(sub, plugin, records));
   }
 }
 

@@ -60,6 +60,11 @@ std::unique_ptr<ExperimentRun> start_run(const TempDir& dir, const std::string& 
   return std::make_unique<ExperimentRun>(std::move(experiment), built_plugins(), false);
 }
 
+nlohmann::json analyze_with(const TempDir& dir, const std::string& plugin, const RoutingRecords& records, const std::string& keys) {
+  auto run = start_run(dir, "stages = []\n[analyzer]\nplugin = \"" + plugin + "\"\n" + keys);
+  return run->make<Analyzer>("analyzer")->analyze(records, dir.path());
+}
+
 CommandResult run_command(const std::string& command) {
   std::string output;
   FILE* pipe = popen((command + " 2>&1").c_str(), "r");

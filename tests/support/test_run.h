@@ -3,6 +3,7 @@
 #pragma once
 
 #include "experiment_file.h"
+#include "moelab/analyzer.h"
 #include "experiment_run.h"
 #include "plugin_registry.h"
 #include "schema.h"
@@ -36,6 +37,9 @@ ResolvedExperiment resolve_text(const TempDir& dir, const std::string& toml, con
 
 // A run of `toml` whose run folder is inside `dir`, for creating components as the host does.
 std::unique_ptr<ExperimentRun> start_run(const TempDir& dir, const std::string& toml);
+
+// Runs analyzer plugin `plugin` (configured by the TOML lines `keys`) on `records`, writing into `dir`.
+nlohmann::json analyze_with(const TempDir& dir, const std::string& plugin, const RoutingRecords& records, const std::string& keys = "");
 
 // Message of the exception `f` throws; fails the test if it throws none.
 template <class F>

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moelab {
@@ -20,5 +21,19 @@ void save_router_checkpoint(const std::filesystem::path& file, Model& model, con
 
 // Copies the checkpoint's gates into the model; returns the relative change ||W_ft - W_base|| / ||W_base|| per layer.
 std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file, Model& model);
+
+// Host copies of the model's routers (and, with `experts`, of every routed expert weight), written back
+// when the guard dies, even on an exception: a stage can apply another state (a router or quantized
+// checkpoint) and leave the shared model as it found it.
+class RestoreModelOnExit {
+ public:
+  RestoreModelOnExit(Model& model, bool experts);
+  ~RestoreModelOnExit();
+  RestoreModelOnExit(const RestoreModelOnExit&) = delete;
+  RestoreModelOnExit& operator=(const RestoreModelOnExit&) = delete;
+
+ private:
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> saved_;  // (model tensor, host copy)
+};
 
 }  // namespace moelab
