@@ -1,9 +1,9 @@
 #include "experiment_run.h"
 
-#include "../sdk/log_sink.h"
+#include "log_sink.h"
+#include "moe_model.h"
 #include "moelab/files.h"
 #include "moelab/log.h"
-#include "moe_model.h"
 #include "moelab/quantized_checkpoint.h"
 #include "moelab/stage.h"
 
@@ -59,21 +59,21 @@ fs::path new_run_dir(const fs::path& experiment_dir) {
 
 ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume)
     : experiment_(std::move(experiment)), registry_(registry), config_text_(to_toml(experiment_.table)) {
-  fs::path experiment_dir = experiment_.run_dir / experiment_.name;
+  fs::path experiment_dir = experiment_.run.run_dir / experiment_.run.name;
   if (resume) run_dir_ = find_resumable(experiment_dir, config_text_);
   bool resumed = !run_dir_.empty();
   if (!resumed) run_dir_ = new_run_dir(experiment_dir);
   fs::create_directories(run_dir_);
   log::set_file(run_dir_ / "log.txt");
-  if (resume && !resumed) log::info("--resume: no earlier run of '{}' has this exact config; starting a new run", experiment_.name);
-  log::info("{} run {} (seed {})", resumed ? "resuming" : "starting", run_dir_.string(), experiment_.seed);
+  if (resume && !resumed) log::info("--resume: no earlier run of '{}' has this exact config; starting a new run", experiment_.run.name);
+  log::info("{} run {} (seed {})", resumed ? "resuming" : "starting", run_dir_.string(), seed());
   log::debug("resolved config (defaults included):\n{}", config_text_);
   if (!resumed) write_file_atomic(run_dir_ / "config.resolved.toml", config_text_);
   metrics_.open(run_dir_ / "metrics.jsonl", std::ios::app);
 
-  at::manual_seed(experiment_.seed);
-  summary_ = {{"experiment", experiment_.name},
-              {"seed", experiment_.seed},
+  at::manual_seed(seed());
+  summary_ = {{"experiment", experiment_.run.name},
+              {"seed", seed()},
               {"run_dir", run_dir_.string()},
               {"started", now_text("%Y-%m-%dT%H:%M:%S")},
               {"versions", {{"moelab", kPluginAbiVersion}, {"libtorch", TORCH_VERSION}}},
@@ -90,7 +90,7 @@ void ExperimentRun::record_metrics(nlohmann::json row) {
 std::shared_ptr<Plugin> ExperimentRun::make_component(const std::string& id, Kind kind) {
   auto it = experiment_.components.find(id);
   if (it == experiment_.components.end())
-    throw std::runtime_error(fmt::format("no component table [{}] in experiment '{}'", id, experiment_.name));
+    throw std::runtime_error(fmt::format("no component table [{}] in experiment '{}'", id, experiment_.run.name));
   const LoadedPlugin& plugin = registry_.get(it->second.plugin);
   if (plugin.descriptor->kind != kind)
     throw std::runtime_error(fmt::format("[{}] uses plugin {} of kind {}, where a {} is needed", id, plugin.descriptor->name,
@@ -100,19 +100,17 @@ std::shared_ptr<Plugin> ExperimentRun::make_component(const std::string& id, Kin
 
 Model& ExperimentRun::model() {
   if (model_) return *model_;
-  const auto& t = experiment_.model->table;
-  std::string path = *t.get("path")->value<std::string>();
-  std::string device = *t.get("device")->value<std::string>();
-  if (path.rfind("builtin:", 0) == 0) path = builtin_model_folder(path.substr(8), experiment_.model->where.at("path"));
-  if (device == "cuda" && !torch::cuda::is_available())
-    throw std::runtime_error(fmt::format("[model] device = \"cuda\" ({}), but this LibTorch sees no CUDA device",
-                                         experiment_.model->where.at("device")));
-  bool cuda = device == "cuda" || (device == "auto" && torch::cuda::is_available());
-  bool bf16 = *t.get("dtype")->value<std::string>() == "bfloat16";
+  const ModelOptions& m = experiment_.model;
+  const Config table(experiment_.model_table);
+  std::string path = m.path.string();
+  if (path.rfind("builtin:", 0) == 0) path = builtin_model_folder(path.substr(8), table.where("path"));
+  if (m.device == ModelDevice::cuda && !torch::cuda::is_available())
+    throw std::runtime_error(fmt::format("[model] device = \"cuda\" ({}), but this LibTorch sees no CUDA device", table.where("device")));
+  bool cuda = m.device == ModelDevice::cuda || (m.device == ModelDevice::automatic && torch::cuda::is_available());
   model_folder_ = path;
-  model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU), bf16 ? torch::kBFloat16 : torch::kFloat32);
-  std::string quantized = *t.get("quantized")->value<std::string>();
-  if (!quantized.empty()) apply_quantized_checkpoint(run_path(quantized), *model_);
+  model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU),
+                      m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32);
+  if (!m.quantized.empty()) apply_quantized_checkpoint(run_path(m.quantized), *model_);
   return *model_;
 }
 
@@ -127,17 +125,17 @@ const Tokenizer& ExperimentRun::tokenizer() {
 
 void ExperimentRun::run_stages() {
   std::size_t index = 0;
-  for (const auto& id : experiment_.stages) {
+  for (const auto& id : experiment_.run.stages) {
     ++index;
     fs::path stage_dir = run_dir_ / id;
     fs::path done_marker = stage_dir / ".done";
     if (fs::exists(done_marker)) {
-      log::info("stage {}/{} [{}]: already done in this run folder, skipped", index, experiment_.stages.size(), id);
+      log::info("stage {}/{} [{}]: already done in this run folder, skipped", index, experiment_.run.stages.size(), id);
       summary_["stages"][id] = nlohmann::json::parse(read_file(stage_dir / "summary.json"));
       continue;
     }
     fs::create_directories(stage_dir);
-    log::info("stage {}/{} [{}] ({})", index, experiment_.stages.size(), id, experiment_.components.at(id).plugin);
+    log::info("stage {}/{} [{}] ({})", index, experiment_.run.stages.size(), id, experiment_.components.at(id).plugin);
     auto started = std::chrono::steady_clock::now();
     nlohmann::json stage_summary = nlohmann::json::object();
     std::dynamic_pointer_cast<Stage>(make_component(id, Kind::stage))->run(stage_dir, stage_summary);

@@ -19,9 +19,9 @@ class ExperimentRun final : public RunContext {
 
   void run_stages();
 
-  const std::string& experiment_name() const override { return experiment_.name; }
+  const std::string& experiment_name() const override { return experiment_.run.name; }
   const std::filesystem::path& run_dir() const override { return run_dir_; }
-  std::uint64_t seed() const override { return experiment_.seed; }
+  std::uint64_t seed() const override { return static_cast<std::uint64_t>(experiment_.run.seed); }
   void record_metrics(nlohmann::json row) override;
   std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) override;
   Model& model() override;

@@ -8,6 +8,7 @@
 #include "moelab/tokenizer.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -34,15 +35,15 @@ constexpr const char* kUsage = R"(usage:
   -v              debug output on the console
 )";
 
-struct Options {
+struct Arguments {
   std::string file, describe;
   std::vector<std::string> overrides;
   std::vector<std::filesystem::path> plugin_path;
   bool dry_run = false, resume = false, list = false, verbose = false;
 };
 
-Options parse_args(int argc, char** argv) {
-  Options o;
+Arguments parse_args(int argc, char** argv) {
+  Arguments o;
   auto value_of = [&](int& i, const std::string& flag) -> std::string {
     if (i + 1 >= argc) throw std::runtime_error(flag + " needs a value");
     return argv[++i];
@@ -78,9 +79,14 @@ void list_plugins(const moelab::PluginRegistry& registry) {
 void describe(const moelab::PluginRegistry& registry, const std::string& name) {
   const auto& d = *registry.get(name).descriptor;
   std::cout << fmt::format("{} ({} {}): {}\n", d.name, moelab::kind_name(d.kind), d.version, d.description);
-  for (const auto& k : d.keys)
-    std::cout << fmt::format("  {:<22} {:<20} {:<16} {}\n", k.name, moelab::key_type_name(k.type),
-                             k.default_toml.empty() ? "(required)" : k.default_toml, k.help);
+  for (const auto& k : d.keys) {
+    std::string allowed;
+    if (!k.range.text().empty()) allowed = fmt::format(" [{}]", k.range.text());
+    bool component = k.type == moelab::KeyType::component || k.type == moelab::KeyType::component_list;
+    if (!k.choices.empty()) allowed = fmt::format(" [{}: {}]", component ? "kind" : "one of", fmt::join(k.choices, ", "));
+    std::cout << fmt::format("  {:<22} {:<20} {:<16} {}{}\n", k.name, moelab::key_type_name(k.type),
+                             k.default_toml.empty() ? "(required)" : k.default_toml, k.help, allowed);
+  }
 }
 
 int tokenize(int argc, char** argv) {
@@ -128,7 +134,7 @@ int tokenize(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     if (argc > 1 && std::string(argv[1]) == "tokenize") return tokenize(argc, argv);
-    Options o = parse_args(argc, argv);
+    Arguments o = parse_args(argc, argv);
     if (o.verbose) moelab::log::set_level(moelab::LogLevel::debug);
     moelab::PluginRegistry registry;
     auto folders = moelab::PluginRegistry::default_search_path();
@@ -149,10 +155,7 @@ int main(int argc, char** argv) {
       std::cout << moelab::to_toml(experiment.table);
       return 0;
     }
-    if (!o.verbose) moelab::log::set_level(experiment.log_level == "debug" ? moelab::LogLevel::debug
-                                           : experiment.log_level == "warn" ? moelab::LogLevel::warn
-                                           : experiment.log_level == "error" ? moelab::LogLevel::error
-                                                                             : moelab::LogLevel::info);
+    if (!o.verbose) moelab::log::set_level(experiment.run.log_level);
     moelab::ExperimentRun run(std::move(experiment), registry, o.resume);
     run.run_stages();
     return 0;

@@ -15,42 +15,22 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Keys of the experiment's top level and of [model], declared like a plugin's.
-const Descriptor& host_keys() {
-  static const Descriptor d = Descriptor("experiment", Kind::stage, "", "top-level keys")
-                                  .string("name", "", "experiment name; default: the file name without .toml")
-                                  .integer("seed", 0, "drives every random source of the run")
-                                  .path("run_dir", "runs", "runs go to <run_dir>/<name>/<timestamp>/")
-                                  .strings("plugin_path", {}, "extra folders searched for plugin libraries")
-                                  .choice("log_level", "info", {"debug", "info", "warn", "error"}, "console log level")
-                                  .required("stages", KeyType::string_list, "ids of the stage tables to run, in order");
-  return d;
-}
-
-const Descriptor& model_keys() {
-  static const Descriptor d =
-      Descriptor("model", Kind::stage, "", "[model]")
-          .path("path", "builtin:tiny-olmoe", "Hugging Face model folder (config.json, safetensors)")
-          .choice("device", "auto", {"auto", "cpu", "cuda"}, "where the model runs; auto picks cuda when present")
-          .choice("dtype", "float32", {"float32", "bfloat16"}, "compute dtype of the model weights")
-          .path("quantized", "", "moelab quantized checkpoint applied after loading (a quantize or finetune_lm stage's output)");
-  return d;
-}
-
 [[noreturn]] void fail(const std::string& where, const std::string& message) {
   throw std::runtime_error(where + ": " + message);
 }
 
-std::vector<std::string> key_names(const Descriptor& d) {
+std::vector<std::string> key_names(const std::vector<ConfigKey>& keys) {
   std::vector<std::string> names;
-  for (const auto& k : d.keys) names.push_back(k.name);
+  for (const auto& k : keys) names.push_back(k.name);
   return names;
 }
 
 std::string expected(const ConfigKey& key) {
   std::string text(key_type_name(key.type));
   if (key.type == KeyType::component) text = fmt::format("name of a {} table", key.choices.at(0));
+  else if (key.type == KeyType::component_list) text = fmt::format("array of names of {} tables", key.choices.at(0));
   else if (!key.choices.empty()) text += fmt::format(" (one of: {})", fmt::join(key.choices, ", "));
+  if (!key.range.text().empty()) text += fmt::format(" ({})", key.range.text());
   return text;
 }
 
@@ -84,9 +64,21 @@ bool type_matches(const toml::node& node, KeyType type) {
     case KeyType::component: return node.is_string();
     case KeyType::integer_list: return array_of(node, [](const toml::node& n) { return n.is_integer(); });
     case KeyType::real_list: return array_of(node, [](const toml::node& n) { return n.is_number(); });
-    case KeyType::string_list: return array_of(node, [](const toml::node& n) { return n.is_string(); });
+    case KeyType::string_list:
+    case KeyType::component_list: return array_of(node, [](const toml::node& n) { return n.is_string(); });
   }
   return false;
+}
+
+// A number outside the key's range (a number list: its first such item), or nullptr.
+const toml::node* out_of_range(const toml::node& node, const Range& range) {
+  auto outside = [&](const toml::node& n) { return n.is_number() && !range.contains(*n.value<double>()); };
+  if (const toml::array* items = node.as_array()) {
+    for (const auto& item : *items)
+      if (outside(item)) return &item;
+    return nullptr;
+  }
+  return outside(node) ? &node : nullptr;
 }
 
 fs::path absolute_from(const std::string& value, const toml::node* set_by) {
@@ -99,26 +91,25 @@ fs::path absolute_from(const std::string& value, const toml::node* set_by) {
   return (base / p).lexically_normal();
 }
 
-// Validates `table` against `descriptor`; returns the config with defaults and absolute paths.
-std::shared_ptr<Config::Impl> check_table(const std::string& id, const toml::table& table, const Descriptor& descriptor,
-                                          const std::string& table_where, bool allow_plugin_key, bool skip_tables = false) {
+}  // namespace
+
+std::shared_ptr<Config::Impl> check_table(const std::string& id, const toml::table& table, const TableSchema& schema,
+                                          const std::string& table_where) {
   auto impl = std::make_shared<Config::Impl>();
   impl->id = id;
-  std::vector<std::string> names = key_names(descriptor);
+  std::vector<std::string> names = key_names(schema.keys);
   for (const auto& [key, node] : table) {
     std::string k(key.str());
-    if ((allow_plugin_key && k == "plugin") || (skip_tables && node.is_table())) continue;
+    if ((schema.plugin_key && k == "plugin") || (schema.skip_tables && node.is_table())) continue;
     bool known = false;
     for (const auto& n : names) known = known || n == k;
     if (!known) {
       std::string place = id.empty() ? "the top level" : "[" + id + "]";
-      std::string owner = descriptor.kind == Kind::stage && descriptor.version.empty()
-                              ? ""
-                              : fmt::format(" (plugin {} accepts: {})", descriptor.name, fmt::join(names, ", "));
-      fail(source_of(node), fmt::format("unknown key '{}' in {}{}{}", k, place, did_you_mean(k, names), owner));
+      fail(source_of(node), fmt::format("unknown key '{}' in {}{} ({} accepts: {})", k, place, did_you_mean(k, names), schema.owner,
+                                        fmt::join(names, ", ")));
     }
   }
-  for (const auto& key : descriptor.keys) {
+  for (const auto& key : schema.keys) {
     const toml::node* node = table.get(key.name);
     toml::table parsed_default;
     if (!node) {
@@ -140,6 +131,9 @@ std::shared_ptr<Config::Impl> check_table(const std::string& id, const toml::tab
         fail(impl->where[key.name], fmt::format("key '{}' must be one of: {}; found \"{}\"{}", key.name,
                                                 fmt::join(key.choices, ", "), value, did_you_mean(value, key.choices)));
     }
+    if (const toml::node* bad = out_of_range(*node, key.range))
+      fail(impl->where[key.name], fmt::format("key '{}' must be {}{}, found {}", key.name, node->is_array() ? "an array of numbers " : "",
+                                              key.range.text(), found(*bad)));
     if (key.type == KeyType::path) {
       const toml::node* set_by = impl->where[key.name] == "default" ? nullptr : node;
       impl->table.insert(key.name, absolute_from(*node->value<std::string>(), set_by).string());
@@ -149,6 +143,8 @@ std::shared_ptr<Config::Impl> check_table(const std::string& id, const toml::tab
   }
   return impl;
 }
+
+namespace {
 
 // Collects tables with a `plugin` key; plain tables (like [data]) only group components.
 void collect_components(const toml::table& table, const std::string& prefix, std::map<std::string, const toml::table*>& out) {
@@ -200,17 +196,16 @@ ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path&
   ResolvedExperiment out;
   std::string file_where = file.string();
 
-  auto host = check_table("", merged, host_keys(), file_where, false, true);
-  out.name = *host->table.get("name")->value<std::string>();
-  if (out.name.empty()) out.name = file.stem().string();
-  host->table.insert_or_assign("name", out.name);
-  out.seed = static_cast<std::uint64_t>(*host->table.get("seed")->value<long long>());
-  out.log_level = *host->table.get("log_level")->value<std::string>();
-  out.run_dir = *host->table.get("run_dir")->value<std::string>();
+  auto host = check_table("", merged, {run_options().keys(), "the top level", false, true}, file_where);
+  out.run = run_options().read(Config(host));
+  if (out.run.name.empty()) out.run.name = file.stem().string();
+  host->table.insert_or_assign("name", out.run.name);
 
   const toml::node* model_node = merged.get("model");
   if (model_node && !model_node->is_table()) fail(source_of(*model_node), "'model' must be a table ([model])");
-  out.model = check_table("model", model_node ? *model_node->as_table() : toml::table{}, model_keys(), file_where, false);
+  out.model_table = check_table("model", model_node ? *model_node->as_table() : toml::table{}, {model_options().keys(), "[model]"},
+                                file_where);
+  out.model = model_options().read(Config(out.model_table));
 
   std::map<std::string, const toml::table*> tables;
   collect_components(merged, "", tables);
@@ -226,7 +221,8 @@ ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path&
         fail(source_of(*plugin_node), fmt::format("[{}] {}", id, e.what()));
       }
     }
-    out.components[id] = {plugin, check_table(id, *table, *loaded->descriptor, source_of(*plugin_node), true)};
+    const Descriptor& d = *loaded->descriptor;
+    out.components[id] = {plugin, check_table(id, *table, {d.keys, "plugin " + d.name, true}, source_of(*plugin_node))};
   }
 
   auto kind_of = [&](const std::string& id) { return registry.get(out.components.at(id).plugin).descriptor->kind; };
@@ -239,18 +235,22 @@ ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path&
                               did_you_mean(id, candidates), kind_name(kind),
                               candidates.empty() ? "none" : fmt::format("{}", fmt::join(candidates, ", "))));
   };
-  for (const auto& item : *host->table.get("stages")->as_array()) out.stages.push_back(*item.value<std::string>());
-  for (const auto& id : out.stages) check_reference(host->where.at("stages"), id, Kind::stage, "stage");
+  for (const auto& id : out.run.stages) check_reference(host->where.at("stages"), id, Kind::stage, "stage");
   for (const auto& [id, component] : out.components) {
     const Descriptor& d = *registry.get(component.plugin).descriptor;
-    for (const auto& key : d.keys)
-      if (key.type == KeyType::component && !component.config->table.get(key.name)->value<std::string>()->empty())
-        check_reference(component.config->where.at(key.name), *component.config->table.get(key.name)->value<std::string>(),
-                        kind_from_name(key.choices.at(0)), fmt::format("[{}] {} =", id, key.name));
+    const Config config(component.config);
+    for (const auto& key : d.keys) {
+      std::vector<std::string> named;
+      if (key.type == KeyType::component) named = {config.get_string(key.name)};
+      if (key.type == KeyType::component_list) named = config.get_strings(key.name);
+      for (const auto& referenced : named)
+        if (!referenced.empty())
+          check_reference(config.where(key.name), referenced, kind_from_name(key.choices.at(0)), fmt::format("[{}] {} =", id, key.name));
+    }
   }
 
   out.table = as_toml(*host, "");
-  out.table.insert("model", as_toml(*out.model, ""));
+  out.table.insert("model", as_toml(*out.model_table, ""));
   for (const auto& [id, component] : out.components) insert_dotted(out.table, id, as_toml(*component.config, component.plugin));
   return out;
 }

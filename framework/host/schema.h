@@ -1,13 +1,13 @@
 // Turns a merged experiment table into a resolved experiment: every key checked against the host's
-// declarations or its plugin's descriptor, defaults filled in, paths made absolute.
+// options or its plugin's descriptor, defaults filled in, paths made absolute.
 #pragma once
 
-#include "../sdk/config_impl.h"
+#include "config_impl.h"
 #include "plugin_registry.h"
+#include "run_options.h"
 
 #include <toml++/toml.h>
 
-#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -22,14 +22,11 @@ struct Component {
 };
 
 struct ResolvedExperiment {
-  std::string name;
-  std::uint64_t seed = 0;
-  std::string log_level;
-  std::filesystem::path run_dir;
-  std::vector<std::string> stages;                // component ids, in order
-  std::shared_ptr<const Config::Impl> model;      // the [model] table
-  std::map<std::string, Component> components;    // by table id ("train", "data.eval")
-  toml::table table;                              // everything above as TOML, for config.resolved.toml
+  RunOptions run;                                   // the top level; run.name is never empty
+  ModelOptions model;                               // [model]
+  std::shared_ptr<const Config::Impl> model_table;  // [model] as validated: where each key was set, for errors
+  std::map<std::string, Component> components;      // by table id ("train", "data.eval")
+  toml::table table;                                // everything above as TOML, for config.resolved.toml
 };
 
 // The `plugin_path` folders of an experiment (absolute), read before plugins are scanned.
@@ -37,6 +34,20 @@ std::vector<std::filesystem::path> experiment_plugin_path(const toml::table& mer
 
 ResolvedExperiment resolve_experiment(const toml::table& merged, const std::filesystem::path& file,
                                       const PluginRegistry& registry);
+
+// How one table is checked: its keys and who declares them.
+struct TableSchema {
+  const std::vector<ConfigKey>& keys;
+  std::string owner;            // for the list of accepted keys: "plugin jsonl", "the top level", "[model]"
+  bool plugin_key = false;      // a component's table: `plugin = "..."` is allowed
+  bool skip_tables = false;     // the top level: sub-tables are checked on their own
+};
+
+// Checks `table` (the table [id], which starts at `where`) against `schema`: unknown keys (with the
+// closest name and the accepted ones), types, choices, ranges, required keys. Errors name file:line.
+// Returns its config with defaults filled in and paths absolute.
+std::shared_ptr<Config::Impl> check_table(const std::string& id, const toml::table& table, const TableSchema& schema,
+                                          const std::string& where);
 
 std::string to_toml(const toml::table& table);
 

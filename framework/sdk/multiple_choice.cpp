@@ -91,6 +91,20 @@ torch::Tensor at_positions(const torch::Tensor& x, const torch::Tensor& position
   return x.index({rows, positions.to(x.device())});
 }
 
+const Options<PromptOptions>& prompt_options() {
+  static const auto options = [] {
+    const PromptOptions defaults;
+    return Options<PromptOptions>()
+        .string("question_template", &PromptOptions::question_template, defaults.question_template, "prompt: {question} and {choices}")
+        .string("choice_template", &PromptOptions::choice_template, defaults.choice_template, "one line per choice: {letter} and {text}")
+        .string("chat_template", &PromptOptions::chat_template, "", "chat wrapper with {system} and {prompt}; empty: none")
+        .string("system", &PromptOptions::system, "", "system message for chat_template")
+        .integer("max_len", &PromptOptions::max_len, defaults.max_len, "prompt tokens kept (the last ones)")
+        .at_least(1);
+  }();
+  return options;
+}
+
 Descriptor& add_prompt_keys(Descriptor& d) {
   PromptFormat defaults;
   return d.string("question_template", defaults.question_template, "prompt: {question} and {choices}")

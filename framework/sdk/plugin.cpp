@@ -4,6 +4,7 @@
 #include "moelab/embedder.h"
 #include "moelab/model.h"
 #include "moelab/objective.h"
+#include "moelab/options.h"
 #include "moelab/sampler.h"
 #include "moelab/stage.h"
 #include "moelab/transform.h"
@@ -24,30 +25,6 @@ constexpr std::array<std::pair<Kind, std::string_view>, 7> kKinds{{{Kind::object
                                                                    {Kind::transform, "transform"},
                                                                    {Kind::embedder, "embedder"},
                                                                    {Kind::stage, "stage"}}};
-
-// TOML basic string with the escapes TOML requires.
-std::string toml_quote(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out += c;
-    }
-  }
-  return out + "\"";
-}
-
-std::string toml_real(double v) {
-  std::string s = fmt::format("{}", v);
-  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep it a TOML float
-  return s;
-}
 }  // namespace
 
 std::string_view kind_name(Kind kind) {
@@ -76,6 +53,7 @@ std::string_view key_type_name(KeyType type) {
     case KeyType::real_list: return "array of numbers";
     case KeyType::string_list: return "array of strings";
     case KeyType::component: return "component name (string)";
+    case KeyType::component_list: return "array of component names";
   }
   return "unknown";
 }
@@ -84,50 +62,45 @@ Descriptor::Descriptor(std::string name_, Kind kind_, std::string version_, std:
     : name(std::move(name_)), kind(kind_), version(std::move(version_)), description(std::move(description_)) {}
 
 Descriptor& Descriptor::add(ConfigKey key) {
-  for (const auto& k : keys)
-    if (k.name == key.name) throw std::logic_error("plugin " + name + " declares key '" + key.name + "' twice");
-  if (key.name == "plugin") throw std::logic_error("plugin " + name + ": 'plugin' is reserved");
-  keys.push_back(std::move(key));
+  detail::add_key(keys, std::move(key), "plugin " + name);
   return *this;
 }
 
+using detail::toml_literal;
+
 Descriptor& Descriptor::flag(const std::string& key, bool v, const std::string& help) {
-  return add({key, KeyType::boolean, v ? "true" : "false", help, {}});
+  return add({key, KeyType::boolean, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::integer(const std::string& key, long long v, const std::string& help) {
-  return add({key, KeyType::integer, std::to_string(v), help, {}});
+  return add({key, KeyType::integer, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::real(const std::string& key, double v, const std::string& help) {
-  return add({key, KeyType::real, toml_real(v), help, {}});
+  return add({key, KeyType::real, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::string(const std::string& key, const std::string& v, const std::string& help) {
-  return add({key, KeyType::string, toml_quote(v), help, {}});
+  return add({key, KeyType::string, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::choice(const std::string& key, const std::string& v, std::vector<std::string> choices,
                                const std::string& help) {
-  return add({key, KeyType::string, toml_quote(v), help, std::move(choices)});
+  return add({key, KeyType::string, toml_literal(v), help, std::move(choices)});
 }
 Descriptor& Descriptor::path(const std::string& key, const std::string& v, const std::string& help) {
-  return add({key, KeyType::path, toml_quote(v), help, {}});
+  return add({key, KeyType::path, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::integers(const std::string& key, const std::vector<long long>& v, const std::string& help) {
-  return add({key, KeyType::integer_list, fmt::format("[{}]", fmt::join(v, ", ")), help, {}});
+  return add({key, KeyType::integer_list, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::reals(const std::string& key, const std::vector<double>& v, const std::string& help) {
-  std::vector<std::string> items;
-  for (double x : v) items.push_back(toml_real(x));
-  return add({key, KeyType::real_list, fmt::format("[{}]", fmt::join(items, ", ")), help, {}});
+  return add({key, KeyType::real_list, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::strings(const std::string& key, const std::vector<std::string>& v, const std::string& help) {
-  std::vector<std::string> items;
-  for (const auto& x : v) items.push_back(toml_quote(x));
-  return add({key, KeyType::string_list, fmt::format("[{}]", fmt::join(items, ", ")), help, {}});
+  return add({key, KeyType::string_list, toml_literal(v), help, {}});
 }
 Descriptor& Descriptor::component(const std::string& key, Kind k, const std::string& default_id, const std::string& help) {
-  return add({key, KeyType::component, default_id.empty() ? "" : toml_quote(default_id), help, {std::string(kind_name(k))}});
+  return add({key, KeyType::component, default_id.empty() ? "" : toml_literal(default_id), help, {std::string(kind_name(k))}});
 }
 Descriptor& Descriptor::optional_component(const std::string& key, Kind k, const std::string& help) {
-  return add({key, KeyType::component, "\"\"", help, {std::string(kind_name(k))}});
+  return add({key, KeyType::component, toml_literal(std::string()), help, {std::string(kind_name(k))}});
 }
 Descriptor& Descriptor::required(const std::string& key, KeyType type, const std::string& help) {
   return add({key, type, "", help, {}});

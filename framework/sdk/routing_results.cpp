@@ -8,6 +8,13 @@
 
 namespace moelab {
 
+namespace {
+// Fields the reader does not need: kept when they are strings, left empty otherwise.
+std::string optional_string(const nlohmann::json& object, const char* field) {
+  return object.is_object() && object.contains(field) && object[field].is_string() ? object[field].get<std::string>() : "";
+}
+}  // namespace
+
 std::vector<RoutingResult> read_routing_results(const std::filesystem::path& file) {
   nlohmann::json j;
   try {
@@ -27,9 +34,14 @@ std::vector<RoutingResult> read_routing_results(const std::filesystem::path& fil
       r.input_text = entry["input_text"].get<std::string>();
       r.correct_answer = entry["correct_answer"].get<std::string>();
       r.is_correct = entry.value("is_correct", false);
+      const nlohmann::json& last = entry["last_token_routing"];
+      r.model_answer = optional_string(entry, "model_answer");
+      r.set = optional_string(entry, "set");
+      r.token_text = optional_string(last, "token_text");
+      if (last.contains("token_id") && last["token_id"].is_number_integer()) r.token_id = last["token_id"].get<std::int64_t>();
       r.letters = entry.contains("choice_letters") ? entry["choice_letters"].get<std::vector<std::string>>()
                                                     : std::vector<std::string>{"A", "B", "C", "D"};
-      for (const auto& layer : entry["last_token_routing"].at("layers")) {
+      for (const auto& layer : last.at("layers")) {
         std::vector<double>& dense = r.routing[layer.at("layer").get<int>()];
         for (const auto& [name, w] : layer.at("routing_weights").items()) {
           if (name.rfind("expert_", 0) != 0) throw std::runtime_error(fmt::format("routing key \"{}\" is not expert_<e>", name));
@@ -46,6 +58,28 @@ std::vector<RoutingResult> read_routing_results(const std::filesystem::path& fil
   }
   if (out.empty()) throw std::runtime_error(fmt::format("{}: no entries", file.string()));
   return out;
+}
+
+void write_routing_results(const std::filesystem::path& file, const std::vector<RoutingResult>& results, RoutingWeights weights) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& r : results) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& [layer, dense] : r.routing) {
+      nlohmann::json named = nlohmann::json::object();
+      for (std::size_t e = 0; e < dense.size(); ++e)
+        if (weights == RoutingWeights::all || dense[e] != 0.0) named["expert_" + std::to_string(e)] = dense[e];
+      layers.push_back({{"layer", layer}, {"routing_weights", named}});
+    }
+    nlohmann::json entry = {{"input_text", r.input_text},
+                            {"last_token_routing", {{"token_id", r.token_id}, {"token_text", r.token_text}, {"layers", layers}}},
+                            {"correct_answer", r.correct_answer},
+                            {"is_correct", r.is_correct}};
+    if (!r.letters.empty()) entry["choice_letters"] = r.letters;
+    if (!r.model_answer.empty()) entry["model_answer"] = r.model_answer;
+    if (!r.set.empty()) entry["set"] = r.set;
+    out[r.key] = std::move(entry);
+  }
+  write_file_atomic(file, out.dump(1) + "\n");
 }
 
 }  // namespace moelab

@@ -25,13 +25,13 @@ embedder = "embed"
 TEST(Config, FillsDefaultsAndResolvesPathsAgainstTheFile) {
   TempDir dir;
   auto e = resolve_text(dir, kBase);
-  EXPECT_EQ(e.name, "experiment");
-  EXPECT_EQ(e.seed, 0u);
+  EXPECT_EQ(e.run.name, "experiment");
+  EXPECT_EQ(e.run.seed, 0);
   const auto& neighbours = *e.components.at("neighbours").config;
   EXPECT_EQ(*neighbours.table.get("k")->value<long long>(), 5);
   EXPECT_EQ(neighbours.where.at("k"), "default");
   EXPECT_EQ(*e.components.at("data").config->table.get("path")->value<std::string>(), (dir.path() / "questions.jsonl").string());
-  EXPECT_EQ(*e.model->table.get("dtype")->value<std::string>(), "float32");
+  EXPECT_EQ(e.model.dtype, moelab::ModelDtype::float32);
 }
 
 TEST(Config, UnknownKeyNamesFileLineAndSuggestion) {
@@ -91,8 +91,8 @@ TEST(Config, SetOverridesParseTomlValues) {
   EXPECT_EQ(*n.table.get("k")->value<long long>(), 7);
   EXPECT_DOUBLE_EQ(*n.table.get("sigma")->value<double>(), 0.25);
   EXPECT_EQ(n.where.at("k"), "--set neighbours.k=7");
-  EXPECT_EQ(e.seed, 11u);
-  EXPECT_EQ(*e.model->table.get("path")->value<std::string>(), "/models/olmoe");
+  EXPECT_EQ(e.run.seed, 11);
+  EXPECT_EQ(e.model.path, "/models/olmoe");
   EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"neighbours.kk=7"}); }),
               AllOf(HasSubstr("--set neighbours.kk=7"), HasSubstr("did you mean 'k'?")));
   EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"neighbours.k=\"7\""}); }), HasSubstr("must be integer"));
@@ -102,8 +102,8 @@ TEST(Config, ExtendsMergesTablesAndTheExtendingFileWins) {
   TempDir dir;
   dir.write("base.toml", std::string("seed = 3\nname = \"base\"\n") + kBase + "k = 2\nsigma = 0.5\n");
   auto e = resolve_text(dir, "extends = \"base.toml\"\nname = \"child\"\n[neighbours]\nk = 4\n");
-  EXPECT_EQ(e.name, "child");
-  EXPECT_EQ(e.seed, 3u);
+  EXPECT_EQ(e.run.name, "child");
+  EXPECT_EQ(e.run.seed, 3);
   const auto& n = *e.components.at("neighbours").config;
   EXPECT_EQ(*n.table.get("k")->value<long long>(), 4);
   EXPECT_DOUBLE_EQ(*n.table.get("sigma")->value<double>(), 0.5);

@@ -13,6 +13,7 @@
 #include "moelab/multiple_choice.h"
 #include "moelab/neighbours.h"
 #include "moelab/objective.h"
+#include "moelab/options.h"
 #include "moelab/paired.h"
 #include "moelab/plot.h"
 #include "moelab/prompt.h"

@@ -7,6 +7,7 @@
 #include "moelab/dataset.h"
 #include "moelab/model.h"
 #include "moelab/objective.h"
+#include "moelab/options.h"
 #include "moelab/plugin.h"
 #include "moelab/prompt.h"
 #include "moelab/tokenizer.h"
@@ -51,7 +52,14 @@ torch::Tensor last_positions(const torch::Tensor& attention_mask);
 // Rows of x [B, T, ...] at positions [B] -> [B, ...].
 torch::Tensor at_positions(const torch::Tensor& x, const torch::Tensor& positions);
 
-// Config keys for the prompt (question_template, choice_template, chat_template, system) and max_len.
+// The prompt keys (question_template, choice_template, chat_template, system) and max_len, for
+// Options::include: .include(&Settings::prompt, moelab::prompt_options()).
+struct PromptOptions : PromptFormat {
+  std::size_t max_len = 1024;  // prompt tokens kept (the last ones)
+};
+const Options<PromptOptions>& prompt_options();
+
+// The same keys for plugins that still declare a Descriptor.
 Descriptor& add_prompt_keys(Descriptor& descriptor);
 PromptFormat prompt_format(const Config& config);
 

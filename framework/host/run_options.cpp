@@ -1,0 +1,33 @@
+#include "run_options.h"
+
+namespace moelab {
+
+const Options<RunOptions>& run_options() {
+  static const auto options =
+      Options<RunOptions>()
+          .string("name", &RunOptions::name, "", "experiment name; default: the file name without .toml")
+          .integer("seed", &RunOptions::seed, 0, "drives every random source of the run")
+          .path("run_dir", &RunOptions::run_dir, "runs", "runs go to <run_dir>/<name>/<timestamp>/")
+          .strings("plugin_path", &RunOptions::plugin_path, {}, "extra folders searched for plugin libraries")
+          .choice("log_level", &RunOptions::log_level, LogLevel::info,
+                  {{"debug", LogLevel::debug}, {"info", LogLevel::info}, {"warn", LogLevel::warn}, {"error", LogLevel::error}},
+                  "console log level")
+          .strings("stages", &RunOptions::stages, required, "ids of the stage tables to run, in order");
+  return options;
+}
+
+const Options<ModelOptions>& model_options() {
+  static const auto options =
+      Options<ModelOptions>()
+          .path("path", &ModelOptions::path, "builtin:tiny-olmoe", "Hugging Face model folder (config.json, safetensors)")
+          .choice("device", &ModelOptions::device, ModelDevice::automatic,
+                  {{"auto", ModelDevice::automatic}, {"cpu", ModelDevice::cpu}, {"cuda", ModelDevice::cuda}},
+                  "where the model runs; auto picks cuda when present")
+          .choice("dtype", &ModelOptions::dtype, ModelDtype::float32, {{"float32", ModelDtype::float32}, {"bfloat16", ModelDtype::bfloat16}},
+                  "compute dtype of the model weights")
+          .path("quantized", &ModelOptions::quantized, "",
+                "moelab quantized checkpoint applied after loading (a quantize or finetune_lm stage's output)");
+  return options;
+}
+
+}  // namespace moelab
