@@ -1,48 +1,56 @@
-// The supported MoE architectures as data (one row each, keyed by config.json's model_type) and the
-// hyper-parameters read from config.json. Adding a model is mostly a row here.
+// The supported MoE architectures as data: each is one builder in architectures/<model_type>.cpp that
+// returns its tensor names and layout plus a hook reading its own config.json keys; the registry
+// (architectures/registry.cpp) maps model_type to builder. read_model_config reads the common keys,
+// then the architecture's hook.
 #pragma once
 
-#include <nlohmann/json.hpp>
+#include "config_keys.h"
+#include "route.h"
 
 #include <array>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace moelab {
 
+struct ModelConfig;
+
 enum class QkNorm { none, full_width, per_head };  // OLMoE normalizes the whole projection, Qwen3 each head
-enum class RouterRule {
-  softmax_topk,         // softmax over all experts, top-k, renormalized if norm_topk_prob (OLMoE, Qwen)
-  softmax_topk_renorm,  // always renormalized (Mixtral)
-  group_limited_topk,   // DeepSeek-V2: best groups first, then top-k, times routed_scaling_factor
-};
 
 struct Architecture {
   std::string model_type;
-  QkNorm qk_norm;
-  RouterRule router;
-  bool mla;                                 // DeepSeek-V2 multi-head latent attention
-  bool rope_interleaved;                    // rotary pairs (x0,x1) instead of halves
-  std::string moe_module;                   // "mlp" or "block_sparse_moe"
-  std::array<std::string, 3> expert_names;  // gate, up, down projections of one expert
-  std::string shared_expert;                // module of the always-on expert, or ""
-  bool shared_expert_gate;                  // Qwen2-MoE's sigmoid gate on the shared expert
+  QkNorm qk_norm = QkNorm::none;
+  bool mla = false;                  // DeepSeek multi-head latent attention
+  std::string moe_module = "mlp";    // model.layers.N.<moe_module>. holds router and experts
+  std::string router = "gate";       // <moe_module>.<router>.weight [E, hidden]
+  std::string router_bias;           // <moe_module>.<router>.<router_bias> [E], selection-only bias, or ""
+  std::array<std::string, 3> expert_names = {"gate_proj", "up_proj", "down_proj"};  // of experts.<e>.
+  std::string shared_expert;         // <moe_module>.<shared_expert>. always-on expert, or ""
+  std::string shared_expert_gate;    // <moe_module>.<shared_expert_gate>.weight sigmoid gate on it, or ""
+  // Reads the architecture's own keys after the common ones: router spec, shared expert size, MoE
+  // layer pattern, attention options, and transformers' defaults where they differ.
+  std::function<void(const ConfigKeys&, ModelConfig&)> read_config;
 };
-
-const std::vector<Architecture>& architectures();
 
 struct ModelConfig {
-  const Architecture* arch = nullptr;
+  Architecture arch;
   int64_t vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, head_dim;
-  int64_t intermediate_size, expert_intermediate_size, shared_intermediate_size = 0;
-  int64_t num_experts, top_k, n_group = 1, topk_group = 1;
+  int64_t intermediate_size, expert_intermediate_size, shared_intermediate_size = 0, num_experts;
+  RouterSpec router;  // without the bias, which is a per-layer tensor
   int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
-  double rms_eps, rope_theta, routed_scaling_factor = 1.0, clip_qkv = 0;
-  bool norm_topk_prob = false, qkv_bias = false, tie_embeddings = false;
-  std::vector<bool> moe_layer;
+  double rms_eps, rope_theta, clip_qkv = 0;
+  bool qkv_bias = false, tie_embeddings = false;
+  bool rope_interleaved = false;  // rotary pairs (x0,x1) instead of halves
+  std::vector<bool> moe_layer;    // every layer unless the hook says otherwise
   int64_t pad_token_id = -1, eos_token_id = -1;
 };
+
+// The registered model types, in registry order (aliases included).
+std::vector<std::string> supported_model_types();
+// The architecture registered for model_type (model_type filled in); throws naming file and the supported types.
+Architecture find_architecture(const std::string& model_type, const std::string& file);
 
 // Reads folder/config.json; errors name the file and key and list the supported model types.
 ModelConfig read_model_config(const std::filesystem::path& folder);

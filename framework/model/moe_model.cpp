@@ -1,5 +1,6 @@
 #include "moe_model.h"
 
+#include "route.h"
 #include "moelab/compat.h"
 #include "moelab/log.h"
 #include "moelab/safetensors.h"
@@ -34,6 +35,7 @@ struct Layer {
   bool moe = false;
   Mlp dense, shared;
   Tensor router, shared_gate;
+  RouterSpec routing;  // the model's spec with this layer's selection bias
   Tensor expert_gate, expert_up, expert_down;  // [E, I, H], [E, I, H], [E, H, I]
 };
 
@@ -56,12 +58,12 @@ class MoeModel final : public Model {
  public:
   MoeModel(ModelConfig config, const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype)
       : c_(std::move(config)), device_(device), dtype_(dtype) {
-    info_.model_type = c_.arch->model_type;
+    info_.model_type = c_.arch.model_type;
     info_.num_layers = c_.num_layers;
     info_.vocab_size = c_.vocab_size;
     info_.hidden_size = c_.hidden_size;
     info_.num_experts = c_.num_experts;
-    info_.top_k = c_.top_k;
+    info_.top_k = c_.router.top_k;
     info_.pad_token_id = c_.pad_token_id;
     info_.eos_token_id = c_.eos_token_id;
     for (int i = 0; i < c_.num_layers; ++i)
@@ -69,7 +71,7 @@ class MoeModel final : public Model {
     load(folder);
     grouped_mm_ = compat::kHasGroupedMm && device_.is_cuda() && dtype_ == torch::kBFloat16 && c_.hidden_size % 8 == 0 &&
                   c_.expert_intermediate_size % 8 == 0;
-    int64_t rotary = c_.arch->mla ? c_.qk_rope_head_dim : c_.head_dim;
+    int64_t rotary = c_.arch.mla ? c_.qk_rope_head_dim : c_.head_dim;
     inv_freq_ = 1.0 / torch::pow(c_.rope_theta, torch::arange(0, rotary, 2, torch::kFloat32) / static_cast<double>(rotary));
     inv_freq_ = inv_freq_.to(device_);
   }
@@ -93,8 +95,8 @@ class MoeModel final : public Model {
   ExpertWeights expert_weights(int layer) override {
     router_weight(layer);  // validates the layer
     const Layer& L = layers_[layer];
-    return {L.expert_gate, L.expert_up, L.expert_down, fmt::format("model.layers.{}.{}.experts.", layer, c_.arch->moe_module),
-            {c_.arch->expert_names[0], c_.arch->expert_names[1], c_.arch->expert_names[2]}};
+    return {L.expert_gate, L.expert_up, L.expert_down, fmt::format("model.layers.{}.{}.experts.", layer, c_.arch.moe_module),
+            {c_.arch.expert_names[0], c_.arch.expert_names[1], c_.arch.expert_names[2]}};
   }
 
   void set_moe_input_observer(MoeInputObserver observer) override { observer_ = std::move(observer); }
@@ -129,7 +131,7 @@ class MoeModel final : public Model {
     for (int i = 0; i < c_.num_layers; ++i) {
       const Layer& L = layers_[i];
       Tensor h = rms_norm(x, L.input_norm, c_.rms_eps);
-      x = x + (c_.arch->mla ? mla_attention(L, h, freqs, allowed, cache, i) : attention(L, h, freqs, allowed, cache, i));
+      x = x + (c_.arch.mla ? mla_attention(L, h, freqs, allowed, cache, i) : attention(L, h, freqs, allowed, cache, i));
       h = rms_norm(x, L.post_norm, c_.rms_eps);
       x = x + (L.moe ? moe(L, h, i) : L.dense(h));
     }
@@ -148,7 +150,7 @@ class MoeModel final : public Model {
  private:
   Tensor rope(const Tensor& x, const Tensor& freqs) const {  // x [B, H, T, R]
     Tensor cos = freqs.cos().unsqueeze(1), sin = freqs.sin().unsqueeze(1);  // [B, 1, T, R/2]
-    if (c_.arch->rope_interleaved) {
+    if (c_.rope_interleaved) {
       Tensor xf = x.to(accumulate_type(x));
       Tensor re = xf.index({"...", Slice(0, torch::indexing::None, 2)}), im = xf.index({"...", Slice(1, torch::indexing::None, 2)});
       return torch::stack({re * cos - im * sin, re * sin + im * cos}, -1).flatten(-2).to(x.scalar_type());
@@ -214,7 +216,7 @@ class MoeModel final : public Model {
     const int64_t B = h.size(0), T = h.size(1), D = c_.head_dim;
     auto project = [&](const Tensor& w, const Tensor& b) { return b.defined() ? torch::matmul(h, w.t()) + b : torch::matmul(h, w.t()); };
     Tensor q = project(L.q, L.q_bias), k = project(L.k, L.k_bias), v = project(L.v, L.v_bias);
-    if (c_.arch->qk_norm == QkNorm::full_width) {
+    if (c_.arch.qk_norm == QkNorm::full_width) {
       q = rms_norm(q, L.q_norm, c_.rms_eps);
       k = rms_norm(k, L.k_norm, c_.rms_eps);
     }
@@ -226,7 +228,7 @@ class MoeModel final : public Model {
     q = q.view({B, T, -1, D});
     k = k.view({B, T, -1, D});
     v = v.view({B, T, -1, D}).transpose(1, 2);
-    if (c_.arch->qk_norm == QkNorm::per_head) {
+    if (c_.arch.qk_norm == QkNorm::per_head) {
       q = rms_norm(q, L.q_norm, c_.rms_eps);
       k = rms_norm(k, L.k_norm, c_.rms_eps);
     }
@@ -243,7 +245,7 @@ class MoeModel final : public Model {
     return torch::matmul(out.transpose(1, 2).reshape({B, T, -1}), L.o.t());
   }
 
-  // DeepSeek-V2 multi-head latent attention; the cache holds the normalized latent and the rotary key.
+  // DeepSeek multi-head latent attention; the cache holds the normalized latent and the rotary key.
   Tensor mla_attention(const Layer& L, const Tensor& h, const Tensor& freqs, const Tensor& allowed, KVCache* cache, int i) const {
     const int64_t B = h.size(0), T = h.size(1), nope = c_.qk_nope_head_dim, rot = c_.qk_rope_head_dim, vd = c_.v_head_dim;
     Tensor q = c_.q_lora_rank > 0 ? torch::matmul(rms_norm(torch::matmul(h, L.q_a.t()), L.q_a_norm, c_.rms_eps), L.q_b.t())
@@ -281,25 +283,13 @@ class MoeModel final : public Model {
     const auto shape = h.sizes().vec();
     Tensor x = h.reshape({-1, c_.hidden_size});
     Tensor logits = torch::matmul(x.to(L.router.scalar_type()), L.router.t());  // routers run in float32 (or float64)
-    Tensor selection_logits = transform_.selection ? transform_.selection(layer, logits) : logits;
-    Tensor probs = selection_logits.softmax(-1);
-    Tensor weights, ids;
-    if (c_.arch->router == RouterRule::group_limited_topk && c_.n_group > 1) {
-      Tensor group_best = std::get<0>(probs.view({-1, c_.n_group, c_.num_experts / c_.n_group}).max(-1));
-      Tensor keep_groups = torch::zeros_like(group_best).scatter_(1, std::get<1>(group_best.topk(c_.topk_group, -1)), 1.0);
-      Tensor keep = keep_groups.unsqueeze(-1).expand({-1, c_.n_group, c_.num_experts / c_.n_group}).reshape({-1, c_.num_experts});
-      std::tie(weights, ids) = probs.masked_fill(keep.logical_not(), 0.0).topk(c_.top_k, -1);
-    } else {
-      std::tie(weights, ids) = probs.topk(c_.top_k, -1);
-    }
-    if (transform_.selection && transform_.weights_from_clean) weights = logits.softmax(-1).gather(-1, ids);
-    if (c_.arch->router == RouterRule::softmax_topk_renorm || (c_.arch->router == RouterRule::softmax_topk && c_.norm_topk_prob))
-      weights = weights / weights.sum(-1, true);
-    if (c_.arch->router == RouterRule::group_limited_topk) weights = weights * c_.routed_scaling_factor;
-    routing_.push_back({layer, logits, ids, weights});
-    if (observer_) observer_(layer, x, ids);
+    // A router transform perturbs the choice; the weights follow it unless they come from the clean logits.
+    Tensor selection = transform_.selection ? transform_.selection(layer, logits) : logits;
+    Routing r = route(transform_.weights_from_clean ? logits : selection, L.routing, selection);
+    routing_.push_back({layer, logits, r.ids, r.weights});
+    if (observer_) observer_(layer, x, r.ids);
 
-    Tensor out = dispatch(L, x, ids, weights.to(x.scalar_type()));
+    Tensor out = dispatch(L, x, r.ids, r.weights.to(x.scalar_type()));
     if (L.shared.gate.defined()) {
       Tensor s = L.shared(x);
       if (L.shared_gate.defined()) s = torch::sigmoid(torch::matmul(x, L.shared_gate.t())) * s;
@@ -313,7 +303,7 @@ class MoeModel final : public Model {
   Tensor dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights) const {
     Tensor flat_ids = ids.reshape(-1);
     Tensor order = flat_ids.argsort();
-    Tensor token_of = order.div(c_.top_k, "floor");
+    Tensor token_of = order.div(c_.router.top_k, "floor");
     Tensor sorted_x = x.index_select(0, token_of);
     Tensor sorted_w = weights.reshape(-1).index_select(0, order).unsqueeze(1);
     Tensor out = torch::zeros_like(x);
@@ -351,7 +341,7 @@ class MoeModel final : public Model {
     embed_ = take("model.embed_tokens.weight");
     final_norm_ = take("model.norm.weight");
     lm_head_ = c_.tie_embeddings ? embed_ : take("lm_head.weight");
-    const Architecture& a = *c_.arch;
+    const Architecture& a = c_.arch;
     for (int64_t i = 0; i < c_.num_layers; ++i) {
       std::string p = fmt::format("model.layers.{}.", i);
       Layer L;
@@ -389,7 +379,10 @@ class MoeModel final : public Model {
         L.dense = {take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight"), take(p + "mlp.down_proj.weight")};
       } else {
         std::string m = p + a.moe_module + ".";
-        L.router = take(m + "gate.weight", true, dtype_ == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32, true);
+        const torch::ScalarType router_dtype = dtype_ == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+        L.router = take(m + a.router + ".weight", true, router_dtype, true);
+        L.routing = c_.router;
+        if (!a.router_bias.empty()) L.routing.bias = take(m + a.router + "." + a.router_bias, true, router_dtype, true);
         std::vector<Tensor> g, u, d;
         for (int64_t e = 0; e < c_.num_experts; ++e) {
           std::string ep = fmt::format("{}experts.{}.", m, e);
@@ -407,7 +400,7 @@ class MoeModel final : public Model {
         if (!a.shared_expert.empty() && c_.shared_intermediate_size > 0) {
           std::string s = m + a.shared_expert + ".";
           L.shared = {take(s + "gate_proj.weight"), take(s + "up_proj.weight"), take(s + "down_proj.weight")};
-          if (a.shared_expert_gate) L.shared_gate = take(m + "shared_expert_gate.weight");
+          if (!a.shared_expert_gate.empty()) L.shared_gate = take(m + a.shared_expert_gate + ".weight");
         }
       }
       layers_.push_back(std::move(L));
@@ -415,7 +408,7 @@ class MoeModel final : public Model {
     if (!missing.empty()) {
       std::size_t shown = std::min<std::size_t>(missing.size(), 12);
       throw std::runtime_error(fmt::format("{}: checkpoint lacks {} tensor(s) that {} needs: {}{}", folder.string(), missing.size(),
-                                           c_.arch->model_type, fmt::join(missing.begin(), missing.begin() + shown, ", "),
+                                           c_.arch.model_type, fmt::join(missing.begin(), missing.begin() + shown, ", "),
                                            missing.size() > shown ? ", ..." : ""));
     }
   }

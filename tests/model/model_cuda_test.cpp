@@ -52,6 +52,7 @@ TEST_P(CudaFixture, CausalFastPathEqualsTheMaskedPath) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, CudaFixture,
-                         testing::Values("olmoe", "olmoe_clip_norm", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
+                         testing::Values("olmoe", "olmoe_clip_norm", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2",
+                                         "deepseek_v3"));
 
 }  // namespace

@@ -22,16 +22,21 @@ std::unique_ptr<moelab::Model> load(const std::string& name) {
   return moelab::load_model(kFixtures / name, torch::kCPU, torch::kFloat32);
 }
 
-// The expert sets transformers' router picks from its logits (softmax, then top-k; DeepSeek-V2 first
-// keeps the best `topk_group` of `n_group` groups).
-Tensor reference_topk(const Tensor& logits, const moelab::ModelInfo& info, long long n_group, long long topk_group) {
-  Tensor probs = logits.softmax(-1);
-  if (n_group > 1) {
-    Tensor best = std::get<0>(probs.view({probs.size(0), n_group, -1}).max(-1));
-    Tensor keep = torch::zeros_like(best).scatter_(1, std::get<1>(best.topk(topk_group, -1)), 1.0);
-    probs = probs.masked_fill(keep.repeat_interleave(info.num_experts / n_group, 1).logical_not(), 0.0);
+// The expert sets transformers' routers pick from the recorded logits: softmax top-k, DeepSeek-V2 first
+// keeping the `topk_group` groups with the best expert, DeepSeek-V3 choosing on sigmoid + bias and keeping
+// the groups whose best two biased scores sum highest.
+Tensor reference_topk(const Tensor& logits, const moelab::ModelConfig& config, const Tensor& bias) {
+  const moelab::RouterSpec& r = config.router;
+  const bool v3 = r.scoring == moelab::Scoring::sigmoid;
+  Tensor choice = v3 ? logits.sigmoid() + bias : logits.softmax(-1);
+  if (r.groups > 1) {
+    Tensor grouped = choice.view({choice.size(0), r.groups, -1});
+    Tensor group_scores = v3 ? std::get<0>(grouped.topk(2, -1)).sum(-1) : std::get<0>(grouped.max(-1));
+    Tensor keep = torch::zeros_like(group_scores).scatter_(1, std::get<1>(group_scores.topk(r.groups_kept, -1)), 1.0);
+    choice = choice.masked_fill(keep.repeat_interleave(config.num_experts / r.groups, 1).logical_not(),
+                                v3 ? -std::numeric_limits<double>::infinity() : 0.0);
   }
-  return std::get<0>(std::get<1>(probs.topk(info.top_k, -1)).sort(-1));
+  return std::get<0>(std::get<1>(choice.topk(r.top_k, -1)).sort(-1));
 }
 
 Tensor greedy(moelab::Model& model, const Tensor& prompt, int steps) {
@@ -56,17 +61,22 @@ TEST_P(Fixture, MatchesTransformers) {
   EXPECT_LE((logits - expected.get("logits")).abs().max().item<double>(), 1e-4);
 
   ASSERT_EQ(model->routing().size(), model->info().moe_layers.size());
+  moelab::SafetensorsFile weights(kFixtures / GetParam() / "model.safetensors");
   for (const auto& trace : model->routing()) {
     Tensor ref = expected.get("router_logits." + std::to_string(trace.layer));
     EXPECT_LE((trace.logits - ref).abs().max().item<double>(), 1e-4) << "layer " << trace.layer;
     Tensor ours = std::get<0>(trace.topk_ids.sort(-1));
-    EXPECT_TRUE(torch::equal(ours, reference_topk(ref, model->info(), config.n_group, config.topk_group))) << "layer " << trace.layer;
+    const std::string bias_name = fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", trace.layer);
+    Tensor bias = weights.contains(bias_name) ? weights.get(bias_name) : torch::zeros({config.num_experts});
+    EXPECT_TRUE(torch::equal(ours, reference_topk(ref, config, bias))) << "layer " << trace.layer;
+    if (weights.contains(bias_name))  // the fixture's bias matters: without it some token would choose otherwise
+      EXPECT_FALSE(torch::equal(ours, reference_topk(ref, config, torch::zeros_like(bias)))) << "layer " << trace.layer;
   }
   EXPECT_TRUE(torch::equal(greedy(*model, expected.get("prompt_ids"), 8), expected.get("greedy_ids")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Fixture,
-                         testing::Values("olmoe", "olmoe_clip_norm", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
+                         testing::Values("olmoe", "olmoe_clip_norm", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3"));
 
 class PerArchitecture : public testing::TestWithParam<std::string> {};
 
@@ -153,7 +163,8 @@ TEST_P(PerArchitecture, ExpertWeightsObserverAndQuantizedCheckpoint) {
   EXPECT_TRUE(torch::equal(rebuilt->forward(ids, {}), model->forward(ids, {})));
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, PerArchitecture, testing::Values("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"));
+INSTANTIATE_TEST_SUITE_P(Architectures, PerArchitecture, testing::Values("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2",
+                                                                                    "deepseek_v3"));
 
 TEST(Model, RouterWeightsAreFloat32AndTrainable) {
   auto model = load("olmoe");
@@ -195,6 +206,53 @@ TEST(Model, RouterTransformChangesSelectionButNotRecordedLogits) {
   EXPECT_TRUE(torch::allclose(model->routing()[0].topk_weights, clean_probs.index_select(1, torch::tensor({7, 6}))));
 }
 
+// DeepSeek-V3's e_score_correction_bias: a float32 named weight, not trained, that moves the choice only.
+TEST(Model, DeepseekV3CorrectionBiasMovesTheChoiceNotTheWeights) {
+  auto model = load("deepseek_v3");
+  Tensor bias;
+  for (auto& [name, t] : model->named_weights())
+    if (name == "model.layers.1.mlp.gate.e_score_correction_bias") bias = t;
+  ASSERT_TRUE(bias.defined());
+  EXPECT_EQ(bias.scalar_type(), torch::kFloat32);
+  EXPECT_FALSE(bias.requires_grad());
+  Tensor ids = moelab::SafetensorsFile(kFixtures / "deepseek_v3" / "expected.safetensors").get("input_ids");
+  model->forward(ids, {});
+  Tensor chosen = model->routing()[0].topk_ids.clone();
+  bias.zero_();  // the named tensor is the model's
+  model->forward(ids, {});
+  const moelab::RouterTrace& unbiased = model->routing()[0];
+  EXPECT_FALSE(torch::equal(std::get<0>(unbiased.topk_ids.sort(-1)), std::get<0>(chosen.sort(-1))));
+  Tensor scores = unbiased.logits.sigmoid().gather(-1, unbiased.topk_ids);
+  EXPECT_TRUE(torch::allclose(unbiased.topk_weights, 2.5 * scores / scores.sum(-1, true)));
+}
+
+// A router transform on the sigmoid router: the choice follows the transformed logits; the weights are
+// the transformed or the clean sigmoid scores of the chosen experts, renormalized and scaled.
+TEST(Model, RouterTransformOnTheSigmoidRouter) {
+  auto model = load("deepseek_v3");
+  Tensor ids = torch::tensor({{5, 6, 7, 8}}, torch::kInt64);
+  model->forward(ids, {});
+  Tensor clean = model->routing()[0].logits.clone();
+  // Sigmoid saturates, so the others are pushed down too: their biased scores (at most 0.39 in layer 1)
+  // stay below experts 6 and 7's (1 + bias).
+  moelab::RouterTransform boost{[](int, const Tensor& logits) {
+    Tensor boosted = logits - 100;
+    boosted.select(1, 7) += 200;
+    boosted.select(1, 6) += 150;
+    return boosted;
+  }};
+  model->set_router_transform(boost);
+  model->forward(ids, {});
+  const Tensor forced = torch::tensor({6, 7}).expand({4, 2});
+  EXPECT_TRUE(torch::equal(std::get<0>(model->routing()[0].topk_ids.sort(-1)), forced));
+  EXPECT_TRUE(torch::allclose(model->routing()[0].topk_weights, torch::full({4, 2}, 1.25)));  // sigmoid ~ 1 for both
+  boost.weights_from_clean = true;
+  model->set_router_transform(boost);
+  model->forward(ids, {});
+  Tensor scores = clean.sigmoid().gather(-1, model->routing()[0].topk_ids);
+  EXPECT_TRUE(torch::allclose(model->routing()[0].topk_weights, 2.5 * scores / scores.sum(-1, true)));
+}
+
 TEST(Model, MissingTensorsAndUnknownTypesAreNamed) {
   moelab::test::TempDir dir;
   fs::copy_file(kFixtures / "olmoe" / "config.json", dir.path() / "config.json");
@@ -209,7 +267,7 @@ TEST(Model, MissingTensorsAndUnknownTypesAreNamed) {
   EXPECT_THAT(error, testing::HasSubstr("lm_head.weight"));
   dir.write("config.json", R"({"model_type": "gpt_oss"})");
   EXPECT_THAT(moelab::test::error_of([&] { moelab::load_model(dir.path(), torch::kCPU, torch::kFloat32); }),
-              testing::HasSubstr("\"gpt_oss\" is not supported; supported: olmoe, mixtral, qwen2_moe, qwen3_moe, deepseek_v2"));
+              testing::HasSubstr("\"gpt_oss\" is not supported; supported: olmoe, mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, kimi_k2"));
 }
 
 }  // namespace

@@ -1,0 +1,26 @@
+// DeepSeek-V2: MLA with interleaved rotary pairs, shared experts, softmax router, optionally limited to
+// the topk_group groups with the best single expert (group_limited_greedy), weights times
+// routed_scaling_factor. As in transformers' DeepseekV2TopkRouter the weights are never renormalized
+// (norm_topk_prob is not read).
+#include "parts.h"
+
+namespace moelab::architectures {
+
+Architecture deepseek_v2() {
+  Architecture a;
+  a.mla = true;
+  a.shared_expert = "shared_experts";
+  a.read_config = [](const ConfigKeys& k, ModelConfig& c) {
+    read_deepseek_layout(k, c, /*default_shared_experts=*/2, /*default_first_dense=*/0);
+    c.rope_interleaved = true;
+    k.one_of("scoring_func", "softmax", {"softmax"});
+    c.router.scale = k.get_or<double>("routed_scaling_factor", 1.0);
+    if (k.one_of("topk_method", "greedy", {"greedy", "group_limited_greedy"}) == "group_limited_greedy") {
+      c.router.groups = k.get<int64_t>("n_group");
+      c.router.groups_kept = k.get<int64_t>("topk_group");
+    }
+  };
+  return a;
+}
+
+}  // namespace moelab::architectures

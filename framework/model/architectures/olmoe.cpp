@@ -1,0 +1,16 @@
+// OLMoE: RMSNorm over the whole q and k projections, optional clip_qkv, softmax top-k router.
+#include "parts.h"
+
+namespace moelab::architectures {
+
+Architecture olmoe() {
+  Architecture a;
+  a.qk_norm = QkNorm::full_width;
+  a.read_config = [](const ConfigKeys& k, ModelConfig& c) {
+    c.clip_qkv = k.get_or<double>("clip_qkv", 0.0);
+    read_softmax_topk(k, c);
+  };
+  return a;
+}
+
+}  // namespace moelab::architectures

@@ -1,0 +1,16 @@
+// Qwen3-MoE: RMSNorm on each head's q and k, softmax top-k, no shared expert.
+#include "parts.h"
+
+namespace moelab::architectures {
+
+Architecture qwen3_moe() {
+  Architecture a;
+  a.qk_norm = QkNorm::per_head;
+  a.read_config = [](const ConfigKeys& k, ModelConfig& c) {
+    read_softmax_topk(k, c);
+    read_sparse_step_layers(k, c);
+  };
+  return a;
+}
+
+}  // namespace moelab::architectures

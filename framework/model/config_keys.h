@@ -1,0 +1,55 @@
+// Reading config.json: typed values whose errors name the file and key. A null value counts as absent,
+// so the caller's fallback (transformers' default) applies.
+#pragma once
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+
+namespace moelab {
+
+class ConfigKeys {
+ public:
+  ConfigKeys(const nlohmann::json& j, std::string file) : j_(j), file_(std::move(file)) {}
+
+  bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+  template <class T>
+  T get(const std::string& key) const {
+    if (!has(key)) throw error(fmt::format("missing key \"{}\"", key));
+    try {
+      return j_[key].get<T>();
+    } catch (const nlohmann::json::exception&) {
+      throw error(fmt::format("key \"{}\" has the wrong type ({})", key, j_[key].dump()));
+    }
+  }
+  template <class T>
+  T get_or(const std::string& key, T fallback) const { return has(key) ? get<T>(key) : fallback; }
+  // The first of several spellings that is present (configs rename keys across versions).
+  template <class T>
+  T first_of(std::initializer_list<const char*> keys, T fallback) const {
+    for (const char* k : keys)
+      if (has(k)) return get<T>(k);
+    return fallback;
+  }
+  // A string setting moelab implements only some values of: the value (or fallback), else an error.
+  std::string one_of(const std::string& key, const std::string& fallback, std::initializer_list<const char*> supported) const {
+    std::string value = get_or<std::string>(key, fallback);
+    for (const char* s : supported)
+      if (value == s) return value;
+    throw error(fmt::format("{} \"{}\" is not supported (supported: {})", key, value, fmt::join(supported, ", ")));
+  }
+  const nlohmann::json& json() const { return j_; }
+  // An error about this file.
+  std::runtime_error error(const std::string& what) const { return std::runtime_error(fmt::format("{}: {}", file_, what)); }
+
+ private:
+  const nlohmann::json& j_;
+  std::string file_;
+};
+
+}  // namespace moelab
