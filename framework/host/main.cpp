@@ -1,6 +1,7 @@
 // runexp: runs an experiment file. See `runexp --help`.
 #include "experiment_file.h"
 #include "experiment_run.h"
+#include "objective_check.h"
 #include "moelab/log.h"
 #include "plugin_registry.h"
 #include "schema.h"
@@ -151,6 +152,7 @@ int main(int argc, char** argv) {
     folders.insert(folders.end(), extra.begin(), extra.end());
     registry.scan(folders);
     moelab::ResolvedExperiment experiment = moelab::resolve_experiment(merged, file, registry);
+    moelab::check_objective_needs(experiment, registry);
     if (o.dry_run) {
       std::cout << moelab::to_toml(experiment.table);
       return 0;

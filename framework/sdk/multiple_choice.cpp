@@ -58,25 +58,12 @@ McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id,
   return batch;
 }
 
-ObjectiveBatch objective_batch(Model& model, const McBatch& batch, const std::vector<int>& layers, long long step) {
-  torch::Tensor last_logits = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0);
-  torch::Tensor last = last_positions(batch.attention_mask);
-  ObjectiveBatch ob;
-  ob.last_logits = last_logits;
+ObjectiveBatch objective_batch(Model& model, const McBatch& batch, const ObjectiveNeeds& needs) {
+  ObjectiveBatch ob = forward_for_objective(model, batch.input_ids, batch.attention_mask, needs);
+  if (!needs.choices) return ob;
   ob.choice_ids = batch.letter_ids.to(ob.last_logits.device());
   ob.labels = batch.labels.to(ob.last_logits.device());
-  ob.step = step;
   ob.sample_keys = batch.keys;
-  ob.top_k = model.info().top_k;
-  ob.routing_layers = layers;
-  const auto rows = batch.input_ids.size(0), width = batch.input_ids.size(1);
-  for (int l : layers) {
-    const RouterTrace* trace = nullptr;
-    for (const auto& t : model.routing())
-      if (t.layer == l) trace = &t;
-    if (!trace) throw std::runtime_error(fmt::format("layer {} is not a MoE layer of this model", l));
-    ob.routing.push_back(at_positions(trace->logits.view({rows, width, -1}), last));
-  }
   return ob;
 }
 

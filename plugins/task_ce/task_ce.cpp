@@ -4,9 +4,27 @@
 
 namespace {
 
+struct Settings {
+  double label_smoothing = 0;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o = moelab::Options<Settings>("task_ce", moelab::Kind::objective, "0.2.0",
+                                                  "cross-entropy over answer-letter tokens at the last prompt position")
+                            .real("label_smoothing", &Settings::label_smoothing, 0.0, "share of the target mass spread uniformly over the row's options")
+                            .within(0, 1);
+  return o;
+}
+
+moelab::ObjectiveNeeds own_needs() {
+  moelab::ObjectiveNeeds n;
+  n.choices = true;
+  return n;
+}
+
 class TaskCrossEntropy final : public moelab::Objective {
  public:
-  TaskCrossEntropy(const moelab::Config& config, moelab::RunContext&) : label_smoothing_(config.get_real("label_smoothing")) {}
+  TaskCrossEntropy(const moelab::Config& config, moelab::RunContext&) : Objective(own_needs()), settings_(options().read(config)) {}
 
   moelab::LossTerms compute(const moelab::ObjectiveBatch& batch) override {
     TORCH_CHECK(batch.last_logits.dim() == 2 && batch.choice_ids.dim() == 2, "task_ce needs last_logits [B,V] and choice_ids [B,C]");
@@ -17,9 +35,9 @@ class TaskCrossEntropy final : public moelab::Objective {
     torch::Tensor log_probs = option_logits.log_softmax(1);
     torch::Tensor nll = -log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1);
     torch::Tensor loss = nll;
-    if (label_smoothing_ > 0) {
+    if (settings_.label_smoothing > 0) {
       torch::Tensor uniform = -(log_probs.masked_fill(valid.logical_not(), 0).sum(1) / valid.sum(1));
-      loss = (1 - label_smoothing_) * nll + label_smoothing_ * uniform;
+      loss = (1 - settings_.label_smoothing) * nll + settings_.label_smoothing * uniform;
     }
     torch::Tensor total = loss.mean();
     torch::Tensor accuracy = option_logits.argmax(1).eq(batch.labels).to(torch::kFloat32).mean();
@@ -27,15 +45,9 @@ class TaskCrossEntropy final : public moelab::Objective {
   }
 
  private:
-  double label_smoothing_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("task_ce", moelab::Kind::objective, "0.1.0",
-                            "cross-entropy over answer-letter tokens at the last prompt position")
-      .real("label_smoothing", 0.0, "share of the target mass spread uniformly over the row's options");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, TaskCrossEntropy)
+MOELAB_OBJECTIVE_PLUGIN(options, own_needs, TaskCrossEntropy)

@@ -73,7 +73,10 @@ struct RomaSetup {
   moelab::LossTerms loss(const std::vector<std::size_t>& rows, moelab::Padding padding = moelab::Padding::left) {
     std::vector<const moelab::McItem*> chosen;
     for (auto r : rows) chosen.push_back(&items[r]);
-    return roma->compute(moelab::objective_batch(*model, moelab::make_batch(chosen, 1, padding), kLayers, 0));
+    moelab::ObjectiveBatch batch = moelab::objective_batch(*model, moelab::make_batch(chosen, 1, padding), roma->needs());
+    batch.trained_layers = kLayers;
+    batch.top_k = model->info().top_k;
+    return roma->compute(batch);
   }
 };
 

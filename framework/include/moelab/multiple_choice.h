@@ -43,9 +43,9 @@ McItem prepare_item(const Example& example, const Tokenizer& tokenizer, const Pr
 enum class Padding { left, right };
 McBatch make_batch(const std::vector<const McItem*>& items, std::int64_t pad_id, Padding padding = Padding::left);
 
-// One forward of `model` over `batch`, packaged for an objective: the logits and the live router
-// logits of `layers` at each row's last prompt token (gradients flow through both).
-ObjectiveBatch objective_batch(Model& model, const McBatch& batch, const std::vector<int>& layers, long long step);
+// One forward of `model` over `batch`, packaged with what an objective `needs` (forward_for_objective),
+// choices included: the answer options, gold labels and sample keys of the rows.
+ObjectiveBatch objective_batch(Model& model, const McBatch& batch, const ObjectiveNeeds& needs);
 
 // [B] index of each row's last real token (left or right padding).
 torch::Tensor last_positions(const torch::Tensor& attention_mask);
