@@ -1,5 +1,5 @@
-// Generation over JSONL prompts with a baseline sampler (greedy) and a second sampler (RoE, sampling)
-// in the same run: stop strings, max new tokens, then exact match / token F1 for QA records
+// Generation over JSONL prompts with a baseline sampler (plain, greedy) and a second sampler (RoE, a
+// sampling chain) in the same run: stop strings, max new tokens, then exact match / token F1 for QA records
 // ({"question", "answers": [...]}), accuracy when the answer is a letter, and the paired comparison.
 #include "moelab/moelab.h"
 
@@ -157,11 +157,13 @@ class Generate final : public moelab::Stage {
       moelab::KVCache cache;
       if (width > 1) model.forward(batch.input_ids.narrow(1, 0, width - 1), batch.attention_mask.narrow(1, 0, width - 1), &cache, true);
       torch::Tensor last = batch.input_ids.narrow(1, width - 1, 1).to(model.device());
+      // Every row's tokens so far for the pickers (repetition_penalty), -1 on the left padding.
+      torch::Tensor history = batch.input_ids.masked_fill(batch.attention_mask.eq(0), -1).to(model.device());
       std::vector<std::vector<std::int64_t>> out(rows.size());
       std::vector<bool> done(rows.size(), false);
       long long before = generated;
       for (long long step = 0; step < max_new_; ++step) {
-        torch::Tensor next = sampler.next(model, last, cache, static_cast<std::int64_t>(start) * max_new_ + step);
+        torch::Tensor next = sampler.next(model, last, cache, static_cast<std::int64_t>(start) * max_new_ + step, history);
         torch::Tensor host = next.cpu();
         bool all_done = true;
         for (std::size_t r = 0; r < rows.size(); ++r) {
@@ -182,6 +184,7 @@ class Generate final : public moelab::Stage {
         }
         if (all_done) break;
         last = next.unsqueeze(1);
+        history = torch::cat({history, last}, 1);
       }
       for (const auto& ids : out) {
         std::string text = tokenizer.decode(ids);
@@ -206,8 +209,8 @@ class Generate final : public moelab::Stage {
 moelab::Descriptor describe() {
   moelab::Descriptor d("generate", moelab::Kind::stage, "0.1.0", "generation with a baseline and a second sampler, paired metrics");
   d.component("dataset", moelab::Kind::dataset, "", "prompts: {\"prompt\"}, QA {\"question\", \"answers\"}, or multiple choice")
-      .optional_component("baseline", moelab::Kind::sampler, "the reference sampler (greedy); empty: none")
-      .component("sampler", moelab::Kind::sampler, "", "the sampler under test (roe, sample)")
+      .optional_component("baseline", moelab::Kind::sampler, "the reference sampler (plain with pick = [\"greedy\"]); empty: none")
+      .component("sampler", moelab::Kind::sampler, "", "the sampler under test (roe, or plain with a sampling pick chain)")
       .integer("max_new_tokens", 32, "tokens generated per prompt at most")
       .strings("stop", {"\n\n"}, "generation of a row ends at the first of these strings (cut from the text)")
       .integer("batch_size", 8, "prompts decoded together")

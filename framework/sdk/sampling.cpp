@@ -16,17 +16,10 @@ torch::Tensor counter_uniform(std::uint64_t seed, std::uint64_t counter, at::Int
   return ((shr(z, 11).to(torch::kFloat64) + 0.5) * (1.0 / 9007199254740992.0)).view(shape);
 }
 
-torch::Tensor pick_token(const torch::Tensor& probs, double temperature, double top_p, const torch::Tensor& uniform) {
-  if (temperature <= 0) return probs.argmax(-1);
-  torch::Tensor p = probs.to(torch::kFloat64).clamp_min(0).pow(1.0 / temperature);
-  p = p / p.sum(-1, true);
-  auto [sorted, order] = p.sort(-1, /*descending=*/true);
-  torch::Tensor before = sorted.cumsum(-1) - sorted;  // mass of the more likely tokens
-  sorted = sorted.masked_fill(before >= top_p, 0.0);  // the most likely token always stays
-  torch::Tensor cdf = sorted.cumsum(-1);
-  torch::Tensor target = uniform.to(cdf.device(), torch::kFloat64).unsqueeze(-1) * cdf.narrow(-1, cdf.size(-1) - 1, 1);
-  torch::Tensor index = torch::searchsorted(cdf, target).clamp_max(cdf.size(-1) - 1);
-  return order.gather(-1, index).squeeze(-1);
+Sampler::Sampler(PickChain chain) : chain_(std::move(chain)) {}
+
+torch::Tensor Sampler::next(Model& model, const torch::Tensor& tokens, KVCache& cache, std::int64_t step, const torch::Tensor& history) {
+  return chain_.pick(next_scores(model, tokens, cache, step), history, step);
 }
 
 }  // namespace moelab

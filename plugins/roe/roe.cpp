@@ -2,7 +2,7 @@
 // the shared prefix cache (KVCache::replicas, no copy): row 0 routes cleanly and is the only row whose
 // keys and values are appended, so exploration never enters the history; rows 1..K select their top-k
 // experts from logits + tau_l * g, g ~ Gumbel(0, 1) i.i.d. per sample, token, layer and expert. The
-// next token comes from the mean of the K rows' next-token probabilities (greedy, or sampled).
+// step's distribution is the mean of the K rows' next-token probabilities; the pick chain picks from it.
 // Routing weights come from the perturbed logits by default, as in the public RoE code.
 // history = "exact" recomputes the clean row alone after the shared forward (one more forward per step),
 // so the cache is bit for bit greedy's even where BLAS rounds a 1-row batch differently from K+1 rows.
@@ -13,7 +13,8 @@ namespace {
 class RoeSampler final : public moelab::Sampler {
  public:
   RoeSampler(const moelab::Config& config, moelab::RunContext& context)
-      : id_(config.id()),
+      : Sampler(moelab::pick_chain(config, context.seed_for(config.id()) ^ 0x5A5A5A5Aull)),
+        id_(config.id()),
         k_(config.get_int("k")),
         tau_mode_(config.get_string("tau_mode")),
         tau_middle_(config.get_real("tau_middle")),
@@ -21,15 +22,14 @@ class RoeSampler final : public moelab::Sampler {
         tau_list_(config.get_reals("tau_list")),
         weights_from_clean_(config.get_string("weights_from") == "clean"),
         exact_history_(config.get_string("history") == "exact"),
-        temperature_(config.get_real("temperature")),
-        top_p_(config.get_real("top_p")),
         seed_(context.seed_for(config.id())) {
     if (k_ < 1) throw std::runtime_error(fmt::format("[{}] k = {} ({}): RoE needs at least one sample", id_, k_, config.where("k")));
     if (tau_range_.size() != 2 || tau_range_[0] > tau_range_[1])
       throw std::runtime_error(fmt::format("[{}] tau_range ({}) must be [low, high]", id_, config.where("tau_range")));
   }
 
-  torch::Tensor next(moelab::Model& model, const torch::Tensor& tokens, moelab::KVCache& cache, std::int64_t step) override {
+  // The log of the mean of the K noisy rows' next-token probabilities [B, V], float64.
+  torch::Tensor next_scores(moelab::Model& model, const torch::Tensor& tokens, moelab::KVCache& cache, std::int64_t step) override {
     if (tau_.empty()) tau_ = tau_map(model.info());
     const std::int64_t rows = tokens.size(0), replicas = k_ + 1;
     model.set_router_transform({[&](int layer, const torch::Tensor& logits) { return perturb(layer, logits, replicas, step); },
@@ -52,9 +52,7 @@ class RoeSampler final : public moelab::Sampler {
       cache.mask = cache.mask.narrow(1, 0, cache.mask.size(1) - tokens.size(1));
       model.forward(tokens, {}, &cache, /*last_only=*/true);
     }
-    torch::Tensor probs = logits.select(1, 0).view({rows, replicas, -1}).narrow(1, 1, k_).softmax(-1).mean(1);  // [B, V]
-    torch::Tensor u = moelab::counter_uniform(seed_ ^ 0x5A5A5A5Aull, static_cast<std::uint64_t>(step) * rows, {rows}, probs.device());
-    return moelab::pick_token(probs, temperature_, top_p_, u);
+    return logits.select(1, 0).view({rows, replicas, -1}).narrow(1, 1, k_).softmax(-1).mean(1).to(torch::kFloat64).log();
   }
 
   // tau per decoder layer (0 for dense layers).
@@ -99,14 +97,13 @@ class RoeSampler final : public moelab::Sampler {
   double tau_middle_;
   std::vector<double> tau_range_, tau_list_;
   bool weights_from_clean_, exact_history_;
-  double temperature_, top_p_;
   std::uint64_t seed_;
   std::map<int, double> tau_;
 };
 
 moelab::Descriptor describe() {
-  return moelab::Descriptor("roe", moelab::Kind::sampler, "0.1.0", "RoE: K Gumbel-routed samples averaged, clean shared KV cache")
-      .integer("k", 8, "noisy samples per step")
+  moelab::Descriptor d("roe", moelab::Kind::sampler, "0.2.0", "RoE: K Gumbel-routed samples averaged, clean shared KV cache, then the pick chain");
+  d.integer("k", 8, "noisy samples per step")
       .choice("tau_mode", "fixed", {"fixed", "range", "list"},
               "fixed: tau_middle on every MoE layer but the first and last; range: uniform in tau_range per layer (seeded), first "
               "and last 0; list: tau_list, one per MoE layer")
@@ -115,9 +112,8 @@ moelab::Descriptor describe() {
       .reals("tau_list", {}, "tau per MoE layer (tau_mode = list)")
       .choice("weights_from", "perturbed", {"perturbed", "clean"}, "routing weights of the selected experts: from the noisy or the clean logits")
       .choice("history", "shared", {"shared", "exact"},
-              "shared: the clean row's keys/values come from the one batched forward; exact: recomputed alone, bit-identical to greedy")
-      .real("temperature", 0.0, "0: argmax of the averaged distribution; else sample it at this temperature")
-      .real("top_p", 1.0, "nucleus of the averaged distribution when sampling");
+              "shared: the clean row's keys/values come from the one batched forward; exact: recomputed alone, bit-identical to greedy");
+  return moelab::add_picker_keys(d);
 }
 
 }  // namespace

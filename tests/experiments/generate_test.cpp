@@ -27,7 +27,7 @@ TEST(Generate, ExactMatchAndF1AreOneWhenTheAnswersAreWhatGreedySays) {
   dir.write("qa.jsonl", R"({"id": "a", "question": "Name a color.", "answers": ["none"]})" "\n"
                         R"({"id": "b", "question": "Name a planet.", "answers": ["none"]})" "\n");
   auto toml = [](const std::string& data) {
-    return "stages = []\n[qa]\nplugin = \"jsonl\"\npath = \"" + data + "\"\ntext_field = \"question\"\n[greedy]\nplugin = \"greedy\"\n"
+    return "stages = []\n[qa]\nplugin = \"jsonl\"\npath = \"" + data + "\"\ntext_field = \"question\"\n[greedy]\nplugin = \"plain\"\n"
            "[gen]\nplugin = \"generate\"\ndataset = \"qa\"\nsampler = \"greedy\"\nmax_new_tokens = 6\nstop = []\n";
   };
   std::unique_ptr<moelab::ExperimentRun> run;

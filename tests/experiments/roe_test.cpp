@@ -45,11 +45,11 @@ struct RoeSetup {
   std::vector<std::int64_t> prompt;
 
   RoeSetup() {
-    run = moelab::test::start_run(dir, "stages = []\n[greedy]\nplugin = \"greedy\"\n");
+    run = moelab::test::start_run(dir, "stages = []\n[greedy]\nplugin = \"plain\"\n");
     prompt = run->tokenizer().encode("Question: What is the capital of France?\nAnswer:");
   }
   std::shared_ptr<moelab::Sampler> roe(const std::string& keys, int seed = 0) {
-    run = moelab::test::start_run(dir, "seed = " + std::to_string(seed) + "\nstages = []\n[greedy]\nplugin = \"greedy\"\n[roe]\nplugin = \"roe\"\n" + keys);
+    run = moelab::test::start_run(dir, "seed = " + std::to_string(seed) + "\nstages = []\n[greedy]\nplugin = \"plain\"\n[roe]\nplugin = \"roe\"\n" + keys);
     return run->make<moelab::Sampler>("roe");
   }
   std::shared_ptr<moelab::Sampler> greedy() { return run->make<moelab::Sampler>("greedy"); }
@@ -62,6 +62,21 @@ TEST(Roe, TauZeroIsGreedyForAnyK) {
     auto roe = s.roe("k = " + std::to_string(k) + "\ntau_mode = \"list\"\ntau_list = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]\n");
     EXPECT_EQ(decode(*roe, *s.model, s.prompt, 12).tokens, greedy.tokens) << "K = " << k;
   }
+}
+
+// With tau = 0 every noisy row routes as the clean row, so RoE's scores, the log of the mean of the K rows'
+// probabilities, are the model's own log-probabilities; the cache grows by the one token.
+TEST(Roe, ScoresAreTheLogOfTheMeanProbabilities) {
+  RoeSetup s;
+  auto roe = s.roe("k = 3\ntau_mode = \"list\"\ntau_list = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]\n");
+  torch::NoGradGuard no_grad;
+  torch::Tensor tokens = torch::tensor({{5}, {9}}, torch::kInt64);
+  moelab::KVCache cache;
+  torch::Tensor scores = roe->next_scores(*s.model, tokens, cache, 0);
+  EXPECT_EQ(scores.scalar_type(), torch::kFloat64);
+  EXPECT_EQ(cache.length(), 1);
+  torch::Tensor want = s.model->forward(tokens, {}).select(1, 0).log_softmax(-1).to(torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(scores, want, 1e-5, 1e-5));
 }
 
 // Greedy fed RoE's tokens through the clean path; returns the cached keys after each step.
@@ -102,7 +117,7 @@ TEST(Roe, SharedCacheIsTheGreedyRunsCacheAfterEveryStep) {
 
 TEST(Roe, SameSeedSameTokensOtherSeedOtherDraws) {
   RoeSetup s;
-  const std::string keys = "k = 4\ntau_middle = 3.0\ntemperature = 1.0\n";
+  const std::string keys = "k = 4\ntau_middle = 3.0\npick = [\"temperature\", \"draw\"]\ntemperature = 1.0\n";
   auto a = decode(*s.roe(keys, 1), *s.model, s.prompt, 16).tokens;
   auto b = decode(*s.roe(keys, 1), *s.model, s.prompt, 16).tokens;
   auto c = decode(*s.roe(keys, 2), *s.model, s.prompt, 16).tokens;
@@ -159,7 +174,7 @@ TEST_P(RoeArchitectures, TauZeroIsGreedyAndNoiseStaysOutOfTheCache) {
     loud_taus += std::string(i ? ", " : "") + "1.5";
   }
   TempDir dir;
-  auto run = moelab::test::start_run(dir, "stages = []\n[greedy]\nplugin = \"greedy\"\n[quiet]\nplugin = \"roe\"\nk = 3\ntau_mode = \"list\"\n"
+  auto run = moelab::test::start_run(dir, "stages = []\n[greedy]\nplugin = \"plain\"\n[quiet]\nplugin = \"roe\"\nk = 3\ntau_mode = \"list\"\n"
                                           "tau_list = [" + zeros + "]\n[loud]\nplugin = \"roe\"\nk = 3\ntau_mode = \"list\"\ntau_list = [" + loud_taus + "]\n");
   Decoded greedy = decode(*run->make<moelab::Sampler>("greedy"), *model, ids, 6);
   EXPECT_EQ(decode(*run->make<moelab::Sampler>("quiet"), *model, ids, 6).tokens, greedy.tokens);

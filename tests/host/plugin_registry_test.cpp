@@ -21,7 +21,7 @@ TEST(PluginRegistry, FindsEveryKindByName) {
   PluginRegistry registry;
   registry.scan({kBuiltDir});
   std::map<std::string, moelab::Kind> expected = {
-      {"task_ce", moelab::Kind::objective}, {"jsonl", moelab::Kind::dataset},     {"greedy", moelab::Kind::sampler},
+      {"task_ce", moelab::Kind::objective}, {"jsonl", moelab::Kind::dataset},     {"plain", moelab::Kind::sampler},
       {"expert_usage", moelab::Kind::analyzer}, {"rtn", moelab::Kind::transform}, {"hashed_bow", moelab::Kind::embedder},
       {"neighbours", moelab::Kind::stage}};
   for (const auto& [name, kind] : expected) {
@@ -30,7 +30,7 @@ TEST(PluginRegistry, FindsEveryKindByName) {
     EXPECT_EQ(plugin->descriptor->kind, kind) << name;
     EXPECT_FALSE(plugin->descriptor->description.empty());
   }
-  EXPECT_THAT(error_of([&] { registry.get("greddy"); }), HasSubstr("did you mean 'greedy'?"));
+  EXPECT_THAT(error_of([&] { registry.get("plian"); }), HasSubstr("did you mean 'plain'?"));
 }
 
 TEST(PluginRegistry, RefusesAPluginBuiltForAbi3NamingFileAndVersions) {
@@ -70,20 +70,20 @@ bool library_loaded(const fs::path& file) {
 TEST(PluginRegistry, LibraryStaysLoadedWhileAnObjectLives) {
   moelab::test::TempDir dir;
   // A private copy, so that no other test of this process has it loaded.
-  fs::path greedy_file = dir.path() / "moelab_greedy_copy.so";
-  fs::copy_file(kBuiltDir / "moelab_greedy.so", greedy_file);
-  ASSERT_FALSE(library_loaded(greedy_file));
+  fs::path plain_file = dir.path() / "moelab_plain_copy.so";
+  fs::copy_file(kBuiltDir / "moelab_plain.so", plain_file);
+  ASSERT_FALSE(library_loaded(plain_file));
   std::shared_ptr<moelab::Sampler> sampler;
   {
     auto registry = std::make_unique<PluginRegistry>();
-    registry->load(greedy_file);
-    auto experiment = moelab::test::resolve_text(dir, "run_dir = \"runs\"\nstages = []\n[pick]\nplugin = \"greedy\"\n");
+    registry->load(plain_file);
+    auto experiment = moelab::test::resolve_text(dir, "run_dir = \"runs\"\nstages = []\n[pick]\nplugin = \"plain\"\n");
     moelab::Config config(experiment.components.at("pick").config);
     auto run = std::make_unique<moelab::ExperimentRun>(std::move(experiment), *registry, false);
-    sampler = std::dynamic_pointer_cast<moelab::Sampler>(registry->create("greedy", config, *run));
+    sampler = std::dynamic_pointer_cast<moelab::Sampler>(registry->create("plain", config, *run));
   }
   ASSERT_TRUE(sampler);
-  EXPECT_TRUE(library_loaded(greedy_file));
+  EXPECT_TRUE(library_loaded(plain_file));
   auto model = moelab::load_model(fs::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe", torch::kCPU, torch::kFloat32);
   moelab::KVCache cache;
   torch::Tensor tokens = torch::tensor({{5}, {9}}, torch::kInt64);
@@ -91,7 +91,7 @@ TEST(PluginRegistry, LibraryStaysLoadedWhileAnObjectLives) {
   EXPECT_TRUE(torch::equal(picked, model->forward(tokens, {}).select(1, -1).argmax(-1)));
   EXPECT_EQ(cache.length(), 1);
   sampler.reset();
-  EXPECT_FALSE(library_loaded(greedy_file));
+  EXPECT_FALSE(library_loaded(plain_file));
 }
 
 }  // namespace

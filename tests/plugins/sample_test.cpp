@@ -1,5 +1,5 @@
-// Sampling helpers and the sample plugin: counter-based uniforms, nucleus draws at the rates the
-// distribution implies, and the paired statistics shared by evaluate and generate.
+// Sampling helpers and the plain sampler: counter-based uniforms, greedy and seeded draws through the
+// pick chain, the token history reaching repetition_penalty, and the paired statistics of evaluate and generate.
 #include "moe_model.h"
 #include "moelab/moelab.h"
 #include "test_run.h"
@@ -16,33 +16,44 @@ TEST(CounterUniform, ReproducibleOpenIntervalAndRoughlyUniform) {
   EXPECT_NEAR(a.lt(0.25).to(torch::kFloat64).mean().item<double>(), 0.25, 0.005);
 }
 
-TEST(PickToken, GreedyNucleusAndDrawRates) {
-  torch::Tensor probs = torch::tensor({0.6, 0.3, 0.1}, torch::kFloat64).expand({20000, 3});
-  torch::Tensor u = moelab::counter_uniform(1, 0, {20000}, torch::kCPU);
-  EXPECT_TRUE(moelab::pick_token(probs, 0.0, 1.0, u).eq(0).all().item<bool>());    // temperature 0: argmax
-  EXPECT_TRUE(moelab::pick_token(probs, 1.0, 0.5, u).eq(0).all().item<bool>());    // nucleus 0.5 holds only the top token
-  torch::Tensor drawn = moelab::pick_token(probs, 1.0, 1.0, u);
-  EXPECT_NEAR(drawn.eq(1).to(torch::kFloat64).mean().item<double>(), 0.3, 0.015);
-  EXPECT_NEAR(drawn.eq(2).to(torch::kFloat64).mean().item<double>(), 0.1, 0.01);
-  torch::Tensor nucleus = moelab::pick_token(probs, 1.0, 0.8, u);  // keeps 0.6 and 0.3, renormalized
-  EXPECT_TRUE(nucleus.ne(2).all().item<bool>());
-  EXPECT_NEAR(nucleus.eq(1).to(torch::kFloat64).mean().item<double>(), 1.0 / 3, 0.015);
-}
-
-TEST(SampleSampler, TemperatureZeroIsGreedyAndSeedsReproduce) {
+TEST(PlainSampler, DefaultPickIsGreedyAndSeedsReproduce) {
   moelab::test::TempDir dir;
   auto model = moelab::load_model(std::filesystem::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe", torch::kCPU, torch::kFloat32);
-  auto run = moelab::test::start_run(dir, "stages = []\n[cold]\nplugin = \"sample\"\ntemperature = 0.0\n[hot]\nplugin = \"sample\"\ntemperature = 1.5\n");
+  auto run = moelab::test::start_run(dir, "stages = []\n[cold]\nplugin = \"plain\"\n[hot]\nplugin = \"plain\"\npick = [\"temperature\", \"draw\"]\n"
+                                          "temperature = 1.5\n");
   torch::Tensor tokens = torch::tensor({{5}, {9}, {11}}, torch::kInt64);
   auto next = [&](const std::string& id, std::int64_t step) {
     moelab::KVCache cache;
-    return run->make<moelab::Sampler>(id)->next(*model, tokens, cache, step);
+    torch::Tensor picked = run->make<moelab::Sampler>(id)->next(*model, tokens, cache, step);
+    EXPECT_EQ(cache.length(), 1);
+    return picked;
   };
   EXPECT_TRUE(torch::equal(next("cold", 0), model->forward(tokens, {}).select(1, 0).argmax(-1)));
   EXPECT_TRUE(torch::equal(next("hot", 3), next("hot", 3)));
   std::set<std::int64_t> seen;
   for (int step = 0; step < 20; ++step) seen.insert(next("hot", step)[0].item<std::int64_t>());
   EXPECT_GT(seen.size(), 1u);
+}
+
+// A penalty so large that any token the row has seen loses to every unseen token with a positive logit.
+TEST(PlainSampler, RepetitionPenaltyReadsEachRowsHistory) {
+  moelab::test::TempDir dir;
+  auto model = moelab::load_model(std::filesystem::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe", torch::kCPU, torch::kFloat32);
+  auto run = moelab::test::start_run(dir, "stages = []\n[s]\nplugin = \"plain\"\npick = [\"repetition_penalty\", \"greedy\"]\n"
+                                          "repetition_penalty = 1e6\n");
+  torch::Tensor tokens = torch::tensor({{5}, {9}}, torch::kInt64);
+  torch::Tensor logits = model->forward(tokens, {}).select(1, 0);
+  torch::Tensor greedy = logits.argmax(-1);
+  ASSERT_GT(logits[0][greedy[0]].item<float>(), 0.0f);
+  torch::Tensor history = torch::stack({torch::stack({tokens[0][0], greedy[0]}), torch::full({2}, -1, torch::kInt64)});
+  moelab::KVCache cache;
+  torch::Tensor picked = run->make<moelab::Sampler>("s")->next(*model, tokens, cache, 0, history);
+  torch::Tensor penalized = logits[0].clone();
+  for (std::int64_t seen : {tokens[0][0].item<std::int64_t>(), greedy[0].item<std::int64_t>()})
+    penalized[seen] = penalized[seen].item<float>() > 0 ? penalized[seen] / 1e6 : penalized[seen] * 1e6;
+  EXPECT_EQ(picked[0].item<std::int64_t>(), penalized.argmax().item<std::int64_t>());
+  EXPECT_NE(picked[0].item<std::int64_t>(), greedy[0].item<std::int64_t>());
+  EXPECT_EQ(picked[1].item<std::int64_t>(), greedy[1].item<std::int64_t>());  // padding penalizes nothing
 }
 
 TEST(Paired, McNemarAndBootstrapOnKnownScores) {
