@@ -8,13 +8,27 @@
 
 namespace {
 
+struct Settings {
+  std::string method;  // moelab::fit_power_laws takes it by name
+  bool include_attention;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("alpha", moelab::Kind::stage, "0.1.0", "power-law alpha of every expert matrix's eigenvalue tail (WeightWatcher)")
+          .choice("method", &Settings::method, "ks", {"ks", "hill"},
+                  "ks: MLE with xmin by Kolmogorov-Smirnov (WeightWatcher); hill: the public script's Hill estimator")
+          .flag("include_attention", &Settings::include_attention, false, "also fit the attention projections (reported, never quantized)");
+  return o;
+}
+
 class Alpha final : public moelab::Stage {
  public:
-  Alpha(const moelab::Config& config, moelab::RunContext& context) : config_(config), context_(context) {}
+  Alpha(const moelab::Config& config, moelab::RunContext& context) : settings_(options().read(config)), context_(context) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
-    const std::string method = config_.get_string("method");
+    const std::string& method = settings_.method;
     nlohmann::json rows = nlohmann::json::array();
     std::ostringstream csv;
     csv << "layer,module,expert,name,alpha,xmin,ks,tail\n";
@@ -42,7 +56,7 @@ class Alpha final : public moelab::Stage {
       }
       progress.advance(3 * model.info().num_experts);
     }
-    if (config_.get_bool("include_attention")) {
+    if (settings_.include_attention) {
       std::regex attention("^model\\.layers\\.(\\d+)\\.self_attn\\.(\\w+)\\.weight$");
       for (auto& [name, w] : model.named_weights()) {
         std::smatch m;
@@ -67,16 +81,10 @@ class Alpha final : public moelab::Stage {
   }
 
  private:
-  moelab::Config config_;
+  Settings settings_;
   moelab::RunContext& context_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("alpha", moelab::Kind::stage, "0.1.0", "power-law alpha of every expert matrix's eigenvalue tail (WeightWatcher)")
-      .choice("method", "ks", {"ks", "hill"}, "ks: MLE with xmin by Kolmogorov-Smirnov (WeightWatcher); hill: the public script's Hill estimator")
-      .flag("include_attention", false, "also fit the attention projections (reported, never quantized)");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, Alpha)
+MOELAB_PLUGIN(options, Alpha)

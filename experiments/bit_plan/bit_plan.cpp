@@ -8,6 +8,33 @@
 
 namespace {
 
+const std::vector<std::pair<std::string, moelab::QuantFormat>> kFormats = {
+    {"int3", moelab::QuantFormat::int3}, {"int4", moelab::QuantFormat::int4}, {"mxfp4", moelab::QuantFormat::mxfp4}, {"mxfp8", moelab::QuantFormat::mxfp8}};
+
+enum class Granularity { matrix, layer };
+const std::vector<std::pair<std::string, Granularity>> kGranularities = {{"matrix", Granularity::matrix}, {"layer", Granularity::layer}};
+
+struct Settings {
+  std::filesystem::path alpha, plan_file;
+  moelab::QuantFormat low_format, high_format;
+  double ratio;
+  Granularity granularity;
+  long long group_size;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("bit_plan", moelab::Kind::stage, "0.1.0", "per-matrix quantization formats from alpha (or a hand-written plan)")
+          .path("alpha", &Settings::alpha, "@alpha/alpha.json", "the alpha stage's output")
+          .path("plan_file", &Settings::plan_file, "", "a hand-written plan {\"default\", \"formats\": {name: format}} instead of the rule")
+          .choice("low_format", &Settings::low_format, moelab::QuantFormat::mxfp4, kFormats, "format of the highest-alpha share")
+          .choice("high_format", &Settings::high_format, moelab::QuantFormat::mxfp8, kFormats, "format of the rest")
+          .real("ratio", &Settings::ratio, 0.3, "share of matrices (or layers) that get low_format (the public script's mxfp4_ratio)").within(0, 1)
+          .choice("granularity", &Settings::granularity, Granularity::matrix, kGranularities, "rank single matrices, or whole layers by mean alpha")
+          .integer("group_size", &Settings::group_size, 128, "INT group size, for the reported bits per weight").at_least(1);
+  return o;
+}
+
 double bits_per_weight(const std::string& format, long long group_size) {
   switch (moelab::quant_format(format)) {
     case moelab::QuantFormat::int3: return 3 + 24.0 / group_size;  // fp16 scale + 8-bit zero per group
@@ -20,11 +47,7 @@ double bits_per_weight(const std::string& format, long long group_size) {
 
 class BitPlan final : public moelab::Stage {
  public:
-  BitPlan(const moelab::Config& config, moelab::RunContext& context) : config_(config), context_(context) {
-    for (const char* key : {"low_format", "high_format"}) moelab::quant_format(config.get_string(key));
-    const double ratio = config.get_real("ratio");
-    if (ratio < 0 || ratio > 1) throw std::runtime_error(fmt::format("[{}] ratio ({}) must be within 0..1", config.id(), config.where("ratio")));
-  }
+  BitPlan(const moelab::Config& config, moelab::RunContext& context) : settings_(options().read(config)), context_(context) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
@@ -35,20 +58,20 @@ class BitPlan final : public moelab::Stage {
         for (const auto& p : ex.names) names.push_back(fmt::format("{}{}.{}.weight", ex.prefix, e, p));
     }
     nlohmann::json formats = nlohmann::json::object(), rule;
-    const std::string plan_file = config_.get_string("plan_file");
-    if (!plan_file.empty()) {
-      formats = hand_written(context_.run_path(plan_file), names);
-      rule = {{"plan_file", context_.run_path(plan_file).string()}};
+    if (!settings_.plan_file.empty()) {
+      formats = hand_written(context_.run_path(settings_.plan_file), names);
+      rule = {{"plan_file", context_.run_path(settings_.plan_file).string()}};
     } else {
       formats = by_alpha(names);
-      rule = {{"rule", "highest alpha -> low_format"}, {"ratio", config_.get_real("ratio")}, {"low_format", config_.get_string("low_format")},
-              {"high_format", config_.get_string("high_format")}, {"granularity", config_.get_string("granularity")}};
+      rule = {{"rule", "highest alpha -> low_format"}, {"ratio", settings_.ratio}, {"low_format", moelab::quant_format_name(settings_.low_format)},
+              {"high_format", moelab::quant_format_name(settings_.high_format)},
+              {"granularity", moelab::choice_name(settings_.granularity, kGranularities)}};
     }
     std::map<std::string, long long> counts;
     double bits = 0;
     for (const auto& [name, format] : formats.items()) {
       ++counts[format.get<std::string>()];
-      bits += bits_per_weight(format.get<std::string>(), config_.get_int("group_size"));
+      bits += bits_per_weight(format.get<std::string>(), settings_.group_size);
     }
     nlohmann::json plan = {{"formats", formats}, {"rule", rule}, {"counts", counts}, {"mean_bits_per_weight", bits / static_cast<double>(formats.size())}};
     moelab::write_file_atomic(out_dir / "plan.json", plan.dump(1) + "\n");
@@ -59,7 +82,7 @@ class BitPlan final : public moelab::Stage {
 
  private:
   nlohmann::json by_alpha(const std::vector<std::string>& names) const {
-    std::filesystem::path file = context_.run_path(config_.get_string("alpha"));
+    std::filesystem::path file = context_.run_path(settings_.alpha);
     nlohmann::json rows = moelab::read_json(file);
     if (!rows.is_array()) throw std::runtime_error(fmt::format("{}: expected the alpha stage's array of matrices", file.string()));
     std::map<std::string, double> alpha;
@@ -73,7 +96,7 @@ class BitPlan final : public moelab::Stage {
       if (!alpha.count(n)) throw std::runtime_error(fmt::format("{}: no alpha for {} (was it computed for another model?)", file.string(), n));
     // Units ranked by alpha: single matrices, or whole layers by their mean alpha.
     std::map<std::string, std::vector<std::string>> units;
-    if (config_.get_string("granularity") == "layer") {
+    if (settings_.granularity == Granularity::layer) {
       for (const auto& n : names) units["layer " + std::to_string(layer_of[n])].push_back(n);
     } else {
       for (const auto& n : names) units[n] = {n};
@@ -85,10 +108,10 @@ class BitPlan final : public moelab::Stage {
       ranked.emplace_back(sum / static_cast<double>(members.size()), unit);
     }
     std::sort(ranked.rbegin(), ranked.rend());
-    const auto low = static_cast<std::size_t>(std::llround(config_.get_real("ratio") * static_cast<double>(ranked.size())));
+    const auto low = static_cast<std::size_t>(std::llround(settings_.ratio * static_cast<double>(ranked.size())));
     nlohmann::json formats = nlohmann::json::object();
     for (std::size_t i = 0; i < ranked.size(); ++i)
-      for (const auto& m : units[ranked[i].second]) formats[m] = config_.get_string(i < low ? "low_format" : "high_format");
+      for (const auto& m : units[ranked[i].second]) formats[m] = moelab::quant_format_name(i < low ? settings_.low_format : settings_.high_format);
     return formats;
   }
 
@@ -114,21 +137,10 @@ class BitPlan final : public moelab::Stage {
     return formats;
   }
 
-  moelab::Config config_;
+  Settings settings_;
   moelab::RunContext& context_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("bit_plan", moelab::Kind::stage, "0.1.0", "per-matrix quantization formats from alpha (or a hand-written plan)")
-      .path("alpha", "@alpha/alpha.json", "the alpha stage's output")
-      .path("plan_file", "", "a hand-written plan {\"default\", \"formats\": {name: format}} instead of the rule")
-      .choice("low_format", "mxfp4", {"int3", "int4", "mxfp4", "mxfp8"}, "format of the highest-alpha share")
-      .choice("high_format", "mxfp8", {"int3", "int4", "mxfp4", "mxfp8"}, "format of the rest")
-      .real("ratio", 0.3, "share of matrices (or layers) that get low_format (the public script's mxfp4_ratio)")
-      .choice("granularity", "matrix", {"matrix", "layer"}, "rank single matrices, or whole layers by mean alpha")
-      .integer("group_size", 128, "INT group size, for the reported bits per weight");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, BitPlan)
+MOELAB_PLUGIN(options, BitPlan)

@@ -5,6 +5,7 @@
 // quantized). Then the analyzers run on the records and index.html shows their numbers and figures.
 // Also exports RoMA's routing-results JSON (last token of every document).
 #include "moelab/moelab.h"
+#include "moelab/routing_results.h"
 
 #include <chrono>
 #include <numeric>
@@ -13,6 +14,38 @@ namespace {
 
 namespace fs = std::filesystem;
 using torch::Tensor;
+
+enum class Precision { float16, float32 };
+
+struct Settings {
+  std::vector<std::string> sets, analyzers;
+  long long max_tokens_per_set;
+  std::size_t max_len, batch_tokens;
+  long long chunk_tokens;
+  bool full_probs;
+  Precision precision;
+  fs::path compare_with;
+  bool export_routing_results;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("collect", moelab::Kind::stage, "0.1.0", "streams per-token routing of text sets to disk, analyzes it, writes a report")
+          .components("sets", &Settings::sets, moelab::Kind::dataset, "dataset tables of the text sets (each example's text is one document)")
+          .components("analyzers", &Settings::analyzers, moelab::Kind::analyzer, "analyzer tables to run on the records, in order")
+          .integer("max_tokens_per_set", &Settings::max_tokens_per_set, 100000, "stop reading a set after this many tokens (0: no cap)")
+          .integer("max_len", &Settings::max_len, 512, "tokens per forward row; longer documents are cut into windows").at_least(1)
+          .integer("batch_tokens", &Settings::batch_tokens, 16384, "tokens per forward (rows x longest row); short documents share a forward")
+          .integer("chunk_tokens", &Settings::chunk_tokens, 65536, "tokens per chunk file")
+          .flag("full_probs", &Settings::full_probs, false, "also record the full router softmax [tokens, layers, experts]")
+          .choice("precision", &Settings::precision, Precision::float16, {{"float16", Precision::float16}, {"float32", Precision::float32}},
+                  "stored precision of weights, probabilities, entropy and margin")
+          .path("compare_with", &Settings::compare_with, "",
+                "router checkpoint (\"@finetune/routers.safetensors\") or quantized checkpoint: collect the same tokens again under it")
+          .flag("export_routing_results", &Settings::export_routing_results, true,
+                "write routing_results.json (RoMA format: last token of each document, full softmax)");
+  return o;
+}
 
 struct Window {
   int set = 0;
@@ -88,19 +121,19 @@ moelab::RoutingRecords load_records(const fs::path& dir) {
 
 class Collect final : public moelab::Stage {
  public:
-  Collect(const moelab::Config& config, moelab::RunContext& context) : config_(config), context_(context) {
-    for (const auto& id : config.get_strings("sets")) sets_.push_back(context.make<moelab::Dataset>(id));
+  Collect(const moelab::Config& config, moelab::RunContext& context) : config_(config), settings_(options().read(config)), context_(context) {
+    for (const auto& id : settings_.sets) sets_.push_back(context.make<moelab::Dataset>(id));
     if (sets_.empty()) throw std::runtime_error(fmt::format("[{}] sets ({}): list at least one dataset table", config.id(), config.where("sets")));
-    for (const auto& id : config.get_strings("analyzers")) analyzers_.emplace_back(id, context.make<moelab::Analyzer>(id));
+    for (const auto& id : settings_.analyzers) analyzers_.emplace_back(id, context.make<moelab::Analyzer>(id));
   }
 
   void run(const fs::path& out_dir, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
     std::vector<Window> windows = make_windows();
-    const std::vector<std::string> set_names = config_.get_strings("sets");
+    const std::vector<std::string>& set_names = settings_.sets;
     nlohmann::json collection = nlohmann::json::object();
     collection["primary"] = collect_pass(model, windows, out_dir / "chunks" / "primary", "primary", out_dir);
-    std::string compare = config_.get_string("compare_with");
+    const std::string compare = settings_.compare_with.string();
     if (!compare.empty()) {
       // The second state: a router checkpoint, or a quantized checkpoint (full vs quantized).
       const std::filesystem::path file = context_.run_path(compare);
@@ -153,8 +186,8 @@ class Collect final : public moelab::Stage {
   // Each document is tokenized and cut into windows of max_len; a set stops at its token cap.
   std::vector<Window> make_windows() {
     const moelab::Tokenizer& tokenizer = context_.tokenizer();
-    const std::size_t max_len = config_.get_int("max_len");
-    const long long cap = config_.get_int("max_tokens_per_set");
+    const std::size_t max_len = settings_.max_len;
+    const long long cap = settings_.max_tokens_per_set;
     std::vector<Window> windows;
     for (std::size_t s = 0; s < sets_.size(); ++s) {
       long long taken = 0;
@@ -168,7 +201,7 @@ class Collect final : public moelab::Stage {
           windows.push_back(std::move(w));
         }
       }
-      moelab::log::info("collect: set [{}]: {} tokens in {} documents", config_.get_strings("sets")[s], taken, sets_[s]->size());
+      moelab::log::info("collect: set [{}]: {} tokens in {} documents", settings_.sets[s], taken, sets_[s]->size());
     }
     std::stable_sort(windows.begin(), windows.end(),
                      [](const Window& a, const Window& b) { return a.set != b.set ? a.set < b.set : a.ids.size() < b.ids.size(); });
@@ -179,17 +212,17 @@ class Collect final : public moelab::Stage {
   nlohmann::json collect_pass(moelab::Model& model, const std::vector<Window>& windows, const fs::path& dir, const std::string& state,
                               const fs::path& export_dir) {
     torch::NoGradGuard no_grad;
-    const bool full = config_.get_bool("full_probs");
-    const torch::ScalarType dtype = config_.get_string("precision") == "float32" ? torch::kFloat32 : torch::kFloat16;
+    const bool full = settings_.full_probs;
+    const torch::ScalarType dtype = settings_.precision == Precision::float32 ? torch::kFloat32 : torch::kFloat16;
     const long long k = model.info().top_k;
     nlohmann::json meta = {{"layers", model.info().moe_layers}, {"num_experts", model.info().num_experts}, {"top_k", k}, {"state", state},
-                           {"sets", config_.get_strings("sets")}};
-    ChunkWriter writer(dir, config_.get_int("chunk_tokens"), dtype, meta);
-    const bool do_export = !export_dir.empty() && config_.get_bool("export_routing_results");
-    nlohmann::json exported = nlohmann::json::object();
+                           {"sets", settings_.sets}};
+    ChunkWriter writer(dir, settings_.chunk_tokens, dtype, meta);
+    const bool do_export = !export_dir.empty() && settings_.export_routing_results;
+    std::vector<moelab::RoutingResult> exported;
     // Windows are taken shortest first within each set (little padding; records keep set and token ids),
     // and batches fill a token budget (rows x longest row), so short documents share one forward.
-    const std::size_t budget = std::max<std::size_t>(config_.get_int("batch_tokens"), config_.get_int("max_len"));
+    const std::size_t budget = std::max(settings_.batch_tokens, settings_.max_len);
     std::vector<std::pair<std::size_t, std::size_t>> batches;  // [start, end) of windows
     for (std::size_t start = 0, width = 0, end = 0; end <= windows.size(); ++end) {
       if (end == windows.size()) {
@@ -265,7 +298,7 @@ class Collect final : public moelab::Stage {
     writer.flush();
     progress.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    if (do_export) moelab::write_file_atomic(export_dir / "routing_results.json", exported.dump(1) + "\n");
+    if (do_export) moelab::write_routing_results(export_dir / "routing_results.json", exported);
     nlohmann::json out = {{"tokens", writer.tokens()}, {"chunks", writer.chunks()}, {"disk_bytes", writer.bytes()},
                           {"disk_bytes_per_token", writer.tokens() ? static_cast<double>(writer.bytes()) / writer.tokens() : 0.0},
                           {"seconds", seconds}, {"tokens_per_second", writer.tokens() / std::max(seconds, 1e-9)}};
@@ -278,27 +311,23 @@ class Collect final : public moelab::Stage {
 
   // RoMA's routing-results entry for each document that ends in this batch: its last token's full softmax [L, E].
   void export_last_tokens(const std::vector<Window>& windows, const std::vector<int64_t>& ending_windows, const Tensor& probs,
-                          moelab::Model& model, nlohmann::json& exported) {
-    const std::vector<std::string> set_names = config_.get_strings("sets");
+                          moelab::Model& model, std::vector<moelab::RoutingResult>& exported) {
     for (std::size_t i = 0; i < ending_windows.size(); ++i) {
       const Window& w = windows[ending_windows[i]];
       const moelab::Example& ex = sets_[w.set]->at(w.example);
       Tensor p = probs[static_cast<int64_t>(i)].to(torch::kFloat64).contiguous();  // [L, E] on the host
       const double* values = p.data_ptr<double>();
       const int64_t experts = p.size(1);
-      nlohmann::json layers = nlohmann::json::array();
-      for (std::size_t l = 0; l < model.info().moe_layers.size(); ++l) {
-        nlohmann::json weights = nlohmann::json::object();
-        for (int64_t e = 0; e < experts; ++e) weights["expert_" + std::to_string(e)] = values[l * experts + e];
-        layers.push_back({{"layer", model.info().moe_layers[l]}, {"routing_weights", weights}});
-      }
-      const std::int64_t last = w.ids.back();
-      exported[set_names[w.set] + "/" + ex.id] = {
-          {"input_text", ex.text},
-          {"set", set_names[w.set]},
-          {"last_token_routing", {{"token_id", last}, {"token_text", context_.tokenizer().decode({last})}, {"layers", layers}}},
-          {"correct_answer", ex.answer >= 0 ? ex.letters.at(ex.answer) : ""},
-          {"is_correct", false}};
+      moelab::RoutingResult r;
+      for (std::size_t l = 0; l < model.info().moe_layers.size(); ++l)
+        r.routing[model.info().moe_layers[l]].assign(values + l * experts, values + (l + 1) * experts);
+      r.set = settings_.sets[w.set];
+      r.key = r.set + "/" + ex.id;
+      r.input_text = ex.text;
+      r.token_id = w.ids.back();
+      r.token_text = context_.tokenizer().decode({r.token_id});
+      r.correct_answer = ex.answer >= 0 ? ex.letters.at(ex.answer) : "";
+      exported.push_back(std::move(r));
     }
   }
 
@@ -320,26 +349,13 @@ class Collect final : public moelab::Stage {
     return out;
   }
 
-  moelab::Config config_;
+  moelab::Config config_;  // for id() and where() in messages
+  Settings settings_;
   moelab::RunContext& context_;
   std::vector<std::shared_ptr<moelab::Dataset>> sets_;
   std::vector<std::pair<std::string, std::shared_ptr<moelab::Analyzer>>> analyzers_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("collect", moelab::Kind::stage, "0.1.0", "streams per-token routing of text sets to disk, analyzes it, writes a report")
-      .strings("sets", {}, "dataset tables of the text sets (each example's text is one document)")
-      .strings("analyzers", {}, "analyzer tables to run on the records, in order")
-      .integer("max_tokens_per_set", 100000, "stop reading a set after this many tokens (0: no cap)")
-      .integer("max_len", 512, "tokens per forward row; longer documents are cut into windows")
-      .integer("batch_tokens", 16384, "tokens per forward (rows x longest row); short documents share a forward")
-      .integer("chunk_tokens", 65536, "tokens per chunk file")
-      .flag("full_probs", false, "also record the full router softmax [tokens, layers, experts]")
-      .choice("precision", "float16", {"float16", "float32"}, "stored precision of weights, probabilities, entropy and margin")
-      .path("compare_with", "", "router checkpoint (\"@finetune/routers.safetensors\") or quantized checkpoint: collect the same tokens again under it")
-      .flag("export_routing_results", true, "write routing_results.json (RoMA format: last token of each document, full softmax)");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, Collect)
+MOELAB_PLUGIN(options, Collect)

@@ -5,40 +5,45 @@
 
 namespace {
 
+struct Settings {
+  std::filesystem::path input;
+  std::string output;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("dump_logits", moelab::Kind::stage, "0.1.0", "writes logits and router logits for given token ids")
+          .path("input", &Settings::input, moelab::required, "safetensors file with input_ids int64 [batch, seq] (and optional attention_mask)")
+          .string("output", &Settings::output, "logits.safetensors", "file name inside the stage folder");
+  return o;
+}
+
 class DumpLogits final : public moelab::Stage {
  public:
-  DumpLogits(const moelab::Config& config, moelab::RunContext& context)
-      : input_(config.get_path("input")), output_(config.get_string("output")), context_(context) {}
+  DumpLogits(const moelab::Config& config, moelab::RunContext& context) : settings_(options().read(config)), context_(context) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
-    moelab::SafetensorsFile in(input_);
-    if (!in.contains("input_ids")) throw std::runtime_error(fmt::format("{}: no tensor 'input_ids'", input_.string()));
+    moelab::SafetensorsFile in(settings_.input);
+    if (!in.contains("input_ids")) throw std::runtime_error(fmt::format("{}: no tensor 'input_ids'", settings_.input.string()));
     torch::Tensor ids = in.get("input_ids");
     if (ids.dim() != 2 || ids.scalar_type() != torch::kInt64)
-      throw std::runtime_error(fmt::format("{}: input_ids must be int64 [batch, seq]", input_.string()));
+      throw std::runtime_error(fmt::format("{}: input_ids must be int64 [batch, seq]", settings_.input.string()));
     torch::Tensor mask = in.contains("attention_mask") ? in.get("attention_mask") : torch::Tensor();
     moelab::Model& model = context_.model();
     torch::NoGradGuard no_grad;
     torch::Tensor logits = model.forward(ids, mask);
     std::vector<std::pair<std::string, torch::Tensor>> out = {{"logits", logits}};
     for (const auto& trace : model.routing()) out.emplace_back("router_logits." + std::to_string(trace.layer), trace.logits);
-    moelab::write_safetensors(out_dir / output_, out, {{"model_type", model.info().model_type}, {"source", input_.string()}});
-    summary = {{"batch", ids.size(0)}, {"tokens", ids.numel()}, {"output", (out_dir / output_).string()}};
-    moelab::log::info("dump_logits: {} rows x {} tokens -> {}", ids.size(0), ids.size(1), (out_dir / output_).string());
+    moelab::write_safetensors(out_dir / settings_.output, out, {{"model_type", model.info().model_type}, {"source", settings_.input.string()}});
+    summary = {{"batch", ids.size(0)}, {"tokens", ids.numel()}, {"output", (out_dir / settings_.output).string()}};
+    moelab::log::info("dump_logits: {} rows x {} tokens -> {}", ids.size(0), ids.size(1), (out_dir / settings_.output).string());
   }
 
  private:
-  std::filesystem::path input_;
-  std::string output_;
+  Settings settings_;
   moelab::RunContext& context_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("dump_logits", moelab::Kind::stage, "0.1.0", "writes logits and router logits for given token ids")
-      .required("input", moelab::KeyType::path, "safetensors file with input_ids int64 [batch, seq] (and optional attention_mask)")
-      .string("output", "logits.safetensors", "file name inside the stage folder");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, DumpLogits)
+MOELAB_PLUGIN(options, DumpLogits)

@@ -9,6 +9,34 @@
 
 namespace {
 
+enum class Scoring { letter, loglik };
+const std::vector<std::pair<std::string, Scoring>> kScorings = {{"letter", Scoring::letter}, {"loglik", Scoring::loglik}};
+
+struct Settings {
+  std::string dataset;
+  std::filesystem::path routers;
+  Scoring scoring;
+  std::string loglik_template;
+  std::size_t batch_size;
+  long long bootstrap;
+  moelab::PromptOptions prompt;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("evaluate", moelab::Kind::stage, "0.1.0", "paired multiple-choice evaluation: base vs finetuned routers")
+          .component("dataset", &Settings::dataset, moelab::Kind::dataset, "evaluation questions")
+          .path("routers", &Settings::routers, "", "router checkpoint to compare with the base (\"@train/routers.safetensors\"); empty: base only")
+          .choice("scoring", &Settings::scoring, Scoring::letter, kScorings,
+                  "letter: answer-letter logits after the prompt; loglik: lm-eval per-choice log-likelihood (acc, acc_norm)")
+          .string("loglik_template", &Settings::loglik_template, "Question: {question}\nAnswer:",
+                  "context for loglik scoring ({question}; lm-eval's ARC form)")
+          .integer("batch_size", &Settings::batch_size, 16, "questions (loglik: sequences) per forward").at_least(1)
+          .integer("bootstrap", &Settings::bootstrap, 2000, "bootstrap resamples for the paired interval")
+          .include(&Settings::prompt, moelab::prompt_options());
+  return o;
+}
+
 struct Scores {
   std::vector<long long> predicted;
   std::vector<bool> correct;
@@ -18,26 +46,25 @@ struct Scores {
 class Evaluate final : public moelab::Stage {
  public:
   Evaluate(const moelab::Config& config, moelab::RunContext& context)
-      : config_(config), context_(context), dataset_(context.make<moelab::Dataset>(config.get_string("dataset"))) {}
+      : config_(config), settings_(options().read(config)), context_(context), dataset_(context.make<moelab::Dataset>(settings_.dataset)) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
     std::vector<moelab::McItem> items;
     for (std::size_t i = 0; i < dataset_->size(); ++i)
-      items.push_back(moelab::prepare_item(dataset_->at(i), context_.tokenizer(), moelab::prompt_format(config_), config_.get_int("max_len")));
+      items.push_back(moelab::prepare_item(dataset_->at(i), context_.tokenizer(), settings_.prompt, settings_.prompt.max_len));
     if (items.empty()) throw std::runtime_error(fmt::format("[{}] the dataset has no questions", config_.id()));
     double chance = 0;
     for (const auto& item : items) chance += 1.0 / static_cast<double>(item.letters.size());
     chance /= static_cast<double>(items.size());
 
-    nlohmann::json report = {{"questions", items.size()}, {"chance", chance}, {"scoring", config_.get_string("scoring")},
+    nlohmann::json report = {{"questions", items.size()}, {"chance", chance}, {"scoring", moelab::choice_name(settings_.scoring, kScorings)},
                              {"warnings", nlohmann::json::array()}};
     std::map<std::string, Scores> base = score_all(model, items, "base");
     for (const auto& [metric, s] : base) report["base"][metric] = describe_scores(s, items, chance, "base " + metric, report["warnings"]);
     std::map<std::string, Scores> tuned;
-    std::string routers = config_.get_string("routers");
-    if (!routers.empty()) {
-      std::filesystem::path file = context_.run_path(routers);
+    if (!settings_.routers.empty()) {
+      std::filesystem::path file = context_.run_path(settings_.routers);
       moelab::RestoreModelOnExit restore(model, /*experts=*/false);
       auto moved = moelab::apply_router_checkpoint(file, model);
       tuned = score_all(model, items, "finetuned");
@@ -63,7 +90,7 @@ class Evaluate final : public moelab::Stage {
  private:
   std::map<std::string, Scores> score_all(moelab::Model& model, const std::vector<moelab::McItem>& items, const char* label) {
     std::map<std::string, Scores> out;
-    if (config_.get_string("scoring") == "letter") {
+    if (settings_.scoring == Scoring::letter) {
       out["letter"] = score_letters(model, items);
     } else {
       out = score_continuations(model, items);
@@ -89,8 +116,8 @@ class Evaluate final : public moelab::Stage {
   std::map<std::string, Scores> score_continuations(moelab::Model& model, const std::vector<moelab::McItem>& items) {
     torch::NoGradGuard no_grad;
     const moelab::Tokenizer& tokenizer = context_.tokenizer();
-    moelab::PromptFormat format = moelab::prompt_format(config_);
-    format.question_template = config_.get_string("loglik_template");
+    moelab::PromptFormat format = settings_.prompt;
+    format.question_template = settings_.loglik_template;
     struct Sequence {
       std::size_t item, choice;
       moelab::McItem tokens;  // prompt_ids = context + continuation
@@ -115,7 +142,7 @@ class Evaluate final : public moelab::Stage {
       }
     }
     std::vector<std::vector<double>> loglik(items.size()), per_byte(items.size());
-    const std::size_t batch_size = config_.get_int("batch_size");
+    const std::size_t batch_size = settings_.batch_size;
     for (std::size_t start = 0; start < sequences.size(); start += batch_size) {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) rows.push_back(&sequences[i].tokens);
@@ -144,7 +171,7 @@ class Evaluate final : public moelab::Stage {
   Scores score_letters(moelab::Model& model, const std::vector<moelab::McItem>& items) {
     torch::NoGradGuard no_grad;
     std::vector<long long> predicted_all;
-    const std::size_t batch_size = config_.get_int("batch_size");
+    const std::size_t batch_size = settings_.batch_size;
     for (std::size_t start = 0; start < items.size(); start += batch_size) {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size); ++i) rows.push_back(&items[i]);
@@ -183,7 +210,7 @@ class Evaluate final : public moelab::Stage {
 
   nlohmann::json paired(const Scores& base, const Scores& tuned) {
     std::vector<double> a(base.correct.begin(), base.correct.end()), b(tuned.correct.begin(), tuned.correct.end());
-    return moelab::paired_comparison(a, b, context_.seed_for(config_.id() + ".bootstrap"), static_cast<int>(config_.get_int("bootstrap")));
+    return moelab::paired_comparison(a, b, context_.seed_for(config_.id() + ".bootstrap"), static_cast<int>(settings_.bootstrap));
   }
 
   static std::string human(const nlohmann::json& r) {
@@ -206,23 +233,12 @@ class Evaluate final : public moelab::Stage {
     return out;
   }
 
-  moelab::Config config_;
+  moelab::Config config_;  // for id() in messages and seeds
+  Settings settings_;
   moelab::RunContext& context_;
   std::shared_ptr<moelab::Dataset> dataset_;
 };
 
-moelab::Descriptor describe() {
-  moelab::Descriptor d("evaluate", moelab::Kind::stage, "0.1.0", "paired multiple-choice evaluation: base vs finetuned routers");
-  d.component("dataset", moelab::Kind::dataset, "", "evaluation questions")
-      .path("routers", "", "router checkpoint to compare with the base (\"@train/routers.safetensors\"); empty: base only")
-      .choice("scoring", "letter", {"letter", "loglik"},
-              "letter: answer-letter logits after the prompt; loglik: lm-eval per-choice log-likelihood (acc, acc_norm)")
-      .string("loglik_template", "Question: {question}\nAnswer:", "context for loglik scoring ({question}; lm-eval's ARC form)")
-      .integer("batch_size", 16, "questions (loglik: sequences) per forward")
-      .integer("bootstrap", 2000, "bootstrap resamples for the paired interval");
-  return moelab::add_prompt_keys(d);
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, Evaluate)
+MOELAB_PLUGIN(options, Evaluate)

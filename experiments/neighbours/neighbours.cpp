@@ -5,24 +5,36 @@
 
 namespace {
 
+struct Settings {
+  std::string dataset, embedder;
+  long long k;
+  double sigma;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("neighbours", moelab::Kind::stage, "0.1.0", "RoMA task-neighbour graph with Gaussian kernel weights")
+          .component("dataset", &Settings::dataset, moelab::Kind::dataset, "the samples")
+          .component("embedder", &Settings::embedder, moelab::Kind::embedder, "the task-embedding model")
+          .integer("k", &Settings::k, 5, "neighbours per sample").at_least(1)
+          .real("sigma", &Settings::sigma, 0.4, "kernel width of W_ij = exp(-(1 - cos)^2 / (2 sigma^2))").positive();
+  return o;
+}
+
 class NeighboursStage final : public moelab::Stage {
  public:
   NeighboursStage(const moelab::Config& config, moelab::RunContext& context)
-      : dataset_(context.make<moelab::Dataset>(config.get_string("dataset"))),
-        embedder_(context.make<moelab::Embedder>(config.get_string("embedder"))),
-        k_(config.get_int("k")),
-        sigma_(config.get_real("sigma")),
-        context_(context) {
-    if (k_ < 1) throw std::runtime_error(fmt::format("[{}] k must be at least 1 ({})", config.id(), config.where("k")));
-    if (sigma_ <= 0) throw std::runtime_error(fmt::format("[{}] sigma must be positive ({})", config.id(), config.where("sigma")));
-  }
+      : settings_(options().read(config)),
+        dataset_(context.make<moelab::Dataset>(settings_.dataset)),
+        embedder_(context.make<moelab::Embedder>(settings_.embedder)),
+        context_(context) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     const long long n = static_cast<long long>(dataset_->size());
     if (n < 2) throw std::runtime_error("neighbours: the dataset needs at least two samples");
     std::vector<std::string> texts;
     for (long long i = 0; i < n; ++i) texts.push_back(dataset_->at(i).text);
-    moelab::NeighbourGraph g = moelab::nearest_neighbours(embedder_->embed(texts), {}, k_, sigma_);
+    moelab::NeighbourGraph g = moelab::nearest_neighbours(embedder_->embed(texts), {}, settings_.k, settings_.sigma);
     const long long k = g.index.size(1);
 
     nlohmann::json graph = nlohmann::json::object();
@@ -45,21 +57,12 @@ class NeighboursStage final : public moelab::Stage {
   }
 
  private:
+  Settings settings_;
   std::shared_ptr<moelab::Dataset> dataset_;
   std::shared_ptr<moelab::Embedder> embedder_;
-  long long k_;
-  double sigma_;
   moelab::RunContext& context_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("neighbours", moelab::Kind::stage, "0.1.0", "RoMA task-neighbour graph with Gaussian kernel weights")
-      .component("dataset", moelab::Kind::dataset, "", "the samples")
-      .component("embedder", moelab::Kind::embedder, "", "the task-embedding model")
-      .integer("k", 5, "neighbours per sample")
-      .real("sigma", 0.4, "kernel width of W_ij = exp(-(1 - cos)^2 / (2 sigma^2))");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, NeighboursStage)
+MOELAB_PLUGIN(options, NeighboursStage)

@@ -9,17 +9,34 @@ namespace {
 
 using torch::Tensor;
 
+struct Settings {
+  std::string dataset;
+  long long seqlen, max_windows, batch_size;
+  std::filesystem::path routers;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("perplexity", moelab::Kind::stage, "0.1.0", "perplexity on held-out raw text (base and finetuned routers)")
+          .component("dataset", &Settings::dataset, moelab::Kind::dataset, "held-out raw text")
+          .integer("seqlen", &Settings::seqlen, 2048, "tokens per window").at_least(2)
+          .integer("max_windows", &Settings::max_windows, 0, "score at most this many windows (0: all)")
+          .integer("batch_size", &Settings::batch_size, 4, "windows per forward").at_least(1)
+          .path("routers", &Settings::routers, "", "router checkpoint to score as well (\"@recover/routers.safetensors\")");
+  return o;
+}
+
 class Perplexity final : public moelab::Stage {
  public:
   Perplexity(const moelab::Config& config, moelab::RunContext& context)
-      : config_(config), context_(context), dataset_(context.make<moelab::Dataset>(config.get_string("dataset"))) {}
+      : config_(config), settings_(options().read(config)), context_(context), dataset_(context.make<moelab::Dataset>(settings_.dataset)) {}
 
   void run(const std::filesystem::path&, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
     Tensor stream = moelab::token_stream(*dataset_, context_.tokenizer());
-    const long long seqlen = config_.get_int("seqlen");
+    const long long seqlen = settings_.seqlen;
     long long count = stream.numel() / seqlen;
-    if (config_.get_int("max_windows") > 0) count = std::min(count, config_.get_int("max_windows"));
+    if (settings_.max_windows > 0) count = std::min(count, settings_.max_windows);
     if (count == 0)
       throw std::runtime_error(fmt::format("[{}] the text has {} tokens, fewer than one window of seqlen = {} ({})", config_.id(), stream.numel(),
                                            seqlen, config_.where("seqlen")));
@@ -27,10 +44,9 @@ class Perplexity final : public moelab::Stage {
     summary["windows"] = count;
     summary["seqlen"] = seqlen;
     summary["base"] = score(model, windows, "base");
-    const std::string routers = config_.get_string("routers");
-    if (!routers.empty()) {
+    if (!settings_.routers.empty()) {
       moelab::RestoreModelOnExit restore(model, /*experts=*/false);
-      moelab::apply_router_checkpoint(context_.run_path(routers), model);
+      moelab::apply_router_checkpoint(context_.run_path(settings_.routers), model);
       summary["finetuned"] = score(model, windows, "finetuned");
     }
   }
@@ -38,7 +54,7 @@ class Perplexity final : public moelab::Stage {
  private:
   nlohmann::json score(moelab::Model& model, const Tensor& windows, const char* label) {
     torch::NoGradGuard no_grad;
-    const long long batch = config_.get_int("batch_size");
+    const long long batch = settings_.batch_size;
     double nll = 0;
     long long tokens = 0;
     moelab::Progress progress(fmt::format("perplexity ({})", label), (windows.size(0) + batch - 1) / batch, "tokens");
@@ -56,20 +72,12 @@ class Perplexity final : public moelab::Stage {
     return {{"perplexity", ppl}, {"tokens", tokens}, {"mean_nll", nll / static_cast<double>(tokens)}};
   }
 
-  moelab::Config config_;
+  moelab::Config config_;  // for id() and where() in messages
+  Settings settings_;
   moelab::RunContext& context_;
   std::shared_ptr<moelab::Dataset> dataset_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("perplexity", moelab::Kind::stage, "0.1.0", "perplexity on held-out raw text (base and finetuned routers)")
-      .component("dataset", moelab::Kind::dataset, "", "held-out raw text")
-      .integer("seqlen", 2048, "tokens per window")
-      .integer("max_windows", 0, "score at most this many windows (0: all)")
-      .integer("batch_size", 4, "windows per forward")
-      .path("routers", "", "router checkpoint to score as well (\"@recover/routers.safetensors\")");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, Perplexity)
+MOELAB_PLUGIN(options, Perplexity)

@@ -9,6 +9,19 @@
 
 namespace {
 
+struct Settings {
+  std::vector<std::string> full, quantized;  // stage ids, task by task
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("quant_report", moelab::Kind::stage, "0.1.0", "full vs quantized vs recovered table with the recovered share")
+          .components("full", &Settings::full, moelab::Kind::stage, "evaluate/perplexity stages run on the full-precision model")
+          .components("quantized", &Settings::quantized, moelab::Kind::stage,
+                      "the same tasks on the quantized model, each with routers = the recovered routers");
+  return o;
+}
+
 struct Score {
   std::string task, metric;
   double full = NAN, quantized = NAN, recovered = NAN;
@@ -17,15 +30,17 @@ struct Score {
 
 class QuantReport final : public moelab::Stage {
  public:
-  QuantReport(const moelab::Config& config, moelab::RunContext& context) : config_(config), context_(context) {
-    if (config.get_strings("full").size() != config.get_strings("quantized").size())
+  QuantReport(const moelab::Config& config, moelab::RunContext& context)
+      : config_(config), settings_(options().read(config)), context_(context) {
+    if (settings_.full.size() != settings_.quantized.size())
       throw std::runtime_error(fmt::format("[{}] full ({}) and quantized ({}) must list the same tasks in the same order", config.id(),
                                            config.where("full"), config.where("quantized")));
   }
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     std::vector<Score> scores;
-    const auto full = config_.get_strings("full"), quantized = config_.get_strings("quantized");
+    const auto& full = settings_.full;
+    const auto& quantized = settings_.quantized;
     for (std::size_t i = 0; i < full.size(); ++i) {
       nlohmann::json f = stage_summary(full[i]), q = stage_summary(quantized[i]);
       if (!q.contains("finetuned"))
@@ -66,16 +81,11 @@ class QuantReport final : public moelab::Stage {
     return moelab::read_json(file);
   }
 
-  moelab::Config config_;
+  moelab::Config config_;  // for id() and where() in messages
+  Settings settings_;
   moelab::RunContext& context_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("quant_report", moelab::Kind::stage, "0.1.0", "full vs quantized vs recovered table with the recovered share")
-      .strings("full", {}, "evaluate/perplexity stages run on the full-precision model")
-      .strings("quantized", {}, "the same tasks on the quantized model, each with routers = the recovered routers");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, QuantReport)
+MOELAB_PLUGIN(options, QuantReport)

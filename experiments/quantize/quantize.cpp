@@ -17,31 +17,73 @@ using torch::Tensor;
 
 struct StopForward {};  // thrown by the observer once the layer being calibrated has been seen
 
+const std::vector<std::pair<std::string, moelab::QuantFormat>> kFormats = {
+    {"int3", moelab::QuantFormat::int3}, {"int4", moelab::QuantFormat::int4}, {"mxfp4", moelab::QuantFormat::mxfp4}, {"mxfp8", moelab::QuantFormat::mxfp8}};
+
+enum class Method { gptq, rtn };
+const std::vector<std::pair<std::string, Method>> kMethods = {{"gptq", Method::gptq}, {"rtn", Method::rtn}};
+
+struct Settings {
+  std::filesystem::path plan;
+  moelab::QuantFormat format;
+  long long group_size;
+  Method method;
+  std::string calibration;
+  long long nsamples, seqlen, batch_size;
+  moelab::GptqOptions gptq;
+};
+
+const moelab::Options<moelab::GptqOptions>& gptq_options() {
+  static const auto o = [] {
+    const moelab::GptqOptions defaults;
+    return moelab::Options<moelab::GptqOptions>()
+        .real("damp", &moelab::GptqOptions::damp, defaults.damp, "GPTQ damping: share of the mean Hessian diagonal added to it")
+        .flag("act_order", &moelab::GptqOptions::act_order, defaults.act_order, "GPTQ: quantize columns by decreasing Hessian diagonal")
+        .integer("block_size", &moelab::GptqOptions::block_size, defaults.block_size, "GPTQ: columns per lazy batch update").at_least(1);
+  }();
+  return o;
+}
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("quantize", moelab::Kind::stage, "0.1.0", "RTN or GPTQ quantization of the routed experts (INT3/INT4/MXFP4/MXFP8)")
+          .path("plan", &Settings::plan, "", "bit plan (\"@plan/plan.json\"); empty: every expert matrix in `format`")
+          .choice("format", &Settings::format, moelab::QuantFormat::int4, kFormats, "the format when there is no plan")
+          .integer("group_size", &Settings::group_size, 128, "INT formats: columns sharing a scale and zero point (MX blocks are 32)").at_least(1)
+          .choice("method", &Settings::method, Method::gptq, kMethods, "GPTQ with calibration Hessians, or round-to-nearest")
+          .optional_component("calibration", &Settings::calibration, moelab::Kind::dataset, "raw text for GPTQ's calibration windows")
+          .integer("nsamples", &Settings::nsamples, 128, "calibration windows")
+          .integer("seqlen", &Settings::seqlen, 2048, "tokens per calibration window")
+          .integer("batch_size", &Settings::batch_size, 4, "calibration windows per forward").at_least(1)
+          .include(&Settings::gptq, gptq_options());
+  return o;
+}
+
 class Quantize final : public moelab::Stage {
  public:
-  Quantize(const moelab::Config& config, moelab::RunContext& context) : config_(config), context_(context) {
-    moelab::quant_format(config.get_string("format"));
-    if (config.get_string("method") == "gptq" && config.get_string("calibration").empty())
+  Quantize(const moelab::Config& config, moelab::RunContext& context) : config_(config), settings_(options().read(config)), context_(context) {
+    if (settings_.method == Method::gptq && settings_.calibration.empty())
       throw std::runtime_error(fmt::format("[{}] method = \"gptq\" needs calibration text: set calibration to a dataset table", config.id()));
-    if (!config.get_string("calibration").empty()) calibration_ = context.make<moelab::Dataset>(config.get_string("calibration"));
+    if (!settings_.calibration.empty()) calibration_ = context.make<moelab::Dataset>(settings_.calibration);
   }
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
     torch::NoGradGuard no_grad;
-    const bool gptq = config_.get_string("method") == "gptq";
+    const bool gptq = settings_.method == Method::gptq;
+    const std::string& method = moelab::choice_name(settings_.method, kMethods);
     nlohmann::json plan = read_plan();
     Tensor windows;
     if (gptq)
-      windows = moelab::random_windows(moelab::token_stream(*calibration_, context_.tokenizer()), config_.get_int("nsamples"),
-                                       config_.get_int("seqlen"), context_.seed_for(config_.id() + ".calibration"),
+      windows = moelab::random_windows(moelab::token_stream(*calibration_, context_.tokenizer()), settings_.nsamples, settings_.seqlen,
+                                       context_.seed_for(config_.id() + ".calibration"),
                                        fmt::format("[{}] calibration", config_.id()));
     moelab::QuantizedCheckpoint checkpoint;
     std::map<std::string, long long> counts;
     long long fallbacks = 0, elements = 0;
     const auto started = std::chrono::steady_clock::now();
     const auto& layers = model.info().moe_layers;
-    moelab::Progress progress(fmt::format("quantize ({})", config_.get_string("method")), static_cast<long long>(layers.size()), "matrices");
+    moelab::Progress progress(fmt::format("quantize ({})", method), static_cast<long long>(layers.size()), "matrices");
     for (int layer : layers) {
       const auto layer_started = std::chrono::steady_clock::now();
       moelab::ExpertWeights ex = model.expert_weights(layer);
@@ -57,7 +99,7 @@ class Quantize final : public moelab::Stage {
           by_format[plan.at(fmt::format("{}{}.{}.weight", ex.prefix, e, ex.names[p])).get<std::string>()].push_back(e);
         double err = 0, norm = 0;
         for (const auto& [format, experts] : by_format) {
-          moelab::QuantSpec spec{moelab::quant_format(format), config_.get_int("group_size")};
+          moelab::QuantSpec spec{moelab::quant_format(format), settings_.group_size};
           std::vector<int64_t> with_tokens, without;
           for (int64_t e : experts) (!gptq || tokens[e].item<int64_t>() > 0 ? with_tokens : without).push_back(e);
           for (int64_t e : without)
@@ -72,7 +114,7 @@ class Quantize final : public moelab::Stage {
             if (gptq && use_gptq) {
               Tensor count = tokens.to(index.device()).index_select(0, index).to(torch::kFloat32).view({-1, 1, 1});
               Tensor h = sums.index_select(0, index) * (2.0 / count);
-              r = moelab::gptq_quantize(w, h, spec, {config_.get_real("damp"), config_.get_int("block_size"), config_.get_bool("act_order")});
+              r = moelab::gptq_quantize(w, h, spec, settings_.gptq);
             } else {
               r.grids = moelab::fit_grids(w, spec);
               r.q = moelab::fake_quantize(w, r.grids, spec);
@@ -98,15 +140,14 @@ class Quantize final : public moelab::Stage {
     progress.finish();
     long long packed = 0;
     for (const auto& m : checkpoint.matrices) packed += m.packed.bytes();
-    nlohmann::json quantization = {{"method", config_.get_string("method")}, {"group_size", config_.get_int("group_size")},
-                                   {"damp", config_.get_real("damp")}, {"act_order", config_.get_bool("act_order")},
-                                   {"block_size", config_.get_int("block_size")}, {"nsamples", config_.get_int("nsamples")},
-                                   {"seqlen", config_.get_int("seqlen")}, {"seed", context_.seed()}};
+    nlohmann::json quantization = {{"method", method}, {"group_size", settings_.group_size}, {"damp", settings_.gptq.damp},
+                                   {"act_order", settings_.gptq.act_order}, {"block_size", settings_.gptq.block_size},
+                                   {"nsamples", settings_.nsamples}, {"seqlen", settings_.seqlen}, {"seed", context_.seed()}};
     checkpoint.metadata = {{"plan", plan}, {"quantization", quantization}};
     const std::filesystem::path file = out_dir / "quantized.safetensors";
     moelab::save_quantized_checkpoint(file, model, checkpoint);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    summary = {{"method", config_.get_string("method")}, {"matrices", checkpoint.matrices.size()}, {"formats", counts},
+    summary = {{"method", method}, {"matrices", checkpoint.matrices.size()}, {"formats", counts},
                {"packed_bytes", packed}, {"bf16_bytes", 2 * elements}, {"bits_per_weight", 8.0 * packed / static_cast<double>(elements)},
                {"rtn_fallbacks", fallbacks}, {"seconds", seconds}, {"checkpoint", file.string()}, {"quantization", quantization}};
     moelab::log::info("quantize: {} expert matrices in {:.1f}s; {:.1f} MB packed vs {:.1f} MB in bf16 ({:.2f} bits per weight); {} RTN fallbacks",
@@ -118,7 +159,7 @@ class Quantize final : public moelab::Stage {
   nlohmann::json read_plan() {
     moelab::Model& model = context_.model();
     nlohmann::json formats = nlohmann::json::object();
-    const std::string plan = config_.get_string("plan");
+    const std::string plan = settings_.plan.string();
     if (!plan.empty()) {
       std::filesystem::path file = context_.run_path(plan);
       const nlohmann::json j = moelab::read_json(file);
@@ -139,7 +180,7 @@ class Quantize final : public moelab::Stage {
       for (long long e = 0; e < model.info().num_experts; ++e)
         for (const auto& p : ex.names) {
           std::string name = fmt::format("{}{}.{}.weight", ex.prefix, e, p);
-          if (plan.empty()) formats[name] = config_.get_string("format");
+          if (plan.empty()) formats[name] = moelab::quant_format_name(settings_.format);
           else if (!formats.contains(name)) throw std::runtime_error(fmt::format("[{}] plan {} has no format for {}", config_.id(), plan, name));
         }
     }
@@ -171,7 +212,7 @@ class Quantize final : public moelab::Stage {
       }
       throw StopForward{};
     });
-    const int64_t batch = config_.get_int("batch_size");
+    const int64_t batch = settings_.batch_size;
     try {
       for (int64_t start = 0; start < windows.size(0); start += batch) {
         try {
@@ -187,26 +228,12 @@ class Quantize final : public moelab::Stage {
     return sums;
   }
 
-  moelab::Config config_;
+  moelab::Config config_;  // for id() and where() in messages and seeds
+  Settings settings_;
   moelab::RunContext& context_;
   std::shared_ptr<moelab::Dataset> calibration_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("quantize", moelab::Kind::stage, "0.1.0", "RTN or GPTQ quantization of the routed experts (INT3/INT4/MXFP4/MXFP8)")
-      .path("plan", "", "bit plan (\"@plan/plan.json\"); empty: every expert matrix in `format`")
-      .choice("format", "int4", {"int3", "int4", "mxfp4", "mxfp8"}, "the format when there is no plan")
-      .integer("group_size", 128, "INT formats: columns sharing a scale and zero point (MX blocks are 32)")
-      .choice("method", "gptq", {"gptq", "rtn"}, "GPTQ with calibration Hessians, or round-to-nearest")
-      .optional_component("calibration", moelab::Kind::dataset, "raw text for GPTQ's calibration windows")
-      .integer("nsamples", 128, "calibration windows")
-      .integer("seqlen", 2048, "tokens per calibration window")
-      .integer("batch_size", 4, "calibration windows per forward")
-      .real("damp", 0.01, "GPTQ damping: share of the mean Hessian diagonal added to it")
-      .flag("act_order", false, "GPTQ: quantize columns by decreasing Hessian diagonal")
-      .integer("block_size", 128, "GPTQ: columns per lazy batch update");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, Quantize)
+MOELAB_PLUGIN(options, Quantize)

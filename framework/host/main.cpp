@@ -82,9 +82,10 @@ void describe(const moelab::PluginRegistry& registry, const std::string& name) {
   std::cout << fmt::format("{} ({} {}): {}\n", d.name, moelab::kind_name(d.kind), d.version, d.description);
   for (const auto& k : d.keys) {
     std::string allowed;
-    if (!k.range.text().empty()) allowed = fmt::format(" [{}]", k.range.text());
-    bool component = k.type == moelab::KeyType::component || k.type == moelab::KeyType::component_list;
-    if (!k.choices.empty()) allowed = fmt::format(" [{}: {}]", component ? "kind" : "one of", fmt::join(k.choices, ", "));
+    if (!k.range.text().empty()) allowed = fmt::format(" ({})", k.range.text());
+    if (k.type == moelab::KeyType::component) allowed = fmt::format(" (a {} table)", k.choices.at(0));
+    else if (k.type == moelab::KeyType::component_list) allowed = fmt::format(" ({} tables)", k.choices.at(0));
+    else if (!k.choices.empty()) allowed = fmt::format(" (one of: {})", fmt::join(k.choices, ", "));
     std::cout << fmt::format("  {:<22} {:<20} {:<16} {}{}\n", k.name, moelab::key_type_name(k.type),
                              k.default_toml.empty() ? "(required)" : k.default_toml, k.help, allowed);
   }

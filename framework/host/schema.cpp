@@ -203,8 +203,9 @@ ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path&
 
   const toml::node* model_node = merged.get("model");
   if (model_node && !model_node->is_table()) fail(source_of(*model_node), "'model' must be a table ([model])");
-  out.model_table = check_table("model", model_node ? *model_node->as_table() : toml::table{}, {model_options().keys(), "[model]"},
-                                file_where);
+  const toml::table no_model;  // bound by reference: a copied table would lose the positions errors quote
+  const toml::table& model_table = model_node ? *model_node->as_table() : no_model;
+  out.model_table = check_table("model", model_table, {model_options().keys(), "[model]"}, file_where);
   out.model = model_options().read(Config(out.model_table));
 
   std::map<std::string, const toml::table*> tables;

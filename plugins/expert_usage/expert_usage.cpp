@@ -9,6 +9,18 @@ namespace {
 
 using torch::Tensor;
 
+struct Settings {
+  bool weighted;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("expert_usage", moelab::Kind::analyzer, "0.2.0",
+                                "expert usage per layer and set with load balance (CV, max/mean, normalized entropy), usage heatmap")
+          .flag("weighted", &Settings::weighted, false, "count routing weights instead of selections");
+  return o;
+}
+
 struct Balance {
   Tensor share, cv, max_over_mean, entropy;  // [L, E], then [L] each
 };
@@ -26,13 +38,13 @@ Balance balance(const Tensor& ids, const Tensor& mass, long long experts) {
 
 class ExpertUsage final : public moelab::Analyzer {
  public:
-  ExpertUsage(const moelab::Config& config, moelab::RunContext&) : weighted_(config.get_bool("weighted")) {}
+  ExpertUsage(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {}
 
   nlohmann::json analyze(const moelab::RoutingRecords& records, const std::filesystem::path& out_dir) override {
     const auto& ids = records.topk_ids;
     TORCH_CHECK(ids.dim() == 3, "expert_usage: topk_ids must be [tokens, layers, k]");
     const long long layers = ids.size(1), experts = records.num_experts;
-    Tensor mass = weighted_ ? records.topk_weights : Tensor();
+    Tensor mass = settings_.weighted ? records.topk_weights : Tensor();
     Balance all = balance(ids, mass, experts);
 
     nlohmann::json out = {{"layers", nlohmann::json::array()}};
@@ -68,15 +80,9 @@ class ExpertUsage final : public moelab::Analyzer {
   }
 
  private:
-  bool weighted_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("expert_usage", moelab::Kind::analyzer, "0.2.0",
-                            "expert usage per layer and set with load balance (CV, max/mean, normalized entropy), usage heatmap")
-      .flag("weighted", false, "count routing weights instead of selections");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, ExpertUsage)
+MOELAB_PLUGIN(options, ExpertUsage)

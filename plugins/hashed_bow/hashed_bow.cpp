@@ -13,23 +13,34 @@ std::uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
+struct Settings {
+  long long dim;
+  bool bigrams;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("hashed_bow", moelab::Kind::embedder, "0.1.0", "hashed word uni/bigram embedding (no model needed)")
+          .integer("dim", &Settings::dim, 512, "embedding width").at_least(1)
+          .flag("bigrams", &Settings::bigrams, true, "add word bigrams to unigrams");
+  return o;
+}
+
 class HashedBagOfWords final : public moelab::Embedder {
  public:
-  HashedBagOfWords(const moelab::Config& config, moelab::RunContext&) : dim_(config.get_int("dim")), bigrams_(config.get_bool("bigrams")) {
-    if (dim_ < 1) throw std::runtime_error(fmt::format("[{}] dim must be positive", config.id()));
-  }
+  HashedBagOfWords(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {}
 
   torch::Tensor embed(const std::vector<std::string>& texts) override {
-    torch::Tensor out = torch::zeros({static_cast<long long>(texts.size()), dim_});
+    torch::Tensor out = torch::zeros({static_cast<long long>(texts.size()), settings_.dim});
     auto rows = out.accessor<float, 2>();
     for (std::size_t i = 0; i < texts.size(); ++i) {
       std::vector<std::string> words = split(texts[i]);
       std::vector<std::string> terms = words;
-      if (bigrams_)
+      if (settings_.bigrams)
         for (std::size_t w = 1; w < words.size(); ++w) terms.push_back(words[w - 1] + " " + words[w]);
       for (const auto& t : terms) {
         std::uint64_t h = fnv1a(t);
-        rows[i][static_cast<long long>(h % dim_)] += (h >> 63) ? 1.0f : -1.0f;
+        rows[i][static_cast<long long>(h % settings_.dim)] += (h >> 63) ? 1.0f : -1.0f;
       }
     }
     out = out.sign() * out.abs().log1p();
@@ -48,16 +59,9 @@ class HashedBagOfWords final : public moelab::Embedder {
     return words;
   }
 
-  long long dim_;
-  bool bigrams_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("hashed_bow", moelab::Kind::embedder, "0.1.0", "hashed word uni/bigram embedding (no model needed)")
-      .integer("dim", 512, "embedding width")
-      .flag("bigrams", true, "add word bigrams to unigrams");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, HashedBagOfWords)
+MOELAB_PLUGIN(options, HashedBagOfWords)

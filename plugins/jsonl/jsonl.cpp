@@ -17,6 +17,31 @@ namespace {
 using moelab::Example;
 using nlohmann::json;
 
+enum class Form { automatic, arc, openbookqa, sciq, hellaswag, winogrande, fields };
+
+struct Settings {
+  std::filesystem::path path;
+  Form form;
+  std::string text_field, choices_field, answer_field, id_field;
+  long long limit;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("jsonl", moelab::Kind::dataset, "0.1.0", "JSON Lines records: multiple choice or plain text")
+          .path("path", &Settings::path, moelab::required, "the .jsonl file")
+          .choice("form", &Settings::form, Form::automatic,
+                  {{"auto", Form::automatic}, {"arc", Form::arc}, {"openbookqa", Form::openbookqa}, {"sciq", Form::sciq},
+                   {"hellaswag", Form::hellaswag}, {"winogrande", Form::winogrande}, {"fields", Form::fields}},
+                  "record form: auto-detect ARC/HF ARC/seed, OpenBookQA, SciQ, HellaSwag, Winogrande; or \"fields\" (the *_field paths only)")
+          .string("text_field", &Settings::text_field, "question.stem", "dotted path of the question or text")
+          .string("choices_field", &Settings::choices_field, "question.choices", "dotted path of the choices (absent: plain text)")
+          .string("answer_field", &Settings::answer_field, "answerKey", "dotted path of the answer (letter, label or index)")
+          .string("id_field", &Settings::id_field, "id", "dotted path of the record id (absent: the row number)")
+          .integer("limit", &Settings::limit, 0, "read at most this many records (0: all)");
+  return o;
+}
+
 const json* lookup(const json& record, const std::string& dotted) {
   const json* at = &record;
   std::size_t start = 0;
@@ -33,11 +58,11 @@ const json* lookup(const json& record, const std::string& dotted) {
 class JsonlDataset final : public moelab::Dataset {
  public:
   JsonlDataset(const moelab::Config& config, moelab::RunContext& context)
-      : form_(config.get_string("form")), shuffle_seed_(context.seed_for(config.id() + ".sciq")) {
-    std::filesystem::path path = config.get_path("path");
+      : settings_(options().read(config)), shuffle_seed_(context.seed_for(config.id() + ".sciq")) {
+    const std::filesystem::path& path = settings_.path;
     std::ifstream in(path);
     if (!in) throw std::runtime_error(fmt::format("{} ({}): cannot open {}", config.id(), config.where("path"), path.string()));
-    long long limit = config.get_int("limit");
+    const long long limit = settings_.limit;
     std::string line;
     for (long long number = 1; std::getline(in, line); ++number) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -48,7 +73,7 @@ class JsonlDataset final : public moelab::Dataset {
       } catch (const json::parse_error& e) {
         throw std::runtime_error(fmt::format("{}: not valid JSON: {}", origin, e.what()));
       }
-      examples_.push_back(to_example(normalized(record, origin), config, origin, examples_.size()));
+      examples_.push_back(to_example(normalized(record, origin), settings_, origin, examples_.size()));
       if (limit > 0 && static_cast<long long>(examples_.size()) >= limit) break;
     }
     if (examples_.empty()) throw std::runtime_error(fmt::format("{}: no records", path.string()));
@@ -60,14 +85,15 @@ class JsonlDataset final : public moelab::Dataset {
  private:
   // Rewrites a record of a known form into the ARC form the field defaults read; others pass as they are.
   json normalized(const json& record, const std::string& origin) const {
-    if (form_ == "fields" || !record.is_object()) return record;
+    if (settings_.form == Form::fields || !record.is_object()) return record;
     auto has = [&](const char* key) { return record.contains(key); };
+    auto may_be = [&](Form form) { return settings_.form == Form::automatic || settings_.form == form; };
     json arc = record;
-    if (has("endings") && has("ctx") && (form_ == "auto" || form_ == "hellaswag")) return hellaswag(record);
-    if (has("sentence") && has("option1") && has("option2") && (form_ == "auto" || form_ == "winogrande")) return winogrande(record, origin);
-    if (has("question_stem") && (form_ == "auto" || form_ == "openbookqa")) {
+    if (has("endings") && has("ctx") && may_be(Form::hellaswag)) return hellaswag(record);
+    if (has("sentence") && has("option1") && has("option2") && may_be(Form::winogrande)) return winogrande(record, origin);
+    if (has("question_stem") && may_be(Form::openbookqa)) {
       arc["question"] = {{"stem", record["question_stem"]}, {"choices", record.at("choices")}};
-    } else if (has("correct_answer") && has("distractor1") && (form_ == "auto" || form_ == "sciq")) {
+    } else if (has("correct_answer") && has("distractor1") && may_be(Form::sciq)) {
       std::vector<json> options = {record["correct_answer"]};
       for (const char* d : {"distractor1", "distractor2", "distractor3"})
         if (has(d)) options.push_back(record[d]);
@@ -84,7 +110,7 @@ class JsonlDataset final : public moelab::Dataset {
       }
       arc["question"] = {{"stem", record.at("question")}, {"choices", choices}};
       arc["answerKey"] = gold;
-    } else if (has("question") && record["question"].is_string() && has("choices") && (form_ == "auto" || form_ == "arc")) {
+    } else if (has("question") && record["question"].is_string() && has("choices") && may_be(Form::arc)) {
       const json& c = record["choices"];
       json choices = json::array();
       if (c.is_object() && c.contains("text")) {  // Hugging Face ARC: parallel text and label lists
@@ -159,19 +185,17 @@ class JsonlDataset final : public moelab::Dataset {
     return arc;
   }
 
-  static Example to_example(const json& record, const moelab::Config& config, const std::string& origin, std::size_t row) {
+  static Example to_example(const json& record, const Settings& settings, const std::string& origin, std::size_t row) {
     Example ex;
     ex.origin = origin;
     ex.record = record;
-    auto field = [&](const std::string& key) { return lookup(record, config.get_string(key)); };
-    const json* text = field("text_field");
+    const json* text = lookup(record, settings.text_field);
     if (!text || !text->is_string())
-      throw std::runtime_error(fmt::format("{}: field '{}' (text_field) missing or not a string", origin,
-                                           config.get_string("text_field")));
+      throw std::runtime_error(fmt::format("{}: field '{}' (text_field) missing or not a string", origin, settings.text_field));
     ex.text = text->get<std::string>();
-    const json* id = field("id_field");
+    const json* id = lookup(record, settings.id_field);
     ex.id = !id ? std::to_string(row) : id->is_string() ? id->get<std::string>() : id->dump();
-    const json* choices = field("choices_field");
+    const json* choices = lookup(record, settings.choices_field);
     if (!choices) return ex;
     if (choices->is_object() && choices->contains("text")) choices = &(*choices)["text"];  // {"text": [...], "label": [...]}
     if (!choices->is_array()) throw std::runtime_error(fmt::format("{}: choices must be an array", origin));
@@ -187,7 +211,7 @@ class JsonlDataset final : public moelab::Dataset {
         throw std::runtime_error(fmt::format("{}: choice {} is neither a string nor {{\"text\", \"label\"}}", origin, i));
       }
     }
-    ex.answer = answer_index(field("answer_field"), ex, origin);
+    ex.answer = answer_index(lookup(record, settings.answer_field), ex, origin);
     // Numeric labels ("1".."4") are shown as letters, as lm-eval does for ARC.
     for (std::size_t i = 0; i < ex.letters.size(); ++i)
       if (ex.letters[i] == std::to_string(i + 1)) ex.letters[i] = std::string(1, static_cast<char>('A' + i));
@@ -209,23 +233,11 @@ class JsonlDataset final : public moelab::Dataset {
     throw std::runtime_error(fmt::format("{}: answer \"{}\" is not one of the choice labels", origin, key));
   }
 
-  std::string form_;
+  Settings settings_;
   std::uint64_t shuffle_seed_;
   std::vector<Example> examples_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("jsonl", moelab::Kind::dataset, "0.1.0", "JSON Lines records: multiple choice or plain text")
-      .required("path", moelab::KeyType::path, "the .jsonl file")
-      .choice("form", "auto", {"auto", "arc", "openbookqa", "sciq", "hellaswag", "winogrande", "fields"},
-              "record form: auto-detect ARC/HF ARC/seed, OpenBookQA, SciQ, HellaSwag, Winogrande; or \"fields\" (the *_field paths only)")
-      .string("text_field", "question.stem", "dotted path of the question or text")
-      .string("choices_field", "question.choices", "dotted path of the choices (absent: plain text)")
-      .string("answer_field", "answerKey", "dotted path of the answer (letter, label or index)")
-      .string("id_field", "id", "dotted path of the record id (absent: the row number)")
-      .integer("limit", 0, "read at most this many records (0: all)");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, JsonlDataset)
+MOELAB_PLUGIN(options, JsonlDataset)

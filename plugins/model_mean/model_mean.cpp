@@ -4,10 +4,21 @@
 
 namespace {
 
+struct Settings {
+  std::size_t batch_size, max_len;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("model_mean", moelab::Kind::embedder, "0.1.0", "mean-pooled final hidden states of the experiment's model")
+          .integer("batch_size", &Settings::batch_size, 16, "texts per forward").at_least(1)
+          .integer("max_len", &Settings::max_len, 512, "tokens kept per text (the first ones)").at_least(1);
+  return o;
+}
+
 class ModelMeanEmbedder final : public moelab::Embedder {
  public:
-  ModelMeanEmbedder(const moelab::Config& config, moelab::RunContext& context)
-      : context_(context), batch_size_(config.get_int("batch_size")), max_len_(config.get_int("max_len")) {}
+  ModelMeanEmbedder(const moelab::Config& config, moelab::RunContext& context) : settings_(options().read(config)), context_(context) {}
 
   torch::Tensor embed(const std::vector<std::string>& texts) override {
     torch::NoGradGuard no_grad;
@@ -16,13 +27,13 @@ class ModelMeanEmbedder final : public moelab::Embedder {
     for (std::size_t i = 0; i < texts.size(); ++i) {
       items[i].prompt_ids = context_.tokenizer().encode(texts[i]);
       if (items[i].prompt_ids.empty()) items[i].prompt_ids.push_back(std::max<long long>(model.info().eos_token_id, 0));
-      if (items[i].prompt_ids.size() > max_len_) items[i].prompt_ids.resize(max_len_);
+      if (items[i].prompt_ids.size() > settings_.max_len) items[i].prompt_ids.resize(settings_.max_len);
     }
     std::vector<torch::Tensor> out;
-    moelab::Progress progress("model_mean embed", static_cast<long long>((texts.size() + batch_size_ - 1) / batch_size_), "texts");
-    for (std::size_t start = 0; start < items.size(); start += batch_size_) {
+    moelab::Progress progress("model_mean embed", static_cast<long long>((texts.size() + settings_.batch_size - 1) / settings_.batch_size), "texts");
+    for (std::size_t start = 0; start < items.size(); start += settings_.batch_size) {
       std::vector<const moelab::McItem*> rows;
-      for (std::size_t i = start; i < std::min(items.size(), start + batch_size_); ++i) rows.push_back(&items[i]);
+      for (std::size_t i = start; i < std::min(items.size(), start + settings_.batch_size); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
       model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true);
       torch::Tensor mask = batch.attention_mask.to(model.device(), torch::kFloat32).unsqueeze(-1);
@@ -35,16 +46,10 @@ class ModelMeanEmbedder final : public moelab::Embedder {
   }
 
  private:
+  Settings settings_;
   moelab::RunContext& context_;
-  std::size_t batch_size_, max_len_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("model_mean", moelab::Kind::embedder, "0.1.0", "mean-pooled final hidden states of the experiment's model")
-      .integer("batch_size", 16, "texts per forward")
-      .integer("max_len", 512, "tokens kept per text (the first ones)");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, ModelMeanEmbedder)
+MOELAB_PLUGIN(options, ModelMeanEmbedder)

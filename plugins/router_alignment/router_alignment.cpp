@@ -12,18 +12,28 @@ namespace {
 
 using torch::Tensor;
 
+struct Settings {
+  long long rank;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("router_alignment", moelab::Kind::analyzer, "0.1.0",
+                                "angle between each expert's router row and the top singular directions of its input projections")
+          .integer("rank", &Settings::rank, 8, "singular directions of the expert's input projections spanning the compared subspace").at_least(1);
+  return o;
+}
+
 class RouterAlignment final : public moelab::Analyzer {
  public:
-  RouterAlignment(const moelab::Config& config, moelab::RunContext&) : rank_(config.get_int("rank")) {
-    if (rank_ < 1) throw std::runtime_error(fmt::format("[{}] rank ({}) must be at least 1", config.id(), config.where("rank")));
-  }
+  RouterAlignment(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {}
 
   nlohmann::json analyze(const moelab::RoutingRecords& records, const std::filesystem::path& out_dir) override {
     if (records.experts.empty() || records.experts.size() != records.routers.size())
       throw std::runtime_error("router_alignment: the records carry no expert and router weights");
     const long long layers = static_cast<long long>(records.routers.size());
     const long long experts = records.routers[0].size(0), hidden = records.routers[0].size(1);
-    const long long rank = std::min(rank_, hidden);
+    const long long rank = std::min(settings_.rank, hidden);
     Tensor angles = torch::zeros({layers, experts}, torch::kFloat64);
     for (long long l = 0; l < layers; ++l) {
       torch::NoGradGuard no_grad;
@@ -56,15 +66,9 @@ class RouterAlignment final : public moelab::Analyzer {
   }
 
  private:
-  long long rank_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("router_alignment", moelab::Kind::analyzer, "0.1.0",
-                            "angle between each expert's router row and the top singular directions of its input projections")
-      .integer("rank", 8, "singular directions of the expert's input projections spanning the compared subspace");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, RouterAlignment)
+MOELAB_PLUGIN(options, RouterAlignment)

@@ -11,6 +11,18 @@ namespace {
 
 using torch::Tensor;
 
+struct Settings {
+  long long subspace_rank;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("router_geometry", moelab::Kind::analyzer, "0.1.0",
+                                "router-weight similarity (row cosine, CKA), spectra, effective rank, principal angles")
+          .integer("subspace_rank", &Settings::subspace_rank, 0, "rows of the router row space compared by principal angles (0: all)");
+  return o;
+}
+
 // Linear CKA between two sets of expert vectors, with rows as samples (experts) after centering.
 double linear_cka(Tensor a, Tensor b) {
   a = a - a.mean(0, true);
@@ -22,7 +34,7 @@ double linear_cka(Tensor a, Tensor b) {
 
 class RouterGeometry final : public moelab::Analyzer {
  public:
-  RouterGeometry(const moelab::Config& config, moelab::RunContext&) : rank_(config.get_int("subspace_rank")) {}
+  RouterGeometry(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {}
 
   nlohmann::json analyze(const moelab::RoutingRecords& records, const std::filesystem::path& out_dir) override {
     const auto& routers = records.routers;
@@ -36,7 +48,7 @@ class RouterGeometry final : public moelab::Analyzer {
       auto [u, s, v] = torch::linalg_svd(w.back(), /*full_matrices=*/false);
       Tensor p = s / s.sum();
       double effective_rank = std::exp(-(p * p.clamp_min(1e-300).log()).sum().item<double>());
-      const long long r = std::min<long long>(rank_ > 0 ? rank_ : s.size(0), s.size(0));
+      const long long r = std::min<long long>(settings_.subspace_rank > 0 ? settings_.subspace_rank : s.size(0), s.size(0));
       basis.push_back(v.narrow(0, 0, r).t());  // [hidden, r] orthonormal basis of the top row space
       layers.push_back({{"layer", l}, {"effective_rank", effective_rank}, {"top_singular_value", s[0].item<double>()}});
       for (long long i = 0; i < s.size(0); ++i) spectra << l << ',' << i << ',' << s[i].item<double>() << '\n';
@@ -77,15 +89,9 @@ class RouterGeometry final : public moelab::Analyzer {
   }
 
  private:
-  long long rank_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("router_geometry", moelab::Kind::analyzer, "0.1.0",
-                            "router-weight similarity (row cosine, CKA), spectra, effective rank, principal angles")
-      .integer("subspace_rank", 0, "rows of the router row space compared by principal angles (0: all)");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, RouterGeometry)
+MOELAB_PLUGIN(options, RouterGeometry)

@@ -10,9 +10,20 @@ namespace {
 
 using torch::Tensor;
 
+struct Settings {
+  double near_uniform;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("routing_entropy", moelab::Kind::analyzer, "0.1.0", "per-token routing entropy and top-1 margin per layer and set")
+          .real("near_uniform", &Settings::near_uniform, 0.95, "normalized entropy at or above which a token counts as near-uniformly routed");
+  return o;
+}
+
 class RoutingEntropy final : public moelab::Analyzer {
  public:
-  RoutingEntropy(const moelab::Config& config, moelab::RunContext&) : near_uniform_(config.get_real("near_uniform")) {}
+  RoutingEntropy(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {}
 
   nlohmann::json analyze(const moelab::RoutingRecords& records, const std::filesystem::path& out_dir) override {
     Tensor entropy = records.entropy, margin = records.margin;
@@ -35,7 +46,7 @@ class RoutingEntropy final : public moelab::Analyzer {
     for (long long l = 0; l < layers; ++l) {
       Tensor h = normalized.select(1, l), m = margin.select(1, l);
       Tensor quantiles = torch::quantile(h, q);
-      double near = (h >= near_uniform_).to(torch::kFloat64).mean().item<double>();
+      double near = (h >= settings_.near_uniform).to(torch::kFloat64).mean().item<double>();
       out["layers"].push_back({{"layer", records.layer_label(l)}, {"mean_normalized_entropy", h.mean().item<double>()},
                                {"mean_margin", m.mean().item<double>()}, {"entropy_p10", quantiles[0].item<double>()},
                                {"entropy_p50", quantiles[1].item<double>()}, {"entropy_p90", quantiles[2].item<double>()},
@@ -62,14 +73,9 @@ class RoutingEntropy final : public moelab::Analyzer {
   }
 
  private:
-  double near_uniform_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("routing_entropy", moelab::Kind::analyzer, "0.1.0", "per-token routing entropy and top-1 margin per layer and set")
-      .real("near_uniform", 0.95, "normalized entropy at or above which a token counts as near-uniformly routed");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, RoutingEntropy)
+MOELAB_PLUGIN(options, RoutingEntropy)

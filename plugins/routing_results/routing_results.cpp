@@ -5,10 +5,21 @@
 
 namespace {
 
+struct Settings {
+  std::filesystem::path path;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("routing_results", moelab::Kind::dataset, "0.1.0", "RoMA routing-results JSON dict as a dataset")
+          .path("path", &Settings::path, moelab::required, "the JSON file; \"@collect/routing_results.json\" reads a stage's output");
+  return o;
+}
+
 class RoutingResults final : public moelab::Dataset {
  public:
   RoutingResults(const moelab::Config& config, moelab::RunContext& context) {
-    for (auto& r : moelab::read_routing_results(context.run_path(config.get_path("path")))) {
+    for (auto& r : moelab::read_routing_results(context.run_path(options().read(config).path))) {
       moelab::Example ex;
       ex.id = r.key;
       ex.origin = r.origin;
@@ -31,11 +42,6 @@ class RoutingResults final : public moelab::Dataset {
   std::vector<moelab::Example> examples_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("routing_results", moelab::Kind::dataset, "0.1.0", "RoMA routing-results JSON dict as a dataset")
-      .required("path", moelab::KeyType::path, "the JSON file; \"@collect/routing_results.json\" reads a stage's output");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, RoutingResults)
+MOELAB_PLUGIN(options, RoutingResults)

@@ -6,13 +6,23 @@
 
 namespace {
 
+struct Settings {
+  long long bits, group_size;
+  std::string match;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("rtn", moelab::Kind::transform, "0.1.0", "round-to-nearest asymmetric INTn fake-quant, per group")
+          .integer("bits", &Settings::bits, 4, "bits per weight").within(2, 8)
+          .integer("group_size", &Settings::group_size, 128, "columns sharing one scale and zero point").at_least(1)
+          .string("match", &Settings::match, "experts\\.", "regex over checkpoint names selecting the weights");
+  return o;
+}
+
 class RoundToNearest final : public moelab::Transform {
  public:
-  RoundToNearest(const moelab::Config& config, moelab::RunContext&)
-      : bits_(config.get_int("bits")), group_size_(config.get_int("group_size")), pattern_(config.get_string("match")), match_(pattern_) {
-    if (bits_ < 2 || bits_ > 8) throw std::runtime_error(fmt::format("[{}] bits must be 2..8, found {}", config.id(), bits_));
-    if (group_size_ < 1) throw std::runtime_error(fmt::format("[{}] group_size must be positive", config.id()));
-  }
+  RoundToNearest(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)), match_(settings_.match) {}
 
   nlohmann::json apply(moelab::NamedTensors& weights) override {
     long long matrices = 0, elements = 0;
@@ -26,17 +36,17 @@ class RoundToNearest final : public moelab::Transform {
       ++matrices;
       elements += weight.numel();
     }
-    if (matrices == 0) moelab::log::warn("rtn: no 2-D weight matches '{}'", pattern_);
-    return {{"matrices", matrices}, {"bits", bits_}, {"group_size", group_size_},
+    if (matrices == 0) moelab::log::warn("rtn: no 2-D weight matches '{}'", settings_.match);
+    return {{"matrices", matrices}, {"bits", settings_.bits}, {"group_size", settings_.group_size},
             {"rmse", elements ? std::sqrt(squared_error / elements) : 0.0}};
   }
 
   // Fake-quantizes [rows, cols]; the last group of a row may be shorter.
   torch::Tensor quantize(const torch::Tensor& w) const {
-    const long long cols = w.size(1), padded = (cols + group_size_ - 1) / group_size_ * group_size_;
+    const long long cols = w.size(1), padded = (cols + settings_.group_size - 1) / settings_.group_size * settings_.group_size;
     torch::Tensor padded_w = padded == cols ? w : torch::cat({w, w.narrow(1, cols - 1, 1).expand({w.size(0), padded - cols})}, 1);
-    torch::Tensor g = padded_w.reshape({w.size(0), -1, group_size_});
-    const double levels = static_cast<double>((1LL << bits_) - 1);
+    torch::Tensor g = padded_w.reshape({w.size(0), -1, settings_.group_size});
+    const double levels = static_cast<double>((1LL << settings_.bits) - 1);
     torch::Tensor lo = std::get<0>(g.min(-1, true)), hi = std::get<0>(g.max(-1, true));
     torch::Tensor scale = ((hi - lo) / levels).clamp_min(1e-12);
     torch::Tensor zero = (-lo / scale).round().clamp(0, levels);
@@ -45,18 +55,10 @@ class RoundToNearest final : public moelab::Transform {
   }
 
  private:
-  long long bits_, group_size_;
-  std::string pattern_;
+  Settings settings_;
   std::regex match_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("rtn", moelab::Kind::transform, "0.1.0", "round-to-nearest asymmetric INTn fake-quant, per group")
-      .integer("bits", 4, "bits per weight (2..8)")
-      .integer("group_size", 128, "columns sharing one scale and zero point")
-      .string("match", "experts\\.", "regex over checkpoint names selecting the weights");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, RoundToNearest)
+MOELAB_PLUGIN(options, RoundToNearest)

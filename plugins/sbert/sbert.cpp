@@ -15,44 +15,58 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
 }
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return torch::matmul(x, w.t()) + b; }
 
+struct Settings {
+  std::filesystem::path path;
+  std::size_t batch_size;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("sbert", moelab::Kind::embedder, "0.1.0", "sentence-transformers BERT encoder (all-MiniLM-L6-v2 kind), mean pooled")
+          .path("path", &Settings::path, moelab::required, "the sentence-transformers folder (config.json, model.safetensors, tokenizer.json)")
+          .integer("batch_size", &Settings::batch_size, 32, "texts per forward").at_least(1);
+  return o;
+}
+
 class SentenceBert final : public moelab::Embedder {
  public:
-  SentenceBert(const moelab::Config& config, moelab::RunContext&) : folder_(config.get_path("path")), batch_size_(config.get_int("batch_size")) {
-    nlohmann::json c = read_json(folder_ / "config.json");
+  SentenceBert(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {
+    const std::filesystem::path& folder = settings_.path;
+    nlohmann::json c = read_json(folder / "config.json");
     if (c.value("model_type", "bert") != "bert")
-      throw std::runtime_error(fmt::format("{}: model_type \"{}\" is not supported (bert)", (folder_ / "config.json").string(), c.value("model_type", "")));
+      throw std::runtime_error(fmt::format("{}: model_type \"{}\" is not supported (bert)", (folder / "config.json").string(), c.value("model_type", "")));
     if (c.value("hidden_act", "gelu") != "gelu")
-      throw std::runtime_error(fmt::format("{}: hidden_act \"{}\" is not supported (gelu)", (folder_ / "config.json").string(), c.value("hidden_act", "")));
+      throw std::runtime_error(fmt::format("{}: hidden_act \"{}\" is not supported (gelu)", (folder / "config.json").string(), c.value("hidden_act", "")));
     layers_ = c.at("num_hidden_layers").get<int>();
     heads_ = c.at("num_attention_heads").get<int>();
     eps_ = c.value("layer_norm_eps", 1e-12);
     max_len_ = c.value("max_position_embeddings", 512);
-    std::filesystem::path st_config = folder_ / "sentence_bert_config.json";
+    std::filesystem::path st_config = folder / "sentence_bert_config.json";
     if (std::filesystem::exists(st_config)) max_len_ = std::min<long long>(max_len_, read_json(st_config).value("max_seq_length", max_len_));
-    std::filesystem::path pooling = folder_ / "1_Pooling" / "config.json";
+    std::filesystem::path pooling = folder / "1_Pooling" / "config.json";
     if (std::filesystem::exists(pooling)) {  // sentence-transformers < 6 and >= 6 spell it differently
       nlohmann::json p = read_json(pooling);
       if (!p.value("pooling_mode_mean_tokens", false) && p.value("pooling_mode", "") != "mean")
         throw std::runtime_error(fmt::format("{}: only mean pooling is supported", pooling.string()));
     }
-    moelab::SafetensorsFile weights(folder_ / "model.safetensors");
+    moelab::SafetensorsFile weights(folder / "model.safetensors");
     for (const auto& name : weights.names()) {
       std::string key = name.rfind("bert.", 0) == 0 ? name.substr(5) : name;
       w_[key] = weights.get(name).to(torch::kFloat32).clone();
     }
-    tokenizer_ = moelab::Tokenizer::from_file(folder_ / "tokenizer.json");
+    tokenizer_ = moelab::Tokenizer::from_file(folder / "tokenizer.json");
     cls_ = tokenizer_->token_id("[CLS]");
     sep_ = tokenizer_->token_id("[SEP]");
-    if (cls_ < 0 || sep_ < 0) throw std::runtime_error(fmt::format("{}: needs [CLS] and [SEP] tokens", (folder_ / "tokenizer.json").string()));
+    if (cls_ < 0 || sep_ < 0) throw std::runtime_error(fmt::format("{}: needs [CLS] and [SEP] tokens", (folder / "tokenizer.json").string()));
   }
 
   Tensor embed(const std::vector<std::string>& texts) override {
     torch::NoGradGuard no_grad;
     std::vector<Tensor> out;
-    for (std::size_t start = 0; start < texts.size(); start += batch_size_) {
+    for (std::size_t start = 0; start < texts.size(); start += settings_.batch_size) {
       std::vector<std::vector<std::int64_t>> rows;
       std::size_t width = 0;
-      for (std::size_t i = start; i < std::min(texts.size(), start + batch_size_); ++i) {
+      for (std::size_t i = start; i < std::min(texts.size(), start + settings_.batch_size); ++i) {
         std::vector<std::int64_t> ids = tokenizer_->encode(texts[i]);
         if (ids.size() + 2 > static_cast<std::size_t>(max_len_)) ids.resize(max_len_ - 2);
         ids.insert(ids.begin(), cls_);
@@ -86,7 +100,7 @@ class SentenceBert final : public moelab::Embedder {
 
   const Tensor& w(const std::string& name) const {
     auto it = w_.find(name);
-    if (it == w_.end()) throw std::runtime_error(fmt::format("{}: model.safetensors lacks {}", folder_.string(), name));
+    if (it == w_.end()) throw std::runtime_error(fmt::format("{}: model.safetensors lacks {}", settings_.path.string(), name));
     return it->second;
   }
 
@@ -115,8 +129,7 @@ class SentenceBert final : public moelab::Embedder {
     return x;
   }
 
-  std::filesystem::path folder_;
-  std::size_t batch_size_;
+  Settings settings_;
   int layers_ = 0, heads_ = 0;
   double eps_ = 1e-12;
   long long max_len_ = 512;
@@ -125,12 +138,6 @@ class SentenceBert final : public moelab::Embedder {
   std::map<std::string, Tensor> w_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("sbert", moelab::Kind::embedder, "0.1.0", "sentence-transformers BERT encoder (all-MiniLM-L6-v2 kind), mean pooled")
-      .required("path", moelab::KeyType::path, "the sentence-transformers folder (config.json, model.safetensors, tokenizer.json)")
-      .integer("batch_size", 32, "texts per forward");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, SentenceBert)
+MOELAB_PLUGIN(options, SentenceBert)

@@ -9,9 +9,20 @@ namespace {
 
 using torch::Tensor;
 
+struct Settings {
+  long long top_experts;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("specialization", moelab::Kind::analyzer, "0.1.0", "expert specialization by text set: KL from overall usage, top experts")
+          .integer("top_experts", &Settings::top_experts, 3, "experts listed per set and layer, by lift over the overall usage");
+  return o;
+}
+
 class Specialization final : public moelab::Analyzer {
  public:
-  Specialization(const moelab::Config& config, moelab::RunContext&) : top_(config.get_int("top_experts")) {}
+  Specialization(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {}
 
   nlohmann::json analyze(const moelab::RoutingRecords& records, const std::filesystem::path& out_dir) override {
     if (!records.set_ids.defined() || records.set_names.size() < 2)
@@ -33,7 +44,7 @@ class Specialization final : public moelab::Analyzer {
       Tensor kl = terms.sum(1);  // [L]
       nlohmann::json per_layer = nlohmann::json::array();
       for (long long l = 0; l < layers; ++l) {
-        auto [values, experts] = (u[l] / overall[l].clamp_min(1e-300)).topk(std::min<long long>(top_, records.num_experts));
+        auto [values, experts] = (u[l] / overall[l].clamp_min(1e-300)).topk(std::min<long long>(settings_.top_experts, records.num_experts));
         nlohmann::json top = nlohmann::json::array();
         for (long long i = 0; i < experts.numel(); ++i)
           top.push_back({{"expert", experts[i].item<int64_t>()}, {"share", u[l][experts[i]].item<double>()}, {"lift", values[i].item<double>()}});
@@ -57,14 +68,9 @@ class Specialization final : public moelab::Analyzer {
   }
 
  private:
-  long long top_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("specialization", moelab::Kind::analyzer, "0.1.0", "expert specialization by text set: KL from overall usage, top experts")
-      .integer("top_experts", 3, "experts listed per set and layer, by lift over the overall usage");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, Specialization)
+MOELAB_PLUGIN(options, Specialization)

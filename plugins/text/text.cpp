@@ -7,14 +7,33 @@
 
 namespace {
 
+enum class Split { paragraph, line, whole };
+
+struct Settings {
+  std::filesystem::path path;
+  Split split;
+  long long limit;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("text", moelab::Kind::dataset, "0.1.0", "raw text documents from a UTF-8 file")
+          .path("path", &Settings::path, moelab::required, "the text file")
+          .choice("split", &Settings::split, Split::paragraph, {{"paragraph", Split::paragraph}, {"line", Split::line}, {"whole", Split::whole}},
+                  "one document per blank-line paragraph, per line, or the whole file")
+          .integer("limit", &Settings::limit, 0, "read at most this many documents (0: all)");
+  return o;
+}
+
 class TextDataset final : public moelab::Dataset {
  public:
   TextDataset(const moelab::Config& config, moelab::RunContext&) {
-    std::filesystem::path path = config.get_path("path");
+    const Settings settings = options().read(config);
+    const std::filesystem::path& path = settings.path;
     std::ifstream in(path, std::ios::binary);
     if (!in) throw std::runtime_error(fmt::format("[{}] path ({}): cannot open {}", config.id(), config.where("path"), path.string()));
-    const std::string split = config.get_string("split");
-    const long long limit = config.get_int("limit");
+    const Split split = settings.split;
+    const long long limit = settings.limit;
     std::string line, current;
     long long line_number = 0, first_line = 1;
     auto flush = [&] {
@@ -26,11 +45,11 @@ class TextDataset final : public moelab::Dataset {
       ++line_number;
       if (!line.empty() && line.back() == '\r') line.pop_back();
       const bool blank = line.find_first_not_of(" \t") == std::string::npos;
-      if (split == "line") {
+      if (split == Split::line) {
         current = line;
         first_line = line_number;
         flush();
-      } else if (split == "paragraph" && blank) {
+      } else if (split == Split::paragraph && blank) {
         flush();
         first_line = line_number + 1;
       } else {
@@ -57,13 +76,6 @@ class TextDataset final : public moelab::Dataset {
   std::vector<moelab::Example> examples_;
 };
 
-moelab::Descriptor describe() {
-  return moelab::Descriptor("text", moelab::Kind::dataset, "0.1.0", "raw text documents from a UTF-8 file")
-      .required("path", moelab::KeyType::path, "the text file")
-      .choice("split", "paragraph", {"paragraph", "line", "whole"}, "one document per blank-line paragraph, per line, or the whole file")
-      .integer("limit", 0, "read at most this many documents (0: all)");
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, TextDataset)
+MOELAB_PLUGIN(options, TextDataset)

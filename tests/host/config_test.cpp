@@ -53,7 +53,7 @@ TEST(Config, WrongTypeNamesExpectedType) {
   TempDir dir;
   std::string error = error_of([&] { resolve_text(dir, std::string(kBase) + "k = \"five\"\n"); });
   EXPECT_THAT(error, HasSubstr("experiment.toml:11"));
-  EXPECT_THAT(error, HasSubstr("key 'k' must be integer, found string \"five\""));
+  EXPECT_THAT(error, HasSubstr("key 'k' must be integer (at least 1), found string \"five\""));
   error = error_of([&] { resolve_text(dir, std::string(kBase) + "sigma = true\n"); });
   EXPECT_THAT(error, HasSubstr("must be number"));
 }
@@ -71,6 +71,57 @@ TEST(Config, MissingRequiredKeyAndUnknownPlugin) {
               HasSubstr("[data] needs key 'path'"));
   EXPECT_THAT(error_of([&] { resolve_text(dir, "stages = []\n[data]\nplugin = \"jsnol\"\n"); }),
               AllOf(HasSubstr("experiment.toml:3"), HasSubstr("no plugin named 'jsnol' (did you mean 'jsonl'?)")));
+}
+
+TEST(Config, HostKeysAreReadIntoTypedOptions) {
+  TempDir dir;
+  auto e = resolve_text(dir, std::string("name = \"typed\"\nseed = 5\nlog_level = \"warn\"\nrun_dir = \"out\"\n") + kBase +
+                                 "[model]\npath = \"m\"\ndevice = \"cpu\"\ndtype = \"bfloat16\"\nquantized = \"q.safetensors\"\n");
+  EXPECT_EQ(e.run.name, "typed");
+  EXPECT_EQ(e.run.seed, 5);
+  EXPECT_EQ(e.run.log_level, moelab::LogLevel::warn);
+  EXPECT_EQ(e.run.run_dir, dir.path() / "out");
+  EXPECT_EQ(e.run.stages, std::vector<std::string>{"neighbours"});
+  EXPECT_EQ(e.model.path, dir.path() / "m");
+  EXPECT_EQ(e.model.device, moelab::ModelDevice::cpu);
+  EXPECT_EQ(e.model.dtype, moelab::ModelDtype::bfloat16);
+  EXPECT_EQ(e.model.quantized, dir.path() / "q.safetensors");
+  EXPECT_THAT(moelab::Config(e.model_table).where("device"), HasSubstr("experiment.toml:17"));
+  auto defaults = resolve_text(dir, kBase);
+  EXPECT_EQ(defaults.run.log_level, moelab::LogLevel::info);
+  EXPECT_EQ(defaults.model.path, "builtin:tiny-olmoe");
+  EXPECT_EQ(defaults.model.device, moelab::ModelDevice::automatic);
+  EXPECT_TRUE(defaults.model.quantized.empty());
+}
+
+TEST(Config, UnknownHostKeysListTheAcceptedOnes) {
+  TempDir dir;
+  EXPECT_THAT(error_of([&] { resolve_text(dir, std::string("sed = 3\n") + kBase); }),
+              HasSubstr("(the top level accepts: name, seed, run_dir, plugin_path, log_level, stages)"));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, std::string(kBase) + "[model]\ndtyp = \"float32\"\n"); }),
+              HasSubstr("experiment.toml:12: unknown key 'dtyp' in [model] (did you mean 'dtype'?) ([model] accepts: path, device, dtype, quantized)"));
+  // A [model] made only by --set keeps the override's name in errors.
+  EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"model.device=gpu"}); }),
+              HasSubstr("--set model.device=gpu: key 'device' must be one of: auto, cpu, cuda; found \"gpu\""));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, "stages = \"neighbours\"\n" + std::string(kBase).substr(std::string(kBase).find('\n') + 1)); }),
+              HasSubstr("key 'stages' must be array of strings"));
+}
+
+TEST(Config, NumberRangesAreCheckedBeforeAnythingRuns) {
+  TempDir dir;
+  EXPECT_THAT(error_of([&] { resolve_text(dir, std::string(kBase) + "k = 0\n"); }),
+              HasSubstr("experiment.toml:11: key 'k' must be at least 1, found integer 0"));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, std::string(kBase) + "sigma = -0.5\n"); }),
+              HasSubstr("experiment.toml:11: key 'sigma' must be greater than 0, found number -0.5"));
+}
+
+TEST(Config, ComponentListsMustNameTablesOfTheRightKind) {
+  TempDir dir;
+  const std::string study = std::string(kBase) + "[study]\nplugin = \"collect\"\nsets = [\"data\", \"embed\"]\n";
+  EXPECT_THAT(error_of([&] { resolve_text(dir, study); }),
+              AllOf(HasSubstr("experiment.toml:13: [study] sets = 'embed' is not a dataset table"), HasSubstr("dataset tables here: data")));
+  auto e = resolve_text(dir, std::string(kBase) + "[study]\nplugin = \"collect\"\nsets = [\"data\"]\n");
+  EXPECT_EQ(moelab::Config(e.components.at("study").config).get_strings("sets"), std::vector<std::string>{"data"});
 }
 
 TEST(Config, ComponentReferencesMustNameTablesOfTheRightKind) {

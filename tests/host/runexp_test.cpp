@@ -73,6 +73,9 @@ TEST(Runexp, ConfigErrorsExitNonZeroWithLocation) {
   auto r = run_command(runexp_binary() + " " + kDemo + " --dry-run --set neighbours.sigmaa=1");
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.output, HasSubstr("unknown key 'sigmaa' in [neighbours] (did you mean 'sigma'?)"));
+  r = run_command(runexp_binary() + " " + kDemo + " --dry-run --set neighbours.k=0");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("--set neighbours.k=0: key 'k' must be at least 1, found integer 0"));
   fs::path bad = dir.write("bad.toml", "stages = [\"x\"]\n[x]\nplugin = \"neighbours\"\ndataset = \"d\"\nembedder = \"e\"\n");
   r = run_command(runexp_binary() + " " + bad.string() + " --dry-run");
   EXPECT_EQ(r.status, 1);

@@ -29,10 +29,10 @@ TEST(Rtn, QuantizesMatchingWeightsToAtMostTwoToTheBitsLevelsPerGroup) {
   EXPECT_GT(report["rmse"].get<double>(), 0.0);
 }
 
-TEST(Rtn, RejectsImpossibleBitWidths) {
+TEST(Rtn, RejectsImpossibleBitWidthsWhenTheConfigIsChecked) {
   moelab::test::TempDir dir;
-  auto run = moelab::test::start_run(dir, "stages = []\n[q]\nplugin = \"rtn\"\nbits = 1\n");
-  EXPECT_THAT(moelab::test::error_of([&] { run->make<moelab::Transform>("q"); }), testing::HasSubstr("bits must be 2..8"));
+  EXPECT_THAT(moelab::test::error_of([&] { moelab::test::start_run(dir, "stages = []\n[q]\nplugin = \"rtn\"\nbits = 1\n"); }),
+              testing::HasSubstr("experiment.toml:5: key 'bits' must be within [2, 8], found integer 1"));
 }
 
 }  // namespace

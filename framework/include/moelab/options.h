@@ -127,6 +127,14 @@ class Options {
     return *this;
   }
 
+  // A string key whose allowed values are `names`, read as the name itself (for APIs that take names).
+  Options& choice(const std::string& key, std::string T::*field, const std::string& default_value, std::vector<std::string> names,
+                  const std::string& help) {
+    bind(key, KeyType::string, field, detail::toml_literal(default_value), help, &Config::get_string);
+    keys_.back().choices = std::move(names);
+    return *this;
+  }
+
   // The id of another table of the experiment, whose plugin has kind `kind` (required).
   Options& component(const std::string& key, std::string T::*field, Kind kind, const std::string& help) {
     return bind_component(key, KeyType::component, field, "", kind, help, &Config::get_string);
@@ -220,6 +228,14 @@ class Options {
   std::vector<ConfigKey> keys_;
   std::vector<std::function<void(T&, const Config&)>> readers_;
 };
+
+// The name of `value` in a choice's table (as given to Options::choice), for reports and logs.
+template <class E>
+const std::string& choice_name(E value, const std::vector<std::pair<std::string, E>>& names) {
+  for (const auto& [name, v] : names)
+    if (v == value) return name;
+  throw std::logic_error("choice_name: the value is not in the table");
+}
 
 template <class T>
 Descriptor descriptor_of(const Options<T>& options) {

@@ -5,30 +5,35 @@
 
 namespace {
 
+struct Settings {
+  std::string message;
+  long long times;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o = moelab::Options<Settings>("shout", moelab::Kind::stage, "1.0.0", "writes a message in capitals")
+                            .string("message", &Settings::message, moelab::required, "what to shout")
+                            .integer("times", &Settings::times, 1, "how many lines").at_least(1);
+  return o;
+}
+
 class Shout final : public moelab::Stage {
  public:
-  Shout(const moelab::Config& config, moelab::RunContext&) : message_(config.get_string("message")), times_(config.get_int("times")) {}
+  Shout(const moelab::Config& config, moelab::RunContext&) : settings_(options().read(config)) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     std::string loud;
-    for (char c : message_) loud += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    for (char c : settings_.message) loud += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     std::string text;
-    for (long long i = 0; i < times_; ++i) text += loud + "\n";
+    for (long long i = 0; i < settings_.times; ++i) text += loud + "\n";
     moelab::write_file_atomic(out_dir / "shout.txt", text);
     summary["shouted"] = loud;
   }
 
  private:
-  std::string message_;
-  long long times_;
+  Settings settings_;
 };
-
-moelab::Descriptor describe() {
-  return moelab::Descriptor("shout", moelab::Kind::stage, "1.0.0", "writes a message in capitals")
-      .required("message", moelab::KeyType::string, "what to shout")
-      .integer("times", 1, "how many lines");
-}
 
 }  // namespace
 
-MOELAB_PLUGIN(describe, Shout)
+MOELAB_PLUGIN(options, Shout)
