@@ -12,15 +12,6 @@ int64_t token_id(const nlohmann::json& v) {
   return -1;
 }
 
-void check_rope(const ConfigKeys& k) {
-  for (const char* scaling : {"rope_scaling", "rope_parameters"}) {
-    if (!k.has(scaling)) continue;
-    const nlohmann::json& s = k.json()[scaling];
-    std::string kind = s.value("rope_type", s.value("type", std::string("default")));
-    if (kind != "default") throw k.error(fmt::format("{} type \"{}\" is not supported yet (only default RoPE)", scaling, kind));
-  }
-}
-
 // The router spec must describe a choice that exists: whole groups, and at least k experts left.
 void check_router(const ConfigKeys& k, const ModelConfig& c) {
   const RouterSpec& r = c.router;
@@ -39,7 +30,30 @@ void check_router(const ConfigKeys& k, const ModelConfig& c) {
     throw k.error(fmt::format("n_group {} leaves {} expert per group; the group score sums the best two", r.groups, per_group));
 }
 
+// Every key in the file was read for this architecture or is known to be math-free.
+void check_all_keys_read(const ConfigKeys& k, const std::string& model_type) {
+  for (const auto& [key, value] : k.json().items()) {
+    if (value.is_null() || k.keys_read().count(key) || math_free_config_keys().count(key)) continue;
+    throw k.error(fmt::format("key \"{}\" is not read for {}: moelab does not implement it and it is not known to leave the "
+                              "computation unchanged (remove it if it does)",
+                              key, model_type));
+  }
+}
+
 }  // namespace
+
+const std::set<std::string>& math_free_config_keys() {
+  static const std::set<std::string> keys = {
+      "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype", "transformers_version", "tokenizer_class",
+      "initializer_range", "use_cache", "bos_token_id", "output_router_logits", "output_attentions", "output_hidden_states",
+      "return_dict", "pretraining_tp",  // tensor-parallel slicing in old Llama code: the same products
+      // auxiliary losses of the original training, which moelab's objectives replace
+      "router_aux_loss_coef", "aux_loss_alpha", "seq_aux",
+      "ep_size",                   // expert-parallel degree of DeepSeek's own inference code
+      "num_nextn_predict_layers",  // DeepSeek-V3's multi-token-prediction layers, not part of the causal LM
+  };
+  return keys;
+}
 
 ModelConfig read_model_config(const std::filesystem::path& folder) {
   std::filesystem::path file = folder / "config.json";
@@ -68,17 +82,19 @@ ModelConfig read_model_config(const std::filesystem::path& folder) {
   c.num_experts = k.first_of<int64_t>({"num_experts", "num_local_experts", "n_routed_experts"}, 0);
   c.router.top_k = k.get<int64_t>("num_experts_per_tok");
   c.rms_eps = k.get_or<double>("rms_norm_eps", 1e-6);
-  c.rope_theta = k.has("rope_parameters") && j["rope_parameters"].contains("rope_theta")
-                     ? j["rope_parameters"]["rope_theta"].get<double>()
-                     : k.get_or<double>("rope_theta", 10000.0);
-  check_rope(k);
+  c.rope = read_rope(k);
   c.tie_embeddings = k.get_or<bool>("tie_word_embeddings", false);
-  c.qkv_bias = k.get_or<bool>("attention_bias", false);
+  k.one_of("hidden_act", "silu", {"silu"});
+  if (k.get_or<double>("attention_dropout", 0.0) != 0.0)
+    throw k.error(fmt::format("attention_dropout {} is not supported (only 0)", j["attention_dropout"].dump()));
   c.moe_layer.assign(c.num_layers, c.num_experts > 0);
+  c.sliding_layer.assign(c.num_layers, false);
   c.pad_token_id = k.has("pad_token_id") ? token_id(j["pad_token_id"]) : -1;
   c.eos_token_id = k.has("eos_token_id") ? token_id(j["eos_token_id"]) : -1;
   if (c.arch.read_config) c.arch.read_config(k, c);
   check_router(k, c);
+  check_all_keys_read(k, c.arch.model_type);
+  c.keys_read = k.keys_read();
   return c;
 }
 

@@ -5,11 +5,13 @@
 #pragma once
 
 #include "config_keys.h"
+#include "rope.h"
 #include "route.h"
 
 #include <array>
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -30,7 +32,8 @@ struct Architecture {
   std::string shared_expert;         // <moe_module>.<shared_expert>. always-on expert, or ""
   std::string shared_expert_gate;    // <moe_module>.<shared_expert_gate>.weight sigmoid gate on it, or ""
   // Reads the architecture's own keys after the common ones: router spec, shared expert size, MoE
-  // layer pattern, attention options, and transformers' defaults where they differ.
+  // layer pattern, attention options (biases, sliding window), and transformers' defaults where they
+  // differ. A key no hook or common reader asks about is refused unless it is known to be math-free.
   std::function<void(const ConfigKeys&, ModelConfig&)> read_config;
 };
 
@@ -40,11 +43,16 @@ struct ModelConfig {
   int64_t intermediate_size, expert_intermediate_size, shared_intermediate_size = 0, num_experts;
   RouterSpec router;  // without the bias, which is a per-layer tensor
   int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
-  double rms_eps, rope_theta, clip_qkv = 0;
-  bool qkv_bias = false, tie_embeddings = false;
+  double rms_eps, clip_qkv = 0;
+  RopeConfig rope;
+  double softmax_scale = 1.0;     // multiplies 1/sqrt(head size) (DeepSeek's YaRN mscale_all_dim correction)
+  bool qkv_bias = false, o_bias = false, tie_embeddings = false;
   bool rope_interleaved = false;  // rotary pairs (x0,x1) instead of halves
   std::vector<bool> moe_layer;    // every layer unless the hook says otherwise
+  int64_t sliding_window = 0;     // a query in a sliding layer sees only the last sliding_window keys
+  std::vector<bool> sliding_layer;  // no layer unless the hook says otherwise
   int64_t pad_token_id = -1, eos_token_id = -1;
+  std::set<std::string> keys_read;  // every config.json key the readers asked about
 };
 
 // The registered model types, in registry order (aliases included).
@@ -52,7 +60,11 @@ std::vector<std::string> supported_model_types();
 // The architecture registered for model_type (model_type filled in); throws naming file and the supported types.
 Architecture find_architecture(const std::string& model_type, const std::string& file);
 
-// Reads folder/config.json; errors name the file and key and list the supported model types.
+// Top-level config.json keys that never change the computation (metadata, training-only settings).
+const std::set<std::string>& math_free_config_keys();
+
+// Reads folder/config.json; errors name the file and key and list the supported model types. A key
+// that is neither read for the model's architecture nor math-free is an error naming it.
 ModelConfig read_model_config(const std::filesystem::path& folder);
 
 }  // namespace moelab

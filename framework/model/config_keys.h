@@ -1,5 +1,6 @@
 // Reading config.json: typed values whose errors name the file and key. A null value counts as absent,
-// so the caller's fallback (transformers' default) applies.
+// so the caller's fallback (transformers' default) applies. Every key asked about is recorded, so the
+// caller can refuse the keys nothing read (see read_model_config).
 #pragma once
 
 #include <fmt/format.h>
@@ -7,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <initializer_list>
+#include <set>
 #include <stdexcept>
 #include <string>
 
@@ -16,7 +18,10 @@ class ConfigKeys {
  public:
   ConfigKeys(const nlohmann::json& j, std::string file) : j_(j), file_(std::move(file)) {}
 
-  bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
+  bool has(const std::string& key) const {
+    read_.insert(key);
+    return j_.contains(key) && !j_[key].is_null();
+  }
 
   template <class T>
   T get(const std::string& key) const {
@@ -44,12 +49,16 @@ class ConfigKeys {
     throw error(fmt::format("{} \"{}\" is not supported (supported: {})", key, value, fmt::join(supported, ", ")));
   }
   const nlohmann::json& json() const { return j_; }
+  const std::string& file() const { return file_; }
+  // The keys asked about so far, present or not.
+  const std::set<std::string>& keys_read() const { return read_; }
   // An error about this file.
   std::runtime_error error(const std::string& what) const { return std::runtime_error(fmt::format("{}: {}", file_, what)); }
 
  private:
   const nlohmann::json& j_;
   std::string file_;
+  mutable std::set<std::string> read_;
 };
 
 }  // namespace moelab

@@ -28,7 +28,7 @@ struct Mlp {
 struct Layer {
   Tensor input_norm, post_norm;
   // Standard attention.
-  Tensor q, k, v, o, q_bias, k_bias, v_bias, q_norm, k_norm;
+  Tensor q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
   // MLA.
   Tensor q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b;
   // MLP: dense, or routed experts (stacked [E, ...]) with optional shared expert.
@@ -71,9 +71,8 @@ class MoeModel final : public Model {
     load(folder);
     grouped_mm_ = compat::kHasGroupedMm && device_.is_cuda() && dtype_ == torch::kBFloat16 && c_.hidden_size % 8 == 0 &&
                   c_.expert_intermediate_size % 8 == 0;
-    int64_t rotary = c_.arch.mla ? c_.qk_rope_head_dim : c_.head_dim;
-    inv_freq_ = 1.0 / torch::pow(c_.rope_theta, torch::arange(0, rotary, 2, torch::kFloat32) / static_cast<double>(rotary));
-    inv_freq_ = inv_freq_.to(device_);
+    rotary_dim_ = c_.arch.mla ? c_.qk_rope_head_dim : c_.head_dim;
+    inv_freq_ = rope_inv_freq(c_.rope, rotary_dim_).to(device_);
   }
 
   const ModelInfo& info() const override { return info_; }
@@ -118,9 +117,11 @@ class MoeModel final : public Model {
     Tensor causal = key_index.unsqueeze(0) <= query_index.unsqueeze(1);  // [T, S]
     Tensor allowed = (causal.unsqueeze(0) & full_mask.unsqueeze(1)) | (key_index.unsqueeze(0) == query_index.unsqueeze(1)).unsqueeze(0);
     allowed = allowed.unsqueeze(1);  // [B, 1, T, S]
+    // Sliding layers: query i sees keys j > i - sliding_window (cache indices, as transformers' mask).
+    Tensor windowed = c_.sliding_window > 0 ? allowed & (key_index.unsqueeze(0) > query_index.unsqueeze(1) - c_.sliding_window) : Tensor();
     // Unpadded rows without a cache need no mask: the fused kernels' causal mode (flash attention) takes over.
     if (compat::kHasSdpa && device_.is_cuda() && !cache && mask.all().item<bool>()) allowed = Tensor();
-    Tensor freqs = positions.unsqueeze(-1).to(torch::kFloat32) * inv_freq_;  // [B, T, R/2]
+    Tensor freqs = rotary_angles(positions);  // [B, T, R/2]
 
     if (cache && cache->first.empty()) {
       cache->first.resize(c_.num_layers);
@@ -130,8 +131,9 @@ class MoeModel final : public Model {
     Tensor x = embed_.index_select(0, input_ids.reshape(-1)).reshape({B, T, c_.hidden_size});
     for (int i = 0; i < c_.num_layers; ++i) {
       const Layer& L = layers_[i];
+      const Tensor& visible = c_.sliding_layer[i] ? windowed : allowed;
       Tensor h = rms_norm(x, L.input_norm, c_.rms_eps);
-      x = x + (c_.arch.mla ? mla_attention(L, h, freqs, allowed, cache, i) : attention(L, h, freqs, allowed, cache, i));
+      x = x + (c_.arch.mla ? mla_attention(L, h, freqs, visible, cache, i) : attention(L, h, freqs, visible, cache, i));
       h = rms_norm(x, L.post_norm, c_.rms_eps);
       x = x + (L.moe ? moe(L, h, i) : L.dense(h));
     }
@@ -148,8 +150,20 @@ class MoeModel final : public Model {
   }
 
  private:
+  // Rotation angles of each position. Dynamic NTK rescales the frequencies by each row's length (its
+  // last position + 1, transformers takes the batch's), so a row's logits do not depend on its batch.
+  Tensor rotary_angles(const Tensor& positions) const {
+    Tensor inv_freq = c_.rope.type == "dynamic" ? dynamic_inv_freq(c_.rope, rotary_dim_, std::get<0>(positions.max(1)) + 1).unsqueeze(1)
+                                                : inv_freq_;
+    return positions.unsqueeze(-1).to(torch::kFloat32) * inv_freq;
+  }
+
   Tensor rope(const Tensor& x, const Tensor& freqs) const {  // x [B, H, T, R]
     Tensor cos = freqs.cos().unsqueeze(1), sin = freqs.sin().unsqueeze(1);  // [B, 1, T, R/2]
+    if (c_.rope.attention_factor != 1.0) {
+      cos = cos * c_.rope.attention_factor;
+      sin = sin * c_.rope.attention_factor;
+    }
     if (c_.rope_interleaved) {
       Tensor xf = x.to(accumulate_type(x));
       Tensor re = xf.index({"...", Slice(0, torch::indexing::None, 2)}), im = xf.index({"...", Slice(1, torch::indexing::None, 2)});
@@ -240,9 +254,10 @@ class MoeModel final : public Model {
       k = append(cache->first[i], k, R);
       v = append(cache->second[i], v, R);
     }
-    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const double scale = c_.softmax_scale / std::sqrt(static_cast<double>(D));
     Tensor out = R > 1 && k_past.defined() ? attend_replicas(q, k_past, v_past, k, v, allowed, R, scale) : attend(q, k, v, allowed, scale);
-    return torch::matmul(out.transpose(1, 2).reshape({B, T, -1}), L.o.t());
+    out = torch::matmul(out.transpose(1, 2).reshape({B, T, -1}), L.o.t());
+    return L.o_bias.defined() ? out + L.o_bias : out;
   }
 
   // DeepSeek multi-head latent attention; the cache holds the normalized latent and the rotary key.
@@ -266,7 +281,7 @@ class MoeModel final : public Model {
       Tensor kv = torch::matmul(lat.squeeze(1), L.kv_b.t()).view({b, s, -1, nope + vd}).transpose(1, 2);
       return std::make_pair(torch::cat({kv.narrow(-1, 0, nope), rot_key.expand({b, kv.size(1), s, rot})}, -1), kv.narrow(-1, nope, vd));
     };
-    const double scale = 1.0 / std::sqrt(static_cast<double>(nope + rot));
+    const double scale = c_.softmax_scale / std::sqrt(static_cast<double>(nope + rot));
     Tensor query = torch::cat({q_nope, q_rot}, -1), out;
     if (R > 1 && latent_past.defined()) {
       auto [k_past, v_past] = keys_values(latent_past, k_rot_past);
@@ -368,6 +383,7 @@ class MoeModel final : public Model {
           L.k_bias = take(at + "k_proj.bias");
           L.v_bias = take(at + "v_proj.bias");
         }
+        if (c_.o_bias) L.o_bias = take(at + "o_proj.bias");
         if (a.qk_norm != QkNorm::none) {
           L.q_norm = take(at + "q_norm.weight");
           L.k_norm = take(at + "k_norm.weight");
@@ -430,6 +446,7 @@ class MoeModel final : public Model {
   torch::Device device_;
   torch::ScalarType dtype_;
   bool grouped_mm_ = false;
+  int64_t rotary_dim_ = 0;
   Tensor embed_, final_norm_, lm_head_, inv_freq_, hidden_;
   std::vector<Layer> layers_;
   NamedTensors named_;

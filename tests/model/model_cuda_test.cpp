@@ -53,6 +53,7 @@ TEST_P(CudaFixture, CausalFastPathEqualsTheMaskedPath) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, CudaFixture,
                          testing::Values("olmoe", "olmoe_clip_norm", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2",
-                                         "deepseek_v3"));
+                                         "deepseek_v3", "deepseek_v2_yarn", "qwen3_moe_yarn", "mixtral_linear_sliding",
+                                         "olmoe_dynamic_bias", "qwen2_moe_llama3_sliding"));
 
 }  // namespace

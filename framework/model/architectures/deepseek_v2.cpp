@@ -1,7 +1,7 @@
 // DeepSeek-V2: MLA with interleaved rotary pairs, shared experts, softmax router, optionally limited to
 // the topk_group groups with the best single expert (group_limited_greedy), weights times
-// routed_scaling_factor. As in transformers' DeepseekV2TopkRouter the weights are never renormalized
-// (norm_topk_prob is not read).
+// routed_scaling_factor. As in transformers' DeepseekV2TopkRouter the weights are never renormalized:
+// norm_topk_prob = true (which DeepSeek's own code would honour) is refused.
 #include "parts.h"
 
 namespace moelab::architectures {
@@ -18,7 +18,10 @@ Architecture deepseek_v2() {
     if (k.one_of("topk_method", "greedy", {"greedy", "group_limited_greedy"}) == "group_limited_greedy") {
       c.router.groups = k.get<int64_t>("n_group");
       c.router.groups_kept = k.get<int64_t>("topk_group");
+    } else {
+      k.has("n_group"), k.has("topk_group");  // greedy ignores them: known keys without effect
     }
+    if (k.get_or<bool>("norm_topk_prob", false)) throw k.error("norm_topk_prob = true is not supported for deepseek_v2 (transformers ignores it)");
   };
   return a;
 }

@@ -1,4 +1,5 @@
-// OLMoE: RMSNorm over the whole q and k projections, optional clip_qkv, softmax top-k router.
+// OLMoE: RMSNorm over the whole q and k projections, optional clip_qkv and q/k/v/o biases
+// (attention_bias), softmax top-k router.
 #include "parts.h"
 
 namespace moelab::architectures {
@@ -8,6 +9,7 @@ Architecture olmoe() {
   a.qk_norm = QkNorm::full_width;
   a.read_config = [](const ConfigKeys& k, ModelConfig& c) {
     c.clip_qkv = k.get_or<double>("clip_qkv", 0.0);
+    read_attention_bias(k, c);
     read_softmax_topk(k, c);
   };
   return a;

@@ -1,10 +1,28 @@
 #include "parts.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace moelab::architectures {
 
 void read_softmax_topk(const ConfigKeys& k, ModelConfig& c) { c.router.renormalize = k.get_or<bool>("norm_topk_prob", false); }
+
+void read_attention_bias(const ConfigKeys& k, ModelConfig& c) { c.qkv_bias = c.o_bias = k.get_or<bool>("attention_bias", false); }
+
+void read_sliding_window_every_layer(const ConfigKeys& k, ModelConfig& c, bool needs_use_flag) {
+  const bool used = !needs_use_flag || k.get_or<bool>("use_sliding_window", false);
+  if (needs_use_flag) {
+    const int64_t max_window_layers = k.get_or<int64_t>("max_window_layers", c.num_layers);
+    if (used && max_window_layers < c.num_layers)
+      throw k.error(fmt::format("max_window_layers {} < num_hidden_layers with use_sliding_window is not supported for {} (transformers "
+                                "applies the window to every layer)",
+                                max_window_layers, c.arch.model_type));
+  }
+  if (!k.has("sliding_window") || !used) return;
+  c.sliding_window = k.get<int64_t>("sliding_window");
+  if (c.sliding_window < 1) throw k.error(fmt::format("sliding_window {} is not a positive number of keys", c.sliding_window));
+  c.sliding_layer.assign(c.num_layers, true);
+}
 
 void read_sparse_step_layers(const ConfigKeys& k, ModelConfig& c) {
   std::vector<int64_t> dense = k.get_or<std::vector<int64_t>>("mlp_only_layers", {});
@@ -21,6 +39,11 @@ void read_deepseek_layout(const ConfigKeys& k, ModelConfig& c, int64_t default_s
   c.qk_nope_head_dim = k.get<int64_t>("qk_nope_head_dim");
   c.qk_rope_head_dim = k.get<int64_t>("qk_rope_head_dim");
   c.v_head_dim = k.get<int64_t>("v_head_dim");
+  if (k.get_or<int64_t>("qk_head_dim", c.qk_nope_head_dim + c.qk_rope_head_dim) != c.qk_nope_head_dim + c.qk_rope_head_dim)
+    throw k.error(fmt::format("qk_head_dim {} is not qk_nope_head_dim + qk_rope_head_dim ({})", k.get<int64_t>("qk_head_dim"),
+                              c.qk_nope_head_dim + c.qk_rope_head_dim));
+  // YaRN's mscale_all_dim also rescales the attention logits: softmax scale times mscale(factor, mscale_all_dim)^2.
+  if (c.rope.type != "default" && c.rope.mscale_all_dim != 0) c.softmax_scale = std::pow(yarn_mscale(c.rope.factor, c.rope.mscale_all_dim), 2);
   c.shared_intermediate_size = c.expert_intermediate_size * k.get_or<int64_t>("n_shared_experts", default_shared_experts);
   int64_t first_dense = k.get_or<int64_t>("first_k_dense_replace", default_first_dense);
   int64_t every = k.get_or<int64_t>("moe_layer_freq", 1);

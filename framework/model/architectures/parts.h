@@ -8,6 +8,13 @@ namespace moelab::architectures {
 // softmax top-k, renormalized if norm_topk_prob (default false): OLMoE, Qwen2-MoE, Qwen3-MoE.
 void read_softmax_topk(const ConfigKeys& k, ModelConfig& c);
 
+// attention_bias (default false): biases on the q, k, v and o projections (OLMoE, Qwen3-MoE).
+void read_attention_bias(const ConfigKeys& k, ModelConfig& c);
+
+// sliding_window in every layer when set (Mixtral), or when use_sliding_window is also true (Qwen3-MoE,
+// which must not limit it to the first max_window_layers: transformers ignores that key there).
+void read_sliding_window_every_layer(const ConfigKeys& k, ModelConfig& c, bool needs_use_flag);
+
 // Qwen's MoE layers: every decoder_sparse_step-th layer except the mlp_only_layers.
 void read_sparse_step_layers(const ConfigKeys& k, ModelConfig& c);
 
