@@ -1,5 +1,6 @@
-// A validated, read-only view of one config table (a plugin's settings or a host section).
-// Every key a plugin reads was declared in its Descriptor, so getters fail only on programmer error.
+// A validated, read-only view of one config table (a plugin's settings or a host section). Plugins
+// read it in one call through their moelab::Options (options.h), which uses these getters; a getter
+// fails only on programmer error (a key the table's options do not declare, or the wrong type).
 #pragma once
 
 #include <filesystem>
