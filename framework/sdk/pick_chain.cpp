@@ -40,34 +40,42 @@ torch::Tensor PickChain::pick(const torch::Tensor& scores, const torch::Tensor& 
   return state.tokens;
 }
 
-Descriptor& add_picker_keys(Descriptor& d) {
+const Options<PickOptions>& pick_options() {
   const PickSettings neutral;
-  return d
-      .strings("pick", {"greedy"},
-               "pickers applied in order to the next-token distribution, the last one greedy or draw: repetition_penalty, "
-               "temperature, top_k, top_p, greedy, draw")
-      .real("temperature", neutral.temperature, "temperature picker: probabilities raised to 1/temperature (softmax(scores / T)); 0: only the most likely token")
-      .integer("top_k", neutral.top_k, "top_k picker: keep the k most likely tokens, ties with the k-th included; 0: all")
-      .real("top_p", neutral.top_p, "top_p picker: keep the most likely tokens while those before them hold less than top_p of the mass")
-      .real("repetition_penalty", neutral.repetition_penalty,
-            "repetition_penalty picker (Hugging Face's): the score of a token already in the row is divided by it if positive, else multiplied");
+  static const auto o =
+      Options<PickOptions>()
+          .strings("pick", &PickOptions::pick, {"greedy"},
+                   "pickers applied in order to the next-token distribution, the last one greedy or draw: repetition_penalty, "
+                   "temperature, top_k, top_p, greedy, draw")
+          .include(&PickOptions::settings,
+                   Options<PickSettings>()
+                       .real("temperature", &PickSettings::temperature, neutral.temperature,
+                             "temperature picker: probabilities raised to 1/temperature (softmax(scores / T)); 0: only the most likely token")
+                       .at_least(0)
+                       .integer("top_k", &PickSettings::top_k, neutral.top_k,
+                                "top_k picker: keep the k most likely tokens, ties with the k-th included; 0: all")
+                       .at_least(0)
+                       .real("top_p", &PickSettings::top_p, neutral.top_p,
+                             "top_p picker: keep the most likely tokens while those before them hold less than top_p of the mass")
+                       .positive()
+                       .at_most(1)
+                       .real("repetition_penalty", &PickSettings::repetition_penalty, neutral.repetition_penalty,
+                             "repetition_penalty picker (Hugging Face's): the score of a token already in the row is divided by it "
+                             "if positive, else multiplied")
+                       .positive());
+  return o;
 }
 
-PickChain pick_chain(const Config& config, std::uint64_t seed) {
-  const std::vector<std::string> names = config.get_strings("pick");
-  const PickSettings settings{config.get_real("temperature"), config.get_int("top_k"), config.get_real("top_p"), config.get_real("repetition_penalty")};
+PickChain pick_chain(const PickOptions& options, const Config& config, std::uint64_t seed) {
   auto fail = [&](const std::string& key, const std::string& what) {
     return std::runtime_error(fmt::format("[{}] {} ({}): {}", config.id(), key, config.where(key), what));
   };
-  if (settings.temperature < 0) throw fail("temperature", fmt::format("{} must be >= 0", settings.temperature));
-  if (settings.top_k < 0) throw fail("top_k", fmt::format("{} must be >= 0 (0: all tokens)", settings.top_k));
-  if (settings.top_p <= 0 || settings.top_p > 1) throw fail("top_p", fmt::format("{} must be in (0, 1]", settings.top_p));
-  if (settings.repetition_penalty <= 0) throw fail("repetition_penalty", fmt::format("{} must be > 0", settings.repetition_penalty));
+  const std::vector<std::string>& names = options.pick;
   for (const char* key : {"temperature", "top_k", "top_p", "repetition_penalty"})
     if (config.where(key) != "default" && std::find(names.begin(), names.end(), key) == names.end())
       throw fail(key, fmt::format("is set, but pick = [\"{}\"] has no {} picker to use it", fmt::join(names, "\", \""), key));
   try {
-    return PickChain(names, settings, seed);
+    return PickChain(names, options.settings, seed);
   } catch (const std::invalid_argument& e) {
     throw fail("pick", e.what());
   }

@@ -10,20 +10,57 @@
 
 namespace {
 
+enum class TauMode { fixed, range, list };
+enum class WeightsFrom { perturbed, clean };
+enum class History { shared, exact };
+
+struct Settings {
+  long long k;
+  TauMode tau_mode;
+  double tau_middle;
+  std::vector<double> tau_range, tau_list;
+  WeightsFrom weights_from;
+  History history;
+  moelab::PickOptions picking;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("roe", moelab::Kind::sampler, "0.2.0", "RoE: K Gumbel-routed samples averaged, clean shared KV cache, then the pick chain")
+          .integer("k", &Settings::k, 8, "noisy samples per step")
+          .at_least(1)
+          .choice("tau_mode", &Settings::tau_mode, TauMode::fixed, {{"fixed", TauMode::fixed}, {"range", TauMode::range}, {"list", TauMode::list}},
+                  "fixed: tau_middle on every MoE layer but the first and last; range: uniform in tau_range per layer (seeded), first "
+                  "and last 0; list: tau_list, one per MoE layer")
+          .real("tau_middle", &Settings::tau_middle, 0.01, "tau of the middle layers (tau_mode = fixed)")
+          .at_least(0)
+          .reals("tau_range", &Settings::tau_range, {0.0, 0.01}, "[low, high] (tau_mode = range)")
+          .at_least(0)
+          .reals("tau_list", &Settings::tau_list, {}, "tau per MoE layer (tau_mode = list)")
+          .at_least(0)
+          .choice("weights_from", &Settings::weights_from, WeightsFrom::perturbed,
+                  {{"perturbed", WeightsFrom::perturbed}, {"clean", WeightsFrom::clean}},
+                  "routing weights of the selected experts: from the noisy or the clean logits")
+          .choice("history", &Settings::history, History::shared, {{"shared", History::shared}, {"exact", History::exact}},
+                  "shared: the clean row's keys/values come from the one batched forward; exact: recomputed alone, bit-identical to greedy")
+          .include(&Settings::picking, moelab::pick_options());
+  return o;
+}
+
 class RoeSampler final : public moelab::Sampler {
  public:
-  RoeSampler(const moelab::Config& config, moelab::RunContext& context)
-      : Sampler(moelab::pick_chain(config, context.seed_for(config.id()) ^ 0x5A5A5A5Aull)),
+  RoeSampler(const moelab::Config& config, moelab::RunContext& context) : RoeSampler(options().read(config), config, context) {}
+  RoeSampler(const Settings& settings, const moelab::Config& config, moelab::RunContext& context)
+      : Sampler(moelab::pick_chain(settings.picking, config, context.seed_for(config.id()) ^ 0x5A5A5A5Aull)),
         id_(config.id()),
-        k_(config.get_int("k")),
-        tau_mode_(config.get_string("tau_mode")),
-        tau_middle_(config.get_real("tau_middle")),
-        tau_range_(config.get_reals("tau_range")),
-        tau_list_(config.get_reals("tau_list")),
-        weights_from_clean_(config.get_string("weights_from") == "clean"),
-        exact_history_(config.get_string("history") == "exact"),
+        k_(settings.k),
+        tau_mode_(settings.tau_mode),
+        tau_middle_(settings.tau_middle),
+        tau_range_(settings.tau_range),
+        tau_list_(settings.tau_list),
+        weights_from_clean_(settings.weights_from == WeightsFrom::clean),
+        exact_history_(settings.history == History::exact),
         seed_(context.seed_for(config.id())) {
-    if (k_ < 1) throw std::runtime_error(fmt::format("[{}] k = {} ({}): RoE needs at least one sample", id_, k_, config.where("k")));
     if (tau_range_.size() != 2 || tau_range_[0] > tau_range_[1])
       throw std::runtime_error(fmt::format("[{}] tau_range ({}) must be [low, high]", id_, config.where("tau_range")));
   }
@@ -62,7 +99,7 @@ class RoeSampler final : public moelab::Sampler {
   std::map<int, double> tau_map(const moelab::ModelInfo& info) const {
     const auto& moe = info.moe_layers;
     std::map<int, double> tau;
-    if (tau_mode_ == "list") {
+    if (tau_mode_ == TauMode::list) {
       if (tau_list_.size() != moe.size())
         throw std::runtime_error(fmt::format("[{}] tau_list has {} values, but the model has {} MoE layers", id_, tau_list_.size(), moe.size()));
       for (std::size_t i = 0; i < moe.size(); ++i) tau[moe[i]] = tau_list_[i];
@@ -72,7 +109,7 @@ class RoeSampler final : public moelab::Sampler {
     for (std::size_t i = 0; i < moe.size(); ++i) {
       bool edge = i == 0 || i + 1 == moe.size();  // first and last MoE layers stay deterministic
       double random = tau_range_[0] + (tau_range_[1] - tau_range_[0]) * u[static_cast<std::int64_t>(i)].item<double>();
-      tau[moe[i]] = edge ? 0.0 : tau_mode_ == "fixed" ? tau_middle_ : random;
+      tau[moe[i]] = edge ? 0.0 : tau_mode_ == TauMode::fixed ? tau_middle_ : random;
     }
     std::string shown;
     for (const auto& [layer, t] : tau) shown += fmt::format("{}{}: {:.4g}", shown.empty() ? "" : ", ", layer, t);
@@ -93,7 +130,7 @@ class RoeSampler final : public moelab::Sampler {
 
   std::string id_;
   std::int64_t k_;
-  std::string tau_mode_;
+  TauMode tau_mode_;
   double tau_middle_;
   std::vector<double> tau_range_, tau_list_;
   bool weights_from_clean_, exact_history_;
@@ -101,21 +138,6 @@ class RoeSampler final : public moelab::Sampler {
   std::map<int, double> tau_;
 };
 
-moelab::Descriptor describe() {
-  moelab::Descriptor d("roe", moelab::Kind::sampler, "0.2.0", "RoE: K Gumbel-routed samples averaged, clean shared KV cache, then the pick chain");
-  d.integer("k", 8, "noisy samples per step")
-      .choice("tau_mode", "fixed", {"fixed", "range", "list"},
-              "fixed: tau_middle on every MoE layer but the first and last; range: uniform in tau_range per layer (seeded), first "
-              "and last 0; list: tau_list, one per MoE layer")
-      .real("tau_middle", 0.01, "tau of the middle layers (tau_mode = fixed)")
-      .reals("tau_range", {0.0, 0.01}, "[low, high] (tau_mode = range)")
-      .reals("tau_list", {}, "tau per MoE layer (tau_mode = list)")
-      .choice("weights_from", "perturbed", {"perturbed", "clean"}, "routing weights of the selected experts: from the noisy or the clean logits")
-      .choice("history", "shared", {"shared", "exact"},
-              "shared: the clean row's keys/values come from the one batched forward; exact: recomputed alone, bit-identical to greedy");
-  return moelab::add_picker_keys(d);
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, RoeSampler)
+MOELAB_PLUGIN(options, RoeSampler)

@@ -3,7 +3,7 @@
 // top_k and top_p reshape the distribution; greedy or draw, always last, picks the token.
 #pragma once
 
-#include "moelab/plugin.h"
+#include "moelab/options.h"
 
 #include <torch/types.h>
 
@@ -35,7 +35,7 @@ class Picker {
   virtual void apply(PickState& state) const = 0;
 };
 
-// The pickers' settings (the keys add_picker_keys declares); every default leaves the distribution as it is.
+// The pickers' settings; every default leaves the distribution as it is.
 struct PickSettings {
   double temperature = 1.0;         // probabilities raised to 1/temperature (softmax(scores / T)); 0: only the most likely
   long long top_k = 0;              // keep the top_k most likely tokens, ties with the last included; 0: all
@@ -62,10 +62,15 @@ class PickChain {
   bool draws_;
 };
 
-// Adds `pick` (default ["greedy"]) and the pickers' keys to a sampler's descriptor.
-Descriptor& add_picker_keys(Descriptor& descriptor);
-// The chain a sampler's table configures. Throws naming the key and where it was set when `pick` is not
-// a valid chain, a setting is out of range, or a setting is given whose picker is not in `pick`.
-PickChain pick_chain(const Config& config, std::uint64_t seed);
+// A sampler's picking keys: `pick` (the chain, default ["greedy"]) and the pickers' settings with their ranges.
+struct PickOptions {
+  std::vector<std::string> pick;
+  PickSettings settings;
+};
+// For a sampler's Options: .include(&MySettings::picking, moelab::pick_options()).
+const Options<PickOptions>& pick_options();
+// The chain `options` (read from `config`) describe. Throws naming the key and where it was set when `pick`
+// is not a valid chain or a setting is given whose picker is not in `pick`.
+PickChain pick_chain(const PickOptions& options, const Config& config, std::uint64_t seed);
 
 }  // namespace moelab

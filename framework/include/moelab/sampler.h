@@ -17,7 +17,7 @@ namespace moelab {
 class Sampler : public Plugin {
  public:
   static constexpr Kind kKind = Kind::sampler;
-  // A distribution plugin builds its chain with pick_chain(config, seed) and declares add_picker_keys.
+  // A distribution plugin includes pick_options() in its Options and builds its chain with pick_chain().
   explicit Sampler(PickChain chain);
   ~Sampler() override;
   // tokens [B, 1] int64; `step` counts decoding steps from 0 (a source of fresh randomness). Returns the
