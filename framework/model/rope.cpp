@@ -1,6 +1,7 @@
 // The formulas of transformers' modeling_rope_utils.py (ROPE_INIT_FUNCTIONS and dynamic_rope_update).
 #include "rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <vector>
