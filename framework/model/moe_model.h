@@ -1,5 +1,6 @@
 // A Hugging Face MoE checkpoint loaded for inference and router training: attention (standard or
-// MLA), RMSNorm, RoPE, dense/MoE MLPs with shared experts, KV cache and padding masks.
+// MLA, optionally in a sliding window), RMSNorm, RoPE (rope.h), dense/MoE MLPs with shared experts, KV
+// cache and padding masks.
 #pragma once
 
 #include "architecture.h"
