@@ -1,22 +1,34 @@
 // Multiple-choice evaluation of the base model and of finetuned routers in the same run. "letter":
 // the answer is the letter whose token has the highest logit at the last prompt token (never decoded
-// text). "loglik" (lm-eval style): each choice's text is scored as a continuation of the prompt (or of
-// the form's own context: HellaSwag; Winogrande scores one continuation after per-choice contexts);
-// acc takes the highest summed log-probability, acc_norm the highest per byte. Reports every accuracy,
-// the paired difference with a bootstrap 95% interval and an exact McNemar p-value, and warns when
-// accuracy is within chance or one letter takes over 70% of the answers.
+// text). "loglik": lm-evaluation-harness's scoring (moelab/loglik.h) of each choice's request, from the
+// dataset form's lm-eval task definition (record["lm_eval"]) or else loglik_template + " " + choice;
+// acc takes the highest loglik, acc_norm the highest per character of the choice text. "auto" (the
+// default) scores each form as lm-eval does (HellaSwag, Winogrande, PIQA: loglik; ARC, OpenBookQA,
+// SciQ, the seed form and plain fields: letter), and the chosen scoring is logged. Reports every
+// accuracy, the paired difference with a bootstrap 95% interval and an exact McNemar p-value, and warns
+// when accuracy is within chance or one letter takes over 70% of the answers; predictions.json holds
+// each question's predictions and, for loglik, each choice's loglik and is_greedy.
+#include "moelab/loglik.h"
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/multiple_choice.h"
+#include "moelab/lib/paired.h"
+#include "moelab/lib/prompt.h"
+#include "moelab/lib/router_checkpoint.h"
 
 namespace {
 
-enum class Scoring { letter, loglik };
-const std::vector<std::pair<std::string, Scoring>> kScorings = {{"letter", Scoring::letter}, {"loglik", Scoring::loglik}};
+enum class Scoring { automatic, letter, loglik };
+const std::vector<std::pair<std::string, Scoring>> kScorings = {
+    {"auto", Scoring::automatic}, {"letter", Scoring::letter}, {"loglik", Scoring::loglik}};
 
 struct Settings {
   std::string dataset;
   std::filesystem::path routers;
   Scoring scoring;
   std::string loglik_template;
+  bool add_bos_token;
   std::size_t batch_size;
   long long bootstrap;
   moelab::PromptOptions prompt;
@@ -24,23 +36,39 @@ struct Settings {
 
 const moelab::Options<Settings>& options() {
   static const auto o =
-      moelab::Options<Settings>("evaluate", moelab::Kind::stage, "0.1.0", "paired multiple-choice evaluation: base vs finetuned routers")
+      moelab::Options<Settings>("evaluate", moelab::Kind::stage, "0.2.0", "paired multiple-choice evaluation: base vs finetuned routers")
           .component("dataset", &Settings::dataset, moelab::Kind::dataset, "evaluation questions")
           .path("routers", &Settings::routers, "", "router checkpoint to compare with the base (\"@train/routers.safetensors\"); empty: base only")
-          .choice("scoring", &Settings::scoring, Scoring::letter, kScorings,
-                  "letter: answer-letter logits after the prompt; loglik: lm-eval per-choice log-likelihood (acc, acc_norm)")
+          .choice("scoring", &Settings::scoring, Scoring::automatic, kScorings,
+                  "auto: lm-eval's scoring of the dataset form (loglik for HellaSwag, Winogrande, PIQA; letter otherwise); letter: "
+                  "answer-letter logits after the prompt; loglik: lm-eval per-choice log-likelihood (acc, acc_norm)")
           .string("loglik_template", &Settings::loglik_template, "Question: {question}\nAnswer:",
-                  "context for loglik scoring ({question}; lm-eval's ARC form)")
-          .integer("batch_size", &Settings::batch_size, 16, "questions (loglik: sequences) per forward").at_least(1)
+                  "loglik context ({question}) for records without an lm-eval form (jsonl form = \"fields\")")
+          .flag("add_bos_token", &Settings::add_bos_token, false,
+                "loglik: encode with the tokenizer's special tokens (BOS), as lm-eval's add_bos_token")
+          .integer("batch_size", &Settings::batch_size, 16, "questions (loglik: requests) per forward").at_least(1)
           .integer("bootstrap", &Settings::bootstrap, 2000, "bootstrap resamples for the paired interval")
           .include(&Settings::prompt, moelab::prompt_options());
   return o;
 }
 
+// A question's labels and gold answer, whichever scoring reads it.
+struct Question {
+  std::string key;
+  std::vector<std::string> letters;
+  long long answer = -1;
+};
+
 struct Scores {
   std::vector<long long> predicted;
   std::vector<bool> correct;
   double accuracy = 0;
+};
+
+// One model's scoring: predictions per metric and, for loglik, each question's per-choice results.
+struct Scored {
+  std::map<std::string, Scores> metrics;
+  std::vector<std::vector<moelab::LoglikResult>> choices;
 };
 
 class Evaluate final : public moelab::Stage {
@@ -50,35 +78,38 @@ class Evaluate final : public moelab::Stage {
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
-    std::vector<moelab::McItem> items;
-    for (std::size_t i = 0; i < dataset_->size(); ++i)
-      items.push_back(moelab::prepare_item(dataset_->at(i), context_.tokenizer(), settings_.prompt, settings_.prompt.max_len));
-    if (items.empty()) throw std::runtime_error(fmt::format("[{}] the dataset has no questions", config_.id()));
+    std::vector<Question> questions;
+    for (std::size_t i = 0; i < dataset_->size(); ++i) questions.push_back(question(dataset_->at(i)));
+    if (questions.empty()) throw std::runtime_error(fmt::format("[{}] the dataset has no questions", config_.id()));
+    scoring_ = resolve_scoring();
+    if (scoring_ == Scoring::letter)
+      for (std::size_t i = 0; i < dataset_->size(); ++i)
+        letter_items_.push_back(moelab::prepare_item(dataset_->at(i), context_.tokenizer(), settings_.prompt, settings_.prompt.max_len));
     double chance = 0;
-    for (const auto& item : items) chance += 1.0 / static_cast<double>(item.letters.size());
-    chance /= static_cast<double>(items.size());
+    for (const auto& q : questions) chance += 1.0 / static_cast<double>(q.letters.size());
+    chance /= static_cast<double>(questions.size());
 
-    nlohmann::json report = {{"questions", items.size()}, {"chance", chance}, {"scoring", moelab::choice_name(settings_.scoring, kScorings)},
+    nlohmann::json report = {{"questions", questions.size()}, {"chance", chance}, {"scoring", moelab::choice_name(scoring_, kScorings)},
                              {"warnings", nlohmann::json::array()}};
-    std::map<std::string, Scores> base = score_all(model, items, "base");
-    for (const auto& [metric, s] : base) report["base"][metric] = describe_scores(s, items, chance, "base " + metric, report["warnings"]);
-    std::map<std::string, Scores> tuned;
+    Scored base = score_all(model, questions, "base");
+    for (const auto& [metric, s] : base.metrics) report["base"][metric] = describe_scores(s, questions, chance, "base " + metric, report["warnings"]);
+    Scored tuned;
     if (!settings_.routers.empty()) {
       std::filesystem::path file = context_.run_path(settings_.routers);
       moelab::RestoreModelOnExit restore(model, /*experts=*/false);
       auto moved = moelab::apply_router_checkpoint(file, model);
-      tuned = score_all(model, items, "finetuned");
-      for (const auto& [metric, s] : tuned) {
-        report["finetuned"][metric] = describe_scores(s, items, chance, "finetuned " + metric, report["warnings"]);
-        report["paired"][metric] = paired(base.at(metric), s);
+      tuned = score_all(model, questions, "finetuned");
+      for (const auto& [metric, s] : tuned.metrics) {
+        report["finetuned"][metric] = describe_scores(s, questions, chance, "finetuned " + metric, report["warnings"]);
+        report["paired"][metric] = paired(base.metrics.at(metric), s);
       }
       for (const auto& [layer, change] : moved) report["router_change"][std::to_string(layer)] = change;
     }
     nlohmann::json per_item = nlohmann::json::array();
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      nlohmann::json row = {{"id", items[i].key}, {"gold", items[i].letters[items[i].answer]}};
-      for (const auto& [metric, s] : base) row["base"][metric] = items[i].letters[s.predicted[i]];
-      for (const auto& [metric, s] : tuned) row["finetuned"][metric] = items[i].letters[s.predicted[i]];
+    for (std::size_t i = 0; i < questions.size(); ++i) {
+      nlohmann::json row = {{"id", questions[i].key}, {"gold", questions[i].letters[static_cast<std::size_t>(questions[i].answer)]}};
+      row["base"] = prediction_row(base, questions[i], i);
+      if (!settings_.routers.empty()) row["finetuned"] = prediction_row(tuned, questions[i], i);
       per_item.push_back(row);
     }
     moelab::write_file_atomic(out_dir / "predictions.json", per_item.dump(1) + "\n");
@@ -88,88 +119,141 @@ class Evaluate final : public moelab::Stage {
   }
 
  private:
-  std::map<std::string, Scores> score_all(moelab::Model& model, const std::vector<moelab::McItem>& items, const char* label) {
-    std::map<std::string, Scores> out;
-    if (settings_.scoring == Scoring::letter) {
-      out["letter"] = score_letters(model, items);
-    } else {
-      out = score_continuations(model, items);
+  static Question question(const moelab::Example& ex) {
+    if (ex.letters.empty()) throw std::runtime_error(fmt::format("{}: item '{}' has no answer choices", ex.origin, ex.id));
+    if (ex.answer < 0 || ex.answer >= static_cast<long long>(ex.letters.size()))
+      throw std::runtime_error(fmt::format("{}: item '{}' has no gold answer among its {} choices", ex.origin, ex.id, ex.letters.size()));
+    return {ex.id, ex.letters, ex.answer};
+  }
+
+  // The form's lm-eval task ("fields" without one) and the scorings it allows, default first.
+  static std::pair<std::string, std::vector<std::string>> form_of(const moelab::Example& ex) {
+    if (!ex.record.is_object() || !ex.record.contains("lm_eval")) return {"fields", {"letter", "loglik"}};
+    const auto& lm_eval = ex.record["lm_eval"];
+    return {lm_eval.at("task").get<std::string>(), lm_eval.at("scorings").get<std::vector<std::string>>()};
+  }
+
+  // `scoring` as set, or each form's default; a scoring a form does not allow is an error naming the key.
+  Scoring resolve_scoring() const {
+    std::map<std::string, std::string> defaults;  // default scoring -> a task that has it
+    for (std::size_t i = 0; i < dataset_->size(); ++i) {
+      const moelab::Example& ex = dataset_->at(i);
+      const auto [task, allowed] = form_of(ex);
+      defaults.emplace(allowed.front(), task);
+      const std::string& wanted = moelab::choice_name(settings_.scoring, kScorings);
+      if (settings_.scoring != Scoring::automatic && std::find(allowed.begin(), allowed.end(), wanted) == allowed.end())
+        throw std::runtime_error(fmt::format("[{}] scoring = \"{}\" ({}): {} is a {} record, which lm-eval scores by {} only; set scoring = \"{}\" "
+                                             "or \"auto\"",
+                                             config_.id(), wanted, config_.where("scoring"), ex.origin, task, allowed.front(), allowed.front()));
     }
-    for (const auto& [metric, s] : out)
-      moelab::log::info("evaluate [{} {}]: accuracy {:.2f}% on {} questions", label, metric, 100 * s.accuracy, items.size());
+    Scoring chosen = settings_.scoring;
+    std::string why = fmt::format("set at {}", config_.where("scoring"));
+    if (chosen == Scoring::automatic) {
+      if (defaults.size() > 1)
+        throw std::runtime_error(fmt::format("[{}] scoring = \"auto\": dataset '{}' mixes forms scored by letter ({}) and by loglik ({}); set scoring",
+                                             config_.id(), settings_.dataset, defaults.at("letter"), defaults.at("loglik")));
+      chosen = defaults.begin()->first == "letter" ? Scoring::letter : Scoring::loglik;
+      why = fmt::format("the {} form's lm-eval default", defaults.begin()->second);
+    }
+    if (chosen == Scoring::letter && settings_.add_bos_token)
+      throw std::runtime_error(fmt::format("[{}] add_bos_token ({}) applies to loglik scoring only; this evaluation scores by letter ({})",
+                                           config_.id(), config_.where("add_bos_token"), why));
+    moelab::log::info("evaluate [{}]: scoring {} ({})", config_.id(), moelab::choice_name(chosen, kScorings), why);
+    return chosen;
+  }
+
+  Scored score_all(moelab::Model& model, const std::vector<Question>& questions, const char* label) {
+    Scored out;
+    if (scoring_ == Scoring::letter) {
+      out.metrics["letter"] = score_letters(model, questions);
+    } else {
+      out = score_continuations(model, questions);
+    }
+    for (const auto& [metric, s] : out.metrics)
+      moelab::log::info("evaluate [{} {}]: accuracy {:.2f}% on {} questions", label, metric, 100 * s.accuracy, questions.size());
     return out;
   }
 
-  static Scores from_predictions(std::vector<long long> predicted, const std::vector<moelab::McItem>& items) {
+  static nlohmann::json prediction_row(const Scored& scored, const Question& q, std::size_t i) {
+    nlohmann::json row;
+    for (const auto& [metric, s] : scored.metrics) row[metric] = q.letters[static_cast<std::size_t>(s.predicted[i])];
+    if (!scored.choices.empty()) {
+      row["loglik"] = nlohmann::json::array();
+      row["is_greedy"] = nlohmann::json::array();
+      for (const auto& result : scored.choices[i]) {
+        row["loglik"].push_back(result.loglik);
+        row["is_greedy"].push_back(result.is_greedy);
+      }
+    }
+    return row;
+  }
+
+  static Scores from_predictions(std::vector<long long> predicted, const std::vector<Question>& questions) {
     Scores s;
     long long right = 0;
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      s.correct.push_back(predicted[i] == items[i].answer);
-      right += predicted[i] == items[i].answer;
+    for (std::size_t i = 0; i < questions.size(); ++i) {
+      s.correct.push_back(predicted[i] == questions[i].answer);
+      right += predicted[i] == questions[i].answer;
     }
     s.predicted = std::move(predicted);
-    s.accuracy = static_cast<double>(right) / static_cast<double>(items.size());
+    s.accuracy = static_cast<double>(right) / static_cast<double>(questions.size());
     return s;
   }
 
-  // lm-eval's loglikelihood scoring: context "Question: ...\nAnswer:" and continuation " <choice>".
-  std::map<std::string, Scores> score_continuations(moelab::Model& model, const std::vector<moelab::McItem>& items) {
-    torch::NoGradGuard no_grad;
-    const moelab::Tokenizer& tokenizer = context_.tokenizer();
+  // lm-eval's loglikelihood requests of question i, one per choice: the form's own (record["lm_eval"]),
+  // else loglik_template's context and " " + the choice.
+  nlohmann::json requests_of(const moelab::Example& ex) const {
+    if (ex.record.is_object() && ex.record.contains("lm_eval")) {
+      if (config_.where("loglik_template") != "default")
+        throw std::runtime_error(fmt::format("[{}] loglik_template ({}): {} is a {} record, scored with lm-eval's own context; remove the key",
+                                             config_.id(), config_.where("loglik_template"), ex.origin, ex.record["lm_eval"]["task"].get<std::string>()));
+      return ex.record["lm_eval"]["requests"];
+    }
     moelab::PromptFormat format = settings_.prompt;
     format.question_template = settings_.loglik_template;
-    struct Sequence {
-      std::size_t item, choice;
-      moelab::McItem tokens;  // prompt_ids = context + continuation
-      std::size_t continuation;
-    };
-    std::vector<Sequence> sequences;
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      const moelab::Example& ex = dataset_->at(i);
-      // A form may bring lm-eval's own context (HellaSwag) or per-choice contexts with one continuation (Winogrande).
-      const bool partial = ex.record.contains("loglik_contexts");
-      std::vector<std::int64_t> context = tokenizer.encode(ex.record.contains("loglik_context") ? ex.record["loglik_context"].get<std::string>()
-                                                                                                : moelab::format_prompt(ex, format));
-      for (std::size_t c = 0; c < ex.choices.size(); ++c) {
-        Sequence seq{i, c, {}, 0};
-        if (partial) context = tokenizer.encode(ex.record["loglik_contexts"].at(c).get<std::string>());
-        std::vector<std::int64_t> continuation =
-            tokenizer.encode(partial ? ex.record["loglik_continuation"].get<std::string>() : " " + ex.choices[c]);
-        seq.tokens.prompt_ids = context;
-        seq.tokens.prompt_ids.insert(seq.tokens.prompt_ids.end(), continuation.begin(), continuation.end());
-        seq.continuation = continuation.size();
-        sequences.push_back(std::move(seq));
-      }
-    }
-    std::vector<std::vector<double>> loglik(items.size()), per_byte(items.size());
-    const std::size_t batch_size = settings_.batch_size;
-    for (std::size_t start = 0; start < sequences.size(); start += batch_size) {
-      std::vector<const moelab::McItem*> rows;
-      for (std::size_t i = start; i < std::min(sequences.size(), start + batch_size); ++i) rows.push_back(&sequences[i].tokens);
-      moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0), moelab::Padding::right);
-      torch::Tensor logp = model.forward(batch.input_ids, batch.attention_mask).log_softmax(-1).cpu();
-      for (std::size_t r = 0; r < rows.size(); ++r) {
-        const Sequence& seq = sequences[start + r];
-        const auto length = static_cast<long long>(seq.tokens.prompt_ids.size()), n = static_cast<long long>(seq.continuation);
-        torch::Tensor targets = batch.input_ids[static_cast<long long>(r)].narrow(0, length - n, n);
-        double sum = logp[static_cast<long long>(r)].narrow(0, length - n - 1, n).gather(1, targets.unsqueeze(1)).sum().item<double>();
-        loglik[seq.item].push_back(sum);
-        const moelab::Example& ex = dataset_->at(seq.item);
-        const std::size_t bytes = ex.record.contains("loglik_contexts") ? ex.record["loglik_continuation"].get<std::string>().size()
-                                                                        : ex.choices[seq.choice].size() + 1;
-        per_byte[seq.item].push_back(sum / static_cast<double>(bytes));
-      }
-    }
-    auto argmax = [](const std::vector<std::vector<double>>& v) {
-      std::vector<long long> out;
-      for (const auto& row : v) out.push_back(std::max_element(row.begin(), row.end()) - row.begin());
-      return out;
-    };
-    return {{"acc", from_predictions(argmax(loglik), items)}, {"acc_norm", from_predictions(argmax(per_byte), items)}};
+    const std::string context = moelab::format_prompt(ex, format);
+    nlohmann::json requests = nlohmann::json::array();
+    for (const auto& choice : ex.choices) requests.push_back({{"context", context}, {"continuation", " " + choice}});
+    return requests;
   }
 
-  Scores score_letters(moelab::Model& model, const std::vector<moelab::McItem>& items) {
+  Scored score_continuations(moelab::Model& model, const std::vector<Question>& questions) {
+    const moelab::Tokenizer& tokenizer = context_.tokenizer();
+    std::vector<moelab::LoglikRequest> requests;
+    std::vector<std::size_t> first(questions.size() + 1, 0);  // question i's requests: [first[i], first[i + 1])
+    bool acc_norm = true;
+    for (std::size_t i = 0; i < questions.size(); ++i) {
+      const moelab::Example& ex = dataset_->at(i);
+      const nlohmann::json texts = requests_of(ex);
+      if (texts.size() != ex.choices.size())
+        throw std::runtime_error(fmt::format("{}: {} loglik requests for {} choices", ex.origin, texts.size(), ex.choices.size()));
+      for (const auto& r : texts)
+        requests.push_back(moelab::encode_pair(tokenizer, r.at("context").get<std::string>(), r.at("continuation").get<std::string>(),
+                                               settings_.add_bos_token));
+      first[i + 1] = requests.size();
+      if (ex.record.is_object() && ex.record.contains("lm_eval")) {
+        const auto metrics = ex.record["lm_eval"]["metrics"].get<std::vector<std::string>>();
+        acc_norm = acc_norm && std::find(metrics.begin(), metrics.end(), "acc_norm") != metrics.end();
+      }
+    }
+    std::vector<moelab::LoglikResult> results = moelab::score_requests(model, requests, settings_.batch_size, settings_.prompt.max_len);
+    Scored out;
+    std::vector<long long> acc, norm;
+    for (std::size_t i = 0; i < questions.size(); ++i) {
+      out.choices.emplace_back(results.begin() + static_cast<std::ptrdiff_t>(first[i]), results.begin() + static_cast<std::ptrdiff_t>(first[i + 1]));
+      std::vector<double> logliks;
+      for (const auto& r : out.choices.back()) logliks.push_back(r.loglik);
+      acc.push_back(static_cast<long long>(moelab::acc_prediction(logliks)));
+      if (acc_norm) norm.push_back(static_cast<long long>(moelab::acc_norm_prediction(logliks, dataset_->at(i).choices)));
+    }
+    out.metrics["acc"] = from_predictions(std::move(acc), questions);
+    if (acc_norm) out.metrics["acc_norm"] = from_predictions(std::move(norm), questions);
+    return out;
+  }
+
+  Scores score_letters(moelab::Model& model, const std::vector<Question>& questions) {
     torch::NoGradGuard no_grad;
+    const std::vector<moelab::McItem>& items = letter_items_;
     std::vector<long long> predicted_all;
     const std::size_t batch_size = settings_.batch_size;
     for (std::size_t start = 0; start < items.size(); start += batch_size) {
@@ -181,19 +265,19 @@ class Evaluate final : public moelab::Stage {
       torch::Tensor predicted = options.argmax(1);
       for (std::size_t r = 0; r < rows.size(); ++r) predicted_all.push_back(predicted[static_cast<long long>(r)].item<int64_t>());
     }
-    return from_predictions(std::move(predicted_all), items);
+    return from_predictions(std::move(predicted_all), questions);
   }
 
-  nlohmann::json describe_scores(const Scores& s, const std::vector<moelab::McItem>& items, double chance, const std::string& label,
+  nlohmann::json describe_scores(const Scores& s, const std::vector<Question>& questions, double chance, const std::string& label,
                                  nlohmann::json& warnings) const {
     std::map<std::string, long long> letters;
-    for (std::size_t i = 0; i < items.size(); ++i) ++letters[items[i].letters[s.predicted[i]]];
+    for (std::size_t i = 0; i < questions.size(); ++i) ++letters[questions[i].letters[static_cast<std::size_t>(s.predicted[i])]];
     long long top = 0;
     std::string top_letter;
     for (const auto& [letter, n] : letters)
       if (n > top) top = n, top_letter = letter;
-    double top_share = static_cast<double>(top) / static_cast<double>(items.size());
-    double margin = 2 * std::sqrt(chance * (1 - chance) / static_cast<double>(items.size()));
+    double top_share = static_cast<double>(top) / static_cast<double>(questions.size());
+    double margin = 2 * std::sqrt(chance * (1 - chance) / static_cast<double>(questions.size()));
     if (std::abs(s.accuracy - chance) <= margin) {
       std::string w = fmt::format("{} accuracy {:.1f}% is within chance ({:.1f}% +- {:.1f}%): the model is not answering these questions",
                                   label, 100 * s.accuracy, 100 * chance, 100 * margin);
@@ -237,6 +321,8 @@ class Evaluate final : public moelab::Stage {
   Settings settings_;
   moelab::RunContext& context_;
   std::shared_ptr<moelab::Dataset> dataset_;
+  Scoring scoring_ = Scoring::letter;  // resolved from `scoring` and the dataset's forms
+  std::vector<moelab::McItem> letter_items_;  // prompts and letter tokens, for letter scoring
 };
 
 }  // namespace

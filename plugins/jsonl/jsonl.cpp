@@ -1,13 +1,17 @@
 // Dataset of JSON Lines records: multiple-choice items or plain text. Known forms are recognized per
-// record (form = "auto"): ARC ({"question": {"stem", "choices"}} or Hugging Face's {"question",
-// "choices": {"text", "label"}}), OpenBookQA ("question_stem"), SciQ ("correct_answer" and
-// "distractor1-3", shuffled with the run seed), HellaSwag ({"ctx", "endings", "label"}; lm-eval's
-// context and cleaning), Winogrande ({"sentence" with "_", "option1", "option2", "answer"}; lm-eval's
-// partial scoring: per-option contexts, one continuation) and the RoMA seed form ({"question", "choices":
-// ["A) ...", ...], "answer"}). Otherwise the *_field keys are dotted paths into each record; choices
-// may be strings or {"text","label"} objects, and answers a letter, a 0-based index, or a numeric key
-// "1".."N" (ARC's numeric items, shown as A..N as lm-eval does).
+// record (form = "auto") and prepared as lm-evaluation-harness's task definitions prepare them: ARC
+// ({"question": {"stem", "choices"}} or Hugging Face's {"question", "choices": {"text", "label"}}),
+// OpenBookQA ("question_stem"), SciQ ("correct_answer" and "distractor1-3", shuffled with the run seed
+// for letters), HellaSwag ({"activity_label", "ctx_a", "ctx_b", "endings", "label"}), Winogrande
+// ({"sentence" with "_", "option1", "option2", "answer"}; partial scoring), PIQA ({"goal", "sol1", "sol2",
+// "label"}) and the RoMA seed form ({"question", "choices": ["A) ...", ...], "answer"}). Each such record
+// carries record["lm_eval"]: the task, its loglikelihood requests (context, continuation) per choice,
+// its metrics, and the scorings it allows, default first (HellaSwag, Winogrande, PIQA: loglik only).
+// Otherwise the *_field keys are dotted paths into each record; choices may be strings or
+// {"text","label"} objects, and answers a letter, a 0-based index, or a numeric key "1".."N" (ARC's
+// numeric items, shown as A..N as lm-eval does).
 #include "moelab/moelab.h"
+#include "moelab/python_str.h"
 
 #include <fstream>
 #include <random>
@@ -17,7 +21,7 @@ namespace {
 using moelab::Example;
 using nlohmann::json;
 
-enum class Form { automatic, arc, openbookqa, sciq, hellaswag, winogrande, fields };
+enum class Form { automatic, arc, openbookqa, sciq, hellaswag, winogrande, piqa, fields };
 
 struct Settings {
   std::filesystem::path path;
@@ -32,8 +36,9 @@ const moelab::Options<Settings>& options() {
           .path("path", &Settings::path, moelab::required, "the .jsonl file")
           .choice("form", &Settings::form, Form::automatic,
                   {{"auto", Form::automatic}, {"arc", Form::arc}, {"openbookqa", Form::openbookqa}, {"sciq", Form::sciq},
-                   {"hellaswag", Form::hellaswag}, {"winogrande", Form::winogrande}, {"fields", Form::fields}},
-                  "record form: auto-detect ARC/HF ARC/seed, OpenBookQA, SciQ, HellaSwag, Winogrande; or \"fields\" (the *_field paths only)")
+                   {"hellaswag", Form::hellaswag}, {"winogrande", Form::winogrande}, {"piqa", Form::piqa},
+                   {"fields", Form::fields}},
+                  "record form: auto-detect ARC/HF ARC/seed, OpenBookQA, SciQ, HellaSwag, Winogrande, PIQA; or \"fields\" (the *_field paths only)")
           .string("text_field", &Settings::text_field, "question.stem", "dotted path of the question or text")
           .string("choices_field", &Settings::choices_field, "question.choices", "dotted path of the choices (absent: plain text)")
           .string("answer_field", &Settings::answer_field, "answerKey", "dotted path of the answer (letter, label or index)")
@@ -83,16 +88,20 @@ class JsonlDataset final : public moelab::Dataset {
   const Example& at(std::size_t index) const override { return examples_.at(index); }
 
  private:
-  // Rewrites a record of a known form into the ARC form the field defaults read; others pass as they are.
+  // Rewrites a record of a known form into the ARC form the field defaults read, with its lm-eval
+  // requests in record["lm_eval"]; others pass as they are.
   json normalized(const json& record, const std::string& origin) const {
     if (settings_.form == Form::fields || !record.is_object()) return record;
     auto has = [&](const char* key) { return record.contains(key); };
     auto may_be = [&](Form form) { return settings_.form == Form::automatic || settings_.form == form; };
-    json arc = record;
-    if (has("endings") && has("ctx") && may_be(Form::hellaswag)) return hellaswag(record);
+    if (has("endings") && has("ctx_a") && may_be(Form::hellaswag)) return hellaswag(record, origin);
     if (has("sentence") && has("option1") && has("option2") && may_be(Form::winogrande)) return winogrande(record, origin);
+    if (has("goal") && has("sol1") && has("sol2") && may_be(Form::piqa)) return piqa(record, origin);
+    json arc = record;
     if (has("question_stem") && may_be(Form::openbookqa)) {
       arc["question"] = {{"stem", record["question_stem"]}, {"choices", record.at("choices")}};
+      if (has("answerKey") && record["answerKey"].is_string()) arc["answerKey"] = std::string(moelab::py::lstrip(record["answerKey"].get<std::string>()));
+      arc["lm_eval"] = shared_context("openbookqa", record["question_stem"].get<std::string>(), arc["question"]["choices"], kLetterOrLoglik);
     } else if (has("correct_answer") && has("distractor1") && may_be(Form::sciq)) {
       std::vector<json> options = {record["correct_answer"]};
       for (const char* d : {"distractor1", "distractor2", "distractor3"})
@@ -110,6 +119,11 @@ class JsonlDataset final : public moelab::Dataset {
       }
       arc["question"] = {{"stem", record.at("question")}, {"choices", choices}};
       arc["answerKey"] = gold;
+      const std::string support(moelab::py::lstrip(record.value("support", "")));
+      arc["lm_eval"] = shared_context("sciq", support + "\nQuestion: " + record["question"].get<std::string>() + "\nAnswer:", choices, kLetterOrLoglik);
+    } else if (has("question") && record["question"].is_object() && record["question"].contains("stem") && may_be(Form::arc)) {
+      arc["lm_eval"] = shared_context("arc", "Question: " + record["question"]["stem"].get<std::string>() + "\nAnswer:",
+                                      record["question"].value("choices", json::array()), kLetterOrLoglik);
     } else if (has("question") && record["question"].is_string() && has("choices") && may_be(Form::arc)) {
       const json& c = record["choices"];
       json choices = json::array();
@@ -130,58 +144,99 @@ class JsonlDataset final : public moelab::Dataset {
         if (answer.is_string() && answer.get<std::string>().size() > 1) answer = answer.get<std::string>().substr(0, 1);  // "B) ..." -> "B"
         arc["answerKey"] = answer;
       }
+      arc["lm_eval"] = shared_context("arc", "Question: " + record["question"].get<std::string>() + "\nAnswer:", choices, kLetterOrLoglik);
     }
     return arc;
   }
 
-  // lm-eval's HellaSwag: context "<activity>: <ctx_a> <Ctx_b>", cleaned of WikiHow's [title]/[step]
-  // markers; each ending is a continuation of it.
-  static std::string hellaswag_clean(std::string text) {
-    text.erase(0, text.find_first_not_of(" \t\n"));
-    text.erase(text.find_last_not_of(" \t\n") + 1);
-    for (std::size_t at; (at = text.find(" [title]")) != std::string::npos;) text.replace(at, 8, ". ");
-    for (std::size_t open; (open = text.find('[')) != std::string::npos;) {
-      std::size_t close = text.find(']', open);
-      if (close == std::string::npos) break;
-      text.erase(open, close - open + 1);
+  // Scorings a form allows, its default first.
+  static inline const json kLetterOrLoglik = json::array({"letter", "loglik"}), kLoglikOnly = json::array({"loglik"});
+
+  // lm-eval's multiple-choice requests with one context: each choice's text after target_delimiter " ".
+  static json shared_context(const std::string& task, const std::string& context, const json& choices, const json& scorings) {
+    json requests = json::array();
+    const json& texts = choices.is_object() && choices.contains("text") ? choices["text"] : choices;
+    for (const json& c : texts) {
+      const json& text = c.is_object() ? c.at("text") : c;
+      requests.push_back({{"context", context}, {"continuation", " " + (text.is_string() ? text.get<std::string>() : text.dump())}});
     }
-    for (std::size_t at; (at = text.find("  ")) != std::string::npos;) text.replace(at, 2, " ");
-    return text;
+    return {{"task", task}, {"requests", requests}, {"metrics", json::array({"acc", "acc_norm"})}, {"scorings", scorings}};
   }
 
-  static json hellaswag(const json& record) {
-    std::string ctx_b = record.value("ctx_b", "");
-    if (!ctx_b.empty()) ctx_b[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(ctx_b[0])));
-    std::string ctx = record.contains("ctx_a") ? record["ctx_a"].get<std::string>() + " " + ctx_b : record["ctx"].get<std::string>();
-    std::string query = hellaswag_clean(record.value("activity_label", "") + ": " + ctx);
+  // lm-eval's HellaSwag preprocess: strip, " [title]" -> ". ", drop [...] (regex \[.*?\], which stops at a
+  // line break), then one str.replace pass of "  " -> " ".
+  static std::string hellaswag_preprocess(std::string_view raw) {
+    const std::string titled = moelab::py::replace(moelab::py::strip(raw), " [title]", ". ");
+    std::string unbracketed;
+    for (std::size_t i = 0; i < titled.size(); ++i) {
+      if (titled[i] == '[') {
+        std::size_t close = titled.find_first_of("]\n", i + 1);
+        if (close != std::string::npos && titled[close] == ']') {
+          i = close;
+          continue;
+        }
+      }
+      unbracketed.push_back(titled[i]);
+    }
+    return moelab::py::replace(unbracketed, "  ", " ");
+  }
+
+  // lm-eval's HellaSwag: query "<activity_label>: <ctx_a> <ctx_b.capitalize()>", preprocessed, as the
+  // context of every preprocessed ending.
+  static json hellaswag(const json& record, const std::string& origin) {
+    auto text = [&](const char* key) {
+      if (!record.contains(key) || !record[key].is_string())
+        throw std::runtime_error(fmt::format("{}: hellaswag record needs the string \"{}\"", origin, key));
+      return record[key].get<std::string>();
+    };
+    const std::string ctx = text("ctx_a") + " " + moelab::py::capitalize(text("ctx_b"));
+    const std::string query = hellaswag_preprocess(text("activity_label") + ": " + ctx);
     json choices = json::array();
     for (std::size_t i = 0; i < record["endings"].size(); ++i)
-      choices.push_back({{"text", hellaswag_clean(record["endings"][i].get<std::string>())}, {"label", std::string(1, static_cast<char>('A' + i))}});
-    json label = record.at("label");
-    long long gold = label.is_string() ? std::stoll(label.get<std::string>()) : label.get<long long>();
+      choices.push_back({{"text", hellaswag_preprocess(record["endings"][i].get<std::string>())}, {"label", std::string(1, static_cast<char>('A' + i))}});
+    const json& label = record.at("label");
+    long long gold = -1;
+    try {
+      gold = label.is_string() ? std::stoll(label.get<std::string>()) : label.get<long long>();
+    } catch (const std::exception&) {
+      throw std::runtime_error(fmt::format("{}: hellaswag label must be an ending's index, found {}", origin, label.dump()));
+    }
     json arc = record;
     arc["question"] = {{"stem", query}, {"choices", choices}};
     arc["answerKey"] = std::string(1, static_cast<char>('A' + gold));
-    arc["loglik_context"] = query;
+    arc["lm_eval"] = shared_context("hellaswag", query, choices, kLoglikOnly);
     return arc;
   }
 
   // lm-eval's Winogrande (partial scoring): each option fills the blank in its own context, and the
-  // rest of the sentence is the one continuation scored under every context.
+  // rest of the sentence after "_", stripped, is the one continuation scored after every context; acc only.
   static json winogrande(const json& record, const std::string& origin) {
-    std::string sentence = record["sentence"].get<std::string>();
-    std::size_t blank = sentence.find('_');
+    const std::string sentence = record["sentence"].get<std::string>();
+    const std::size_t blank = sentence.find('_');
     if (blank == std::string::npos) throw std::runtime_error(fmt::format("{}: winogrande sentence has no \"_\" blank", origin));
-    std::string rest = sentence.substr(blank + 1);
-    rest.erase(0, rest.find_first_not_of(' '));
+    const std::string continuation = " " + std::string(moelab::py::strip(std::string_view(sentence).substr(blank + 1)));
     json arc = record;
     json options = {record["option1"], record["option2"]};
     arc["question"] = {{"stem", sentence}, {"choices", {{{"text", options[0]}, {"label", "A"}}, {{"text", options[1]}, {"label", "B"}}}}};
     std::string answer = record.at("answer").is_string() ? record["answer"].get<std::string>() : record["answer"].dump();
     if (answer != "1" && answer != "2") throw std::runtime_error(fmt::format("{}: winogrande answer must be \"1\" or \"2\", found {}", origin, answer));
     arc["answerKey"] = answer == "1" ? "A" : "B";
-    arc["loglik_contexts"] = {sentence.substr(0, blank) + options[0].get<std::string>(), sentence.substr(0, blank) + options[1].get<std::string>()};
-    arc["loglik_continuation"] = " " + rest;
+    json requests = json::array();
+    for (const json& option : options) requests.push_back({{"context", sentence.substr(0, blank) + option.get<std::string>()}, {"continuation", continuation}});
+    arc["lm_eval"] = {{"task", "winogrande"}, {"requests", requests}, {"metrics", json::array({"acc"})}, {"scorings", kLoglikOnly}};
+    return arc;
+  }
+
+  // lm-eval's PIQA: "Question: <goal>\nAnswer:" with the two solutions as choices.
+  static json piqa(const json& record, const std::string& origin) {
+    json arc = record;
+    json choices = {{{"text", record["sol1"]}, {"label", "A"}}, {{"text", record["sol2"]}, {"label", "B"}}};
+    const json& label = record.value("label", json());
+    if (!label.is_number_integer() || (label.get<long long>() != 0 && label.get<long long>() != 1))
+      throw std::runtime_error(fmt::format("{}: piqa label must be 0 or 1, found {}", origin, label.dump()));
+    arc["question"] = {{"stem", record["goal"]}, {"choices", choices}};
+    arc["answerKey"] = label.get<long long>() == 0 ? "A" : "B";
+    arc["lm_eval"] = shared_context("piqa", "Question: " + record["goal"].get<std::string>() + "\nAnswer:", choices, kLoglikOnly);
     return arc;
   }
 
