@@ -1,29 +1,18 @@
-// The plugin SDK in one include.
+// The plugin contract in one include: the interfaces a plugin implements (stage, objective, dataset,
+// sampler, analyzer, transform, embedder), how it declares and reads its options, and what the host
+// hands it (run context, model, tokenizer). Helpers plugins may use live in moelab/lib/.
 #pragma once
 
 #include "moelab/analyzer.h"
-#include "moelab/calibration.h"
 #include "moelab/config.h"
 #include "moelab/context.h"
 #include "moelab/dataset.h"
 #include "moelab/embedder.h"
-#include "moelab/files.h"
-#include "moelab/log.h"
 #include "moelab/model.h"
-#include "moelab/multiple_choice.h"
-#include "moelab/neighbours.h"
 #include "moelab/objective.h"
 #include "moelab/options.h"
-#include "moelab/paired.h"
-#include "moelab/plot.h"
-#include "moelab/prompt.h"
-#include "moelab/quant.h"
-#include "moelab/quantized_checkpoint.h"
-#include "moelab/router_checkpoint.h"
 #include "moelab/plugin.h"
-#include "moelab/safetensors.h"
 #include "moelab/sampler.h"
-#include "moelab/spectral.h"
 #include "moelab/stage.h"
 #include "moelab/tokenizer.h"
 #include "moelab/transform.h"

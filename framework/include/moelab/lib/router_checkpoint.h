@@ -1,0 +1,39 @@
+// Router checkpoints: only the trained gate tensors, with metadata that proves what they are (target
+// layers, model fingerprint, base-gate fingerprint, hyper-parameters, steps). Applying one checks
+// the model and logs how far each layer moved from the base; a checkpoint that changes nothing warns.
+#pragma once
+
+#include "moelab/model.h"
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moelab {
+
+// A fingerprint of the model (type, sizes, MoE layers) that a checkpoint must match.
+std::string model_fingerprint(const Model& model);
+
+void save_router_checkpoint(const std::filesystem::path& file, Model& model, const std::vector<int>& layers,
+                            const std::map<int, torch::Tensor>& base_routers, std::map<std::string, std::string> metadata);
+
+// Copies the checkpoint's gates into the model; returns the relative change ||W_ft - W_base|| / ||W_base|| per layer.
+std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file, Model& model);
+
+// Host copies of the model's routers (and, with `experts`, of every routed expert weight), written back
+// when the guard dies, even on an exception: a stage can apply another state (a router or quantized
+// checkpoint) and leave the shared model as it found it.
+class RestoreModelOnExit {
+ public:
+  RestoreModelOnExit(Model& model, bool experts);
+  ~RestoreModelOnExit();
+  RestoreModelOnExit(const RestoreModelOnExit&) = delete;
+  RestoreModelOnExit& operator=(const RestoreModelOnExit&) = delete;
+
+ private:
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> saved_;  // (model tensor, host copy)
+};
+
+}  // namespace moelab
