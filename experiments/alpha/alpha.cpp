@@ -2,6 +2,10 @@
 // each matrix the power-law exponent alpha of its eigenvalue tail (moelab/spectral.h), written to
 // alpha.csv / alpha.json with a per-layer summary and a figure. A bit plan ranks matrices by it.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/plot.h"
+#include "moelab/lib/spectral.h"
 
 #include <regex>
 #include <sstream>

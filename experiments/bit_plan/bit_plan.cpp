@@ -2,6 +2,9 @@
 // layers) by alpha and give low_format to the `ratio` share with the highest alpha, high_format to the
 // rest. Or a hand-written plan file: {"default": "<format>", "formats": {"<name>": "<format>"}}.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/quant.h"
 
 #include <algorithm>
 #include <cmath>

@@ -5,7 +5,13 @@
 // quantized). Then the analyzers run on the records and index.html shows their numbers and figures.
 // Also exports RoMA's routing-results JSON (last token of every document).
 #include "moelab/moelab.h"
-#include "moelab/routing_results.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/plot.h"
+#include "moelab/lib/quantized_checkpoint.h"
+#include "moelab/lib/router_checkpoint.h"
+#include "moelab/lib/safetensors.h"
+#include "moelab/lib/routing_results.h"
 
 #include <chrono>
 #include <numeric>

@@ -2,7 +2,9 @@
 // question the prompt, the routing at its last prompt token in every MoE layer (full softmax by
 // default, as the public files record it), the model's answer and whether it is correct.
 #include "moelab/moelab.h"
-#include "moelab/routing_results.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/multiple_choice.h"
+#include "moelab/lib/routing_results.h"
 
 namespace {
 

@@ -2,6 +2,8 @@
 // attention_mask) and writes logits and router_logits.<layer> (float32) for numerical comparison with
 // other stacks.
 #include "moelab/moelab.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/safetensors.h"
 
 namespace {
 

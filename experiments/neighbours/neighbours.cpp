@@ -2,6 +2,9 @@
 // task embeddings, weighted W_ij = exp(-(1 - cos_ij)^2 / (2 sigma^2)) normalized over the k neighbours.
 // Writes neighbours.json: {"<id>": [{"id", "cos", "weight"}, ...]}.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/neighbours.h"
 
 namespace {
 

@@ -2,6 +2,9 @@
 // exp of the mean next-token negative log-likelihood. With `routers`, the same windows are scored
 // again under that router checkpoint (quantized vs recovered in one stage).
 #include "moelab/moelab.h"
+#include "moelab/lib/calibration.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/router_checkpoint.h"
 
 #include <cmath>
 

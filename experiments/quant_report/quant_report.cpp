@@ -4,6 +4,8 @@
 // of this run: `full` lists the stages run before quantization, `quantized` the same tasks after it,
 // each with routers = the recovered routers.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
 
 #include <cmath>
 

@@ -6,6 +6,11 @@
 // with a warning. The model keeps the dequantized weights; quantized.safetensors keeps the packed
 // codes, plan and config.
 #include "moelab/moelab.h"
+#include "moelab/lib/calibration.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/quant.h"
+#include "moelab/lib/quantized_checkpoint.h"
 
 #include <torch/torch.h>
 

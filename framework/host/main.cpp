@@ -2,7 +2,7 @@
 #include "experiment_file.h"
 #include "experiment_run.h"
 #include "objective_check.h"
-#include "moelab/log.h"
+#include "moelab/lib/log.h"
 #include "plugin_registry.h"
 #include "schema.h"
 

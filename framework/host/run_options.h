@@ -2,7 +2,7 @@
 // typed structs like a plugin's options (moelab/options.h).
 #pragma once
 
-#include "moelab/log.h"
+#include "moelab/lib/log.h"
 #include "moelab/options.h"
 
 #include <filesystem>

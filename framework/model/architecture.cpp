@@ -1,6 +1,6 @@
 #include "architecture.h"
 
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
 
 namespace moelab {
 

@@ -1,9 +1,9 @@
 #include "moe_model.h"
 
 #include "route.h"
-#include "moelab/compat.h"
-#include "moelab/log.h"
-#include "moelab/safetensors.h"
+#include "moelab/lib/compat.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/safetensors.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

@@ -1,4 +1,4 @@
-#include "moelab/calibration.h"
+#include "moelab/lib/calibration.h"
 
 #include <fmt/format.h>
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
 
 #include <fmt/format.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
 #include "log_sink.h"
-#include "moelab/log.h"
+#include "moelab/lib/log.h"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "moelab/multiple_choice.h"
+#include "moelab/lib/multiple_choice.h"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,4 @@
-#include "moelab/neighbours.h"
+#include "moelab/lib/neighbours.h"
 
 #include <fmt/format.h>
 

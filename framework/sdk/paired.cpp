@@ -1,4 +1,4 @@
-#include "moelab/paired.h"
+#include "moelab/lib/paired.h"
 
 #include <algorithm>
 #include <cmath>

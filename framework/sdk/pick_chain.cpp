@@ -1,5 +1,5 @@
 #include "moelab/config.h"
-#include "moelab/pickers.h"
+#include "moelab/lib/pickers.h"
 #include "moelab/sampler.h"
 
 #include <fmt/format.h>

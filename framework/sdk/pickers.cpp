@@ -1,4 +1,4 @@
-#include "moelab/pickers.h"
+#include "moelab/lib/pickers.h"
 
 #include <fmt/format.h>
 

@@ -1,7 +1,7 @@
-#include "moelab/plot.h"
+#include "moelab/lib/plot.h"
 
-#include "moelab/files.h"
-#include "moelab/log.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
 
 #include <fmt/format.h>
 

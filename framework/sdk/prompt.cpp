@@ -1,4 +1,4 @@
-#include "moelab/prompt.h"
+#include "moelab/lib/prompt.h"
 
 #include <fmt/format.h>
 

@@ -1,7 +1,7 @@
-#include "moelab/router_checkpoint.h"
+#include "moelab/lib/router_checkpoint.h"
 
-#include "moelab/log.h"
-#include "moelab/safetensors.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/safetensors.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

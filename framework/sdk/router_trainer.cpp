@@ -1,8 +1,8 @@
-#include "moelab/router_trainer.h"
+#include "moelab/lib/router_trainer.h"
 
-#include "moelab/log.h"
-#include "moelab/router_checkpoint.h"
-#include "moelab/schedule.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/router_checkpoint.h"
+#include "moelab/lib/schedule.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

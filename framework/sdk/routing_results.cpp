@@ -1,6 +1,6 @@
-#include "moelab/routing_results.h"
+#include "moelab/lib/routing_results.h"
 
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
 
 #include <fmt/format.h>
 

@@ -1,6 +1,6 @@
-#include "moelab/safetensors.h"
+#include "moelab/lib/safetensors.h"
 
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>

@@ -4,6 +4,8 @@
 // layer m's choice is from layer l's (mean over used experts i of max_j P(j | i)) and the mean absolute
 // correlation; conditional matrices of adjacent layers go to CSV.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 
 #include <sstream>
 

@@ -2,6 +2,8 @@
 // coefficient of variation and max/mean of that share, and its entropy normalized by log(E); the same
 // per text set when the records carry sets. Figure: the layer x expert usage heatmap.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 
 #include <sstream>
 

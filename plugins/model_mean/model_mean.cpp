@@ -1,6 +1,8 @@
 // A cheap task embedder: the experiment's own MoE model, its final hidden states mean-pooled over
 // each text's tokens and scaled to unit length. Needs no second model on disk.
 #include "moelab/moelab.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/multiple_choice.h"
 
 namespace {
 

@@ -1,6 +1,7 @@
 // The model's own next-token distribution: one forward over the newest token of every row (the cache
 // grows by exactly it), its logits handed to the pick chain. The default pick = ["greedy"] is greedy decoding.
 #include "moelab/moelab.h"
+#include "moelab/lib/pickers.h"
 
 namespace {
 

@@ -7,6 +7,8 @@
 // history = "exact" recomputes the clean row alone after the shared forward (one more forward per step),
 // so the cache is bit for bit greedy's even where BLAS rounds a 1-row batch differently from K+1 rows.
 #include "moelab/moelab.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/pickers.h"
 
 namespace {
 

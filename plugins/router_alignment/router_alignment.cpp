@@ -4,6 +4,8 @@
 // random direction in hidden space scores about arccos(sqrt(rank / hidden)), reported as the baseline.
 // Figure: layer x expert heatmap of the angles.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 
 #include <cmath>
 #include <sstream>

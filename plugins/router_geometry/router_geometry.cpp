@@ -3,6 +3,8 @@
 // spectra with effective rank (exp of the entropy of the normalized spectrum), and the principal angles
 // between the layers' router row spaces (arccos of the singular values of Q_l^T Q_m).
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 
 #include <cmath>
 #include <sstream>

@@ -3,6 +3,8 @@
 // whose top-1 expert changed, and the usage shift (total variation distance between the two usage
 // distributions). Figure: changed share and usage shift per layer.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 
 #include <sstream>
 

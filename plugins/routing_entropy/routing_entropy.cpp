@@ -3,6 +3,8 @@
 // entropy and margin, or computes them from full probabilities. Per layer: mean, quantiles and the
 // share of near-uniform tokens; per set when the records carry sets. Figure: means per layer.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 
 #include <sstream>
 

@@ -1,7 +1,7 @@
 // Dataset of a routing-results JSON dict (RoMA's format): each entry's input_text is the prompt,
 // correct_answer the gold letter; the whole entry stays in Example::record.
 #include "moelab/moelab.h"
-#include "moelab/routing_results.h"
+#include "moelab/lib/routing_results.h"
 
 namespace {
 

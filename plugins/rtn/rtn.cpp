@@ -1,6 +1,7 @@
 // Round-to-nearest weight quantization, applied in place as fake-quant: each row of a matching
 // weight is split into groups of `group_size` columns with an asymmetric scale and zero point.
 #include "moelab/moelab.h"
+#include "moelab/lib/log.h"
 
 #include <regex>
 

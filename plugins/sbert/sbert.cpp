@@ -2,6 +2,8 @@
 // (config.json, model.safetensors), its WordPiece tokenizer.json with [CLS] ... [SEP], mean pooling
 // over real tokens and L2 normalization. max_seq_length comes from sentence_bert_config.json.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/safetensors.h"
 
 #include <cmath>
 

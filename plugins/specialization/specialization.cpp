@@ -2,6 +2,8 @@
 // expert usage u_s (share of top-k slots) from the overall usage u, and each set's top experts with
 // their lift u_s(e) / u(e). Figure: KL per set and layer.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 
 #include <sstream>
 

@@ -3,7 +3,11 @@
 // runs end to end into a report whose figures are PNG files.
 #include "moe_model.h"
 #include "moelab/moelab.h"
-#include "moelab/routing_results.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/quant.h"
+#include "moelab/lib/quantized_checkpoint.h"
+#include "moelab/lib/safetensors.h"
+#include "moelab/lib/routing_results.h"
 #include "test_run.h"
 
 #include <fmt/format.h>

@@ -2,6 +2,8 @@
 // run's cache, seeds reproduce, and the noise changes experts at the rate it implies.
 #include "moe_model.h"
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/safetensors.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

@@ -3,6 +3,11 @@
 // config end to end through runexp.
 #include "moe_model.h"
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/multiple_choice.h"
+#include "moelab/lib/neighbours.h"
+#include "moelab/lib/router_checkpoint.h"
+#include "moelab/lib/safetensors.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

@@ -1,6 +1,6 @@
 // The runexp binary end to end: listing, dry runs, a real run with its run folder, resume, errors,
 // and a plugin built out of tree against the installed SDK.
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

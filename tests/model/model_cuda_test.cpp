@@ -1,7 +1,7 @@
 // The transformers fixtures on CUDA: fp32 within 1e-4 as on CPU, and bf16 within a tolerance that
 // bf16's 8-bit mantissa explains. Built only with -DMOELAB_CUDA_TESTS=ON (scripts/gpu.sh).
 #include "moe_model.h"
-#include "moelab/safetensors.h"
+#include "moelab/lib/safetensors.h"
 
 #include <gtest/gtest.h>
 #include <torch/cuda.h>

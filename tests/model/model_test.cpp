@@ -1,10 +1,10 @@
 // The model core against transformers' outputs (fixtures from tests/fixtures/models/make_fixtures.py):
 // fp32 logits within 1e-4, the same router top-k sets, the same greedy tokens; padding and KV cache.
 #include "moe_model.h"
-#include "moelab/files.h"
-#include "moelab/quant.h"
-#include "moelab/quantized_checkpoint.h"
-#include "moelab/safetensors.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/quant.h"
+#include "moelab/lib/quantized_checkpoint.h"
+#include "moelab/lib/safetensors.h"
 #include "moelab/tokenizer.h"
 #include "test_run.h"
 

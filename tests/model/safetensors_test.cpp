@@ -1,6 +1,6 @@
 // Safetensors: round trips of every dtype, shards, and clear errors (never a crash) on damaged files.
-#include "moelab/files.h"
-#include "moelab/safetensors.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/safetensors.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

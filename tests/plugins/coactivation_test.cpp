@@ -1,6 +1,7 @@
 // coactivation against hand-computed values: identical layers are perfectly predictable and
 // correlated; independent layers are not.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
 #include "test_run.h"
 
 namespace {

@@ -1,5 +1,6 @@
 // hashed_bow embeddings and the neighbours stage's graph (self excluded, kernel weights).
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
 #include "test_run.h"
 
 namespace {

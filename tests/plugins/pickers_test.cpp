@@ -1,6 +1,7 @@
 // The pickers one by one on hand-computed cases, the chain's checks, and the chain
 // ["temperature", "top_p", "draw"] against the fused temperature/top-p function it replaced.
 #include "moelab/moelab.h"
+#include "moelab/lib/pickers.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

@@ -2,6 +2,7 @@
 // fixed router logits (tests/fixtures/objectives/make_router_losses.py), their gradients against finite
 // differences, padding left out, and the composition with another objective (add_to).
 #include "moelab/moelab.h"
+#include "moelab/lib/safetensors.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

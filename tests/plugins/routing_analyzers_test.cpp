@@ -1,6 +1,8 @@
 // routing_entropy, specialization, routing_diff and router_alignment against hand-computed values on
 // synthetic routing records; every analyzer's figures must be real PNG files.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/plot.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

@@ -2,6 +2,7 @@
 // pick chain, the token history reaching repetition_penalty, and the paired statistics of evaluate and generate.
 #include "moe_model.h"
 #include "moelab/moelab.h"
+#include "moelab/lib/paired.h"
 #include "test_run.h"
 
 namespace {

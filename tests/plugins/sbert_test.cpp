@@ -1,6 +1,8 @@
 // sbert: a tiny random sentence-transformers encoder (tests/fixtures/sbert, made by make_fixture.py
 // with sentence-transformers): WordPiece ids equal HF tokenizers', embeddings equal sentence-transformers'.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/safetensors.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

@@ -1,6 +1,7 @@
 // Quantization formats: packed round trips are exact and within each format's error bound, the packed
 // sizes are what the formats promise, and known values encode as the OCP MX tables say.
 #include "moelab/moelab.h"
+#include "moelab/lib/quant.h"
 
 #include <gtest/gtest.h>
 

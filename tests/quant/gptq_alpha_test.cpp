@@ -1,6 +1,8 @@
 // GPTQ against round-to-nearest on a layer with correlated inputs, batched against single matrices;
 // the power-law alpha fit on synthetic spectra of known exponent.
 #include "moelab/moelab.h"
+#include "moelab/lib/quant.h"
+#include "moelab/lib/spectral.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // Typed options (moelab/options.h): every key type bound to a field, defaults, required keys, choices
 // mapped to an enum, numeric ranges the host rejects with file:line, groups, and binding mistakes.
-#include "moelab/multiple_choice.h"
+#include "moelab/lib/multiple_choice.h"
 #include "moelab/options.h"
 #include "test_run.h"
 

@@ -1,6 +1,6 @@
 // The routing-results writer and reader share one record: what is written reads back the same.
-#include "moelab/files.h"
-#include "moelab/routing_results.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/routing_results.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

@@ -1,6 +1,6 @@
 #include "test_run.h"
 
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
 
 #include <array>
 #include <cstdio>

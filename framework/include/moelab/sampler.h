@@ -5,7 +5,7 @@
 #pragma once
 
 #include "moelab/model.h"
-#include "moelab/pickers.h"
+#include "moelab/lib/pickers.h"
 #include "moelab/plugin.h"
 
 #include <torch/types.h>

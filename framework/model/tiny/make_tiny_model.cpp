@@ -2,8 +2,8 @@
 // (config.json, model.safetensors, tokenizer.json), with weights drawn from a fixed seed so every
 // build produces the same bytes. Six layers, so "the last 5 layers" experiments run on it.
 //   make_tiny_model OUT_DIR TOKENIZER_JSON
-#include "moelab/safetensors.h"
-#include "moelab/files.h"
+#include "moelab/lib/safetensors.h"
+#include "moelab/lib/files.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>

@@ -1,5 +1,5 @@
 // The quantization formats: grids, rounding, packing and unpacking.
-#include "moelab/quant.h"
+#include "moelab/lib/quant.h"
 
 #include <fmt/format.h>
 #include <torch/torch.h>

@@ -1,7 +1,7 @@
 // GPTQ (Frantar et al., 2022), batched over matrices: the columns are quantized in blocks; inside a
 // block each column's rounding error, scaled by the inverse Hessian's Cholesky factor, is subtracted
 // from the block's later columns, and the block's accumulated error updates all later columns at once.
-#include "moelab/quant.h"
+#include "moelab/lib/quant.h"
 
 #include <torch/torch.h>
 

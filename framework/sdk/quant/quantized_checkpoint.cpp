@@ -1,8 +1,8 @@
-#include "moelab/quantized_checkpoint.h"
+#include "moelab/lib/quantized_checkpoint.h"
 
-#include "moelab/log.h"
-#include "moelab/router_checkpoint.h"
-#include "moelab/safetensors.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/router_checkpoint.h"
+#include "moelab/lib/safetensors.h"
 
 #include <fmt/format.h>
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-#include "moelab/spectral.h"
+#include "moelab/lib/spectral.h"
 
 #include <fmt/format.h>
 #include <torch/torch.h>
