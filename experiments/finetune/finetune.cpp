@@ -2,7 +2,8 @@
 // by the shared RouterTrainer: routers.safetensors, per-step metrics and per-epoch means. Its batches
 // (left-padded prompts) can give an objective everything it may ask for.
 #include "moelab/moelab.h"
-#include "moelab/router_trainer.h"
+#include "moelab/lib/multiple_choice.h"
+#include "moelab/lib/router_trainer.h"
 
 namespace {
 
@@ -21,40 +22,38 @@ const moelab::Options<Settings>& options() {
   return o;
 }
 
-moelab::ObjectiveNeeds batches_hold() {
-  moelab::ObjectiveNeeds all;
-  all.choices = all.token_logits = all.token_loss = all.router_logits = all.hidden_states = true;
-  return all;
-}
+// Left-padded prompts: they can give an objective everything it may ask for.
+constexpr moelab::ObjectiveNeeds kBatchesHold = moelab::need::choices | moelab::need::token_logits | moelab::need::token_loss |
+                                                moelab::need::router_logits | moelab::need::hidden_states;
 
 class Finetune final : public moelab::Stage {
  public:
-  Finetune(const moelab::Config& config, moelab::RunContext& context)
-      : id_(config.id()), settings_(options().read(config)), context_(context), dataset_(context.make<moelab::Dataset>(settings_.dataset)) {}
+  Finetune(const moelab::Config& config, moelab::RunContext& context) : id_(config.id()), settings_(options().read(config)), context_(context) {
+    std::shared_ptr<moelab::Dataset> questions = context.make<moelab::Dataset>(settings_.dataset);
+    for (std::size_t i = 0; i < questions->size(); ++i)
+      items_.push_back(moelab::prepare_item(questions->at(i), context.tokenizer(), settings_.prompt, settings_.prompt.max_len));
+  }
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     // The shuffles' seed stream is the stage's table name.
-    moelab::RouterTrainer trainer(settings_.training, context_, id_, batches_hold(), id_);
-    std::vector<moelab::McItem> items;
-    for (std::size_t i = 0; i < dataset_->size(); ++i)
-      items.push_back(moelab::prepare_item(dataset_->at(i), context_.tokenizer(), settings_.prompt, settings_.prompt.max_len));
+    moelab::RouterTrainer trainer(settings_.training, context_, id_, kBatchesHold, id_);
     const auto pad = std::max<long long>(context_.model().info().pad_token_id, 0);
     auto batch = [&](const std::vector<std::size_t>& rows, const moelab::ObjectiveNeeds& needs) {
       std::vector<const moelab::McItem*> chosen;
-      for (std::size_t r : rows) chosen.push_back(&items[r]);
+      for (std::size_t r : rows) chosen.push_back(&items_[r]);
       return moelab::objective_batch(context_.model(), moelab::make_batch(chosen, pad), needs);
     };
-    summary = trainer.train({items.size(), batch}, out_dir, nlohmann::json::object());
+    summary = trainer.train({items_.size(), batch}, out_dir, nlohmann::json::object());
   }
 
  private:
   std::string id_;
   Settings settings_;
   moelab::RunContext& context_;
-  std::shared_ptr<moelab::Dataset> dataset_;
+  std::vector<moelab::McItem> items_;
 };
 
 }  // namespace
 
 MOELAB_PLUGIN(options, Finetune)
-MOELAB_OBJECTIVE_INPUTS(batches_hold)
+MOELAB_OBJECTIVE_INPUTS(kBatchesHold)

@@ -3,7 +3,9 @@
 // RouterTrainer. Given the quantize stage's checkpoint it also writes recovered.safetensors: the packed
 // experts, plan and config plus the finetuned routers and the training hyper-parameters.
 #include "moelab/moelab.h"
-#include "moelab/router_trainer.h"
+#include "moelab/lib/calibration.h"
+#include "moelab/lib/quantized_checkpoint.h"
+#include "moelab/lib/router_trainer.h"
 
 namespace {
 
@@ -27,32 +29,29 @@ const moelab::Options<Settings>& options() {
 }
 
 // Windows of text: no answer options, so no multiple-choice objective.
-moelab::ObjectiveNeeds batches_hold() {
-  moelab::ObjectiveNeeds text;
-  text.token_logits = text.token_loss = text.router_logits = text.hidden_states = true;
-  return text;
-}
+constexpr moelab::ObjectiveNeeds kBatchesHold =
+    moelab::need::token_logits | moelab::need::token_loss | moelab::need::router_logits | moelab::need::hidden_states;
 
 class FinetuneLm final : public moelab::Stage {
  public:
   FinetuneLm(const moelab::Config& config, moelab::RunContext& context)
-      : id_(config.id()), settings_(options().read(config)), context_(context), dataset_(context.make<moelab::Dataset>(settings_.dataset)) {}
+      : id_(config.id()), settings_(options().read(config)), context_(context),
+        windows_(moelab::random_windows(moelab::token_stream(*context.make<moelab::Dataset>(settings_.dataset), context.tokenizer()),
+                                        settings_.nsamples, settings_.seqlen, context.seed_for(id_ + ".windows"), fmt::format("[{}] dataset", id_))) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
-    moelab::RouterTrainer trainer(settings_.training, context_, id_, batches_hold(), id_ + ".order");
-    torch::Tensor windows = moelab::random_windows(moelab::token_stream(*dataset_, context_.tokenizer()), settings_.nsamples, settings_.seqlen,
-                                                   context_.seed_for(id_ + ".windows"), fmt::format("[{}] dataset", id_));
+    moelab::RouterTrainer trainer(settings_.training, context_, id_, kBatchesHold, id_ + ".order");
     auto batch = [&](const std::vector<std::size_t>& rows, const moelab::ObjectiveNeeds& needs) {
-      torch::Tensor ids = windows.index_select(0, torch::tensor(std::vector<int64_t>(rows.begin(), rows.end())));
+      torch::Tensor ids = windows_.index_select(0, torch::tensor(std::vector<int64_t>(rows.begin(), rows.end())));
       return moelab::forward_for_objective(context_.model(), ids, torch::ones_like(ids), needs);
     };
-    summary = trainer.train({static_cast<std::size_t>(windows.size(0)), batch}, out_dir,
+    summary = trainer.train({static_cast<std::size_t>(windows_.size(0)), batch}, out_dir,
                             {{"nsamples", settings_.nsamples}, {"seqlen", settings_.seqlen}});
     if (settings_.quantized.empty()) return;
-    moelab::QuantizedCheckpoint ckpt = moelab::read_quantized_checkpoint(context_.run_path(settings_.quantized));
-    for (int l : trainer.layers()) ckpt.routers[l] = context_.model().router_weight(l).detach();
-    ckpt.metadata["router_finetuning"] = summary["router_finetuning"];
-    moelab::save_quantized_checkpoint(out_dir / "recovered.safetensors", context_.model(), ckpt);
+    moelab::QuantizedCheckpoint recovered = moelab::read_quantized_checkpoint(context_.run_path(settings_.quantized));
+    for (int l : trainer.layers()) recovered.routers[l] = context_.model().router_weight(l).detach();
+    recovered.metadata["router_finetuning"] = summary["router_finetuning"];
+    moelab::save_quantized_checkpoint(out_dir / "recovered.safetensors", context_.model(), recovered);
     summary["recovered"] = (out_dir / "recovered.safetensors").string();
   }
 
@@ -60,10 +59,10 @@ class FinetuneLm final : public moelab::Stage {
   std::string id_;
   Settings settings_;
   moelab::RunContext& context_;
-  std::shared_ptr<moelab::Dataset> dataset_;
+  torch::Tensor windows_;  // [nsamples, seqlen] token ids
 };
 
 }  // namespace
 
 MOELAB_PLUGIN(options, FinetuneLm)
-MOELAB_OBJECTIVE_INPUTS(batches_hold)
+MOELAB_OBJECTIVE_INPUTS(kBatchesHold)

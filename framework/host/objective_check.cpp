@@ -15,7 +15,7 @@ namespace {
 
 std::optional<ObjectiveNeeds> exported(const LoadedPlugin& plugin, const char* symbol) {
   if (!plugin.library->has(symbol)) return std::nullopt;
-  return plugin.library->get_alias<ObjectiveNeeds()>(symbol)();
+  return plugin.library->get_alias<const ObjectiveNeeds>(symbol);
 }
 
 // The objective tables a component names in its keys.

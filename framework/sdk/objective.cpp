@@ -1,6 +1,6 @@
 #include "moelab/objective.h"
 
-#include "moelab/multiple_choice.h"
+#include "moelab/lib/multiple_choice.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -23,18 +23,6 @@ constexpr NeedName kNeedNames[] = {
     {&ObjectiveNeeds::hidden_states, "hidden_states", "the final hidden states"},
 };
 }  // namespace
-
-ObjectiveNeeds& ObjectiveNeeds::operator|=(const ObjectiveNeeds& other) {
-  for (const auto& need : kNeedNames) this->*need.flag = this->*need.flag || other.*need.flag;
-  return *this;
-}
-
-std::vector<std::string> ObjectiveNeeds::missing_from(const ObjectiveNeeds& available) const {
-  std::vector<std::string> missing;
-  for (const auto& need : kNeedNames)
-    if (this->*need.flag && !(available.*need.flag)) missing.push_back(need.name);
-  return missing;
-}
 
 void require_needs(const ObjectiveNeeds& needs, const ObjectiveNeeds& stage_gives, const std::string& objective,
                    const std::string& stage) {
@@ -82,26 +70,36 @@ torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tens
   return nll.masked_fill(valid.logical_not(), 0).view(target_ids.sizes());
 }
 
+torch::Tensor mean_over_real_tokens(const ObjectiveBatch& batch, const std::function<torch::Tensor(const torch::Tensor& logits)>& per_token) {
+  std::vector<torch::Tensor> values;
+  for (const auto& router : batch.routers) {
+    torch::Tensor real = batch.attention_mask.reshape(-1).ne(0).to(router.logits.device());
+    values.push_back(per_token(router.logits).masked_select(real));
+  }
+  return torch::cat(values).mean();
+}
+
 std::shared_ptr<Objective> Objective::use(RunContext& context, const std::string& id) {
   std::shared_ptr<Objective> other = context.make<Objective>(id);
-  needs_ |= other->needs();
+  needs_ = needs_ | other->needs();
   return other;
 }
 
-Options<AddedTermSettings> added_term_options(double default_coef) {
-  return Options<AddedTermSettings>()
+Options<AddedTermSettings> term_options(const std::string& name, const std::string& version, const std::string& description,
+                                        double default_coef) {
+  return Options<AddedTermSettings>(name, Kind::objective, version, description)
       .real("coef", &AddedTermSettings::coef, default_coef, "weight of this term in the loss")
       .optional_component("add_to", &AddedTermSettings::add_to, Kind::objective,
                           "the objective whose loss this term is added to (empty: this term alone)");
 }
 
-AddedTerm::AddedTerm(const AddedTermSettings& settings, RunContext& context, std::string name, const ObjectiveNeeds& own)
-    : Objective(own), name_(std::move(name)), coef_(settings.coef) {
+AddedTerm::AddedTerm(const AddedTermSettings& settings, RunContext& context, std::string name, const ObjectiveNeeds& own, TermFunction term)
+    : Objective(own), name_(std::move(name)), coef_(settings.coef), term_(term) {
   if (!settings.add_to.empty()) add_to_ = use(context, settings.add_to);
 }
 
 LossTerms AddedTerm::compute(const ObjectiveBatch& batch) {
-  torch::Tensor value = term(batch);
+  torch::Tensor value = term_(batch);
   LossTerms out = add_to_ ? add_to_->compute(batch) : LossTerms{};
   out.total = out.total.defined() ? out.total + coef_ * value : coef_ * value;
   out.parts.emplace_back(name_, value.detach());

@@ -4,29 +4,21 @@
 
 namespace {
 
-struct NoSettings {};
-
-const moelab::Options<NoSettings>& options() {
-  static const auto o = moelab::Options<NoSettings>("lm_ce", moelab::Kind::objective, "0.2.0", "next-token cross-entropy (targets -100 ignored)");
-  return o;
-}
-
-moelab::ObjectiveNeeds own_needs() {
-  moelab::ObjectiveNeeds n;
-  n.token_loss = true;
-  return n;
+moelab::Descriptor describe() {
+  return moelab::Descriptor("lm_ce", moelab::Kind::objective, "0.2.0", "next-token cross-entropy (targets -100 ignored)");
 }
 
 class LmCrossEntropy final : public moelab::Objective {
  public:
-  LmCrossEntropy(const moelab::Config&, moelab::RunContext&) : Objective(own_needs()) {}
+  LmCrossEntropy(const moelab::Config&, moelab::RunContext&) : Objective(moelab::need::token_loss) {}
 
   moelab::LossTerms compute(const moelab::ObjectiveBatch& batch) override {
-    torch::Tensor loss = batch.token_loss.reshape(-1).masked_select(batch.target_ids.reshape(-1).ne(-100).to(batch.token_loss.device())).mean();
+    torch::Tensor scored = batch.target_ids.reshape(-1).ne(-100).to(batch.token_loss.device());
+    torch::Tensor loss = batch.token_loss.reshape(-1).masked_select(scored).mean();
     return {loss, {{"ce", loss.detach()}}};
   }
 };
 
 }  // namespace
 
-MOELAB_OBJECTIVE_PLUGIN(options, own_needs, LmCrossEntropy)
+MOELAB_OBJECTIVE_PLUGIN(describe, moelab::need::token_loss, LmCrossEntropy)

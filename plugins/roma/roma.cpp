@@ -6,8 +6,11 @@
 // normalized over N(i); r_j as recorded in the routing-results JSON (neighbours = "recorded"), or
 // recomputed by the current model without gradient (neighbours = "live").
 #include "moelab/moelab.h"
-#include "moelab/routing_results.h"
-#include "moelab/schedule.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/multiple_choice.h"
+#include "moelab/lib/neighbours.h"
+#include "moelab/lib/routing_results.h"
+#include "moelab/lib/schedule.h"
 
 #include <unordered_map>
 
@@ -48,11 +51,7 @@ const moelab::Options<Settings>& options() {
 }
 
 // Its own reads: the rows' sample keys and the live router logits (the task loss adds its own needs).
-moelab::ObjectiveNeeds own_needs() {
-  moelab::ObjectiveNeeds n;
-  n.choices = n.router_logits = true;
-  return n;
-}
+constexpr moelab::ObjectiveNeeds kNeeds = moelab::need::choices | moelab::need::router_logits;
 
 torch::Tensor topk_renorm(const torch::Tensor& probs, long long k) {
   auto [weights, ids] = probs.topk(k, -1);
@@ -62,7 +61,7 @@ torch::Tensor topk_renorm(const torch::Tensor& probs, long long k) {
 class Roma final : public moelab::Objective {
  public:
   Roma(const moelab::Config& config, moelab::RunContext& context)
-      : Objective(own_needs()), settings_(options().read(config)), context_(context), task_(use(context, settings_.task)),
+      : Objective(kNeeds), settings_(options().read(config)), context_(context), task_(use(context, settings_.task)),
         lambda_schedule_(settings_.lambda, settings_.lambda_warmup_steps) {
     std::filesystem::path path = context.run_path(settings_.routing_results);
     std::vector<moelab::RoutingResult> results = moelab::read_routing_results(path);
@@ -178,10 +177,8 @@ class Roma final : public moelab::Objective {
       items[i].prompt_ids = context_.tokenizer().encode(prompts_.at(keys[i]));
       rows.push_back(&items[i]);
     }
-    moelab::ObjectiveNeeds routing;
-    routing.router_logits = true;
     moelab::McBatch mc = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
-    moelab::ObjectiveBatch neighbours = moelab::objective_batch(model, mc, routing);
+    moelab::ObjectiveBatch neighbours = moelab::objective_batch(model, mc, moelab::need::router_logits);
     neighbours.trained_layers = batch.trained_layers;
     neighbours.top_k = batch.top_k;
     return live_routing(neighbours);
@@ -199,4 +196,4 @@ class Roma final : public moelab::Objective {
 
 }  // namespace
 
-MOELAB_OBJECTIVE_PLUGIN(options, own_needs, Roma)
+MOELAB_OBJECTIVE_PLUGIN(options, kNeeds, Roma)

@@ -16,15 +16,10 @@ const moelab::Options<Settings>& options() {
   return o;
 }
 
-moelab::ObjectiveNeeds own_needs() {
-  moelab::ObjectiveNeeds n;
-  n.choices = true;
-  return n;
-}
 
 class TaskCrossEntropy final : public moelab::Objective {
  public:
-  TaskCrossEntropy(const moelab::Config& config, moelab::RunContext&) : Objective(own_needs()), settings_(options().read(config)) {}
+  TaskCrossEntropy(const moelab::Config& config, moelab::RunContext&) : Objective(moelab::need::choices), settings_(options().read(config)) {}
 
   moelab::LossTerms compute(const moelab::ObjectiveBatch& batch) override {
     TORCH_CHECK(batch.last_logits.dim() == 2 && batch.choice_ids.dim() == 2, "task_ce needs last_logits [B,V] and choice_ids [B,C]");
@@ -50,4 +45,4 @@ class TaskCrossEntropy final : public moelab::Objective {
 
 }  // namespace
 
-MOELAB_OBJECTIVE_PLUGIN(options, own_needs, TaskCrossEntropy)
+MOELAB_OBJECTIVE_PLUGIN(options, moelab::need::choices, TaskCrossEntropy)

@@ -2,6 +2,10 @@
 // choose routers by one rule and write checkpoints with the same metadata; batches hold only what the
 // objective needs; an objective a stage cannot serve is refused at --dry-run and at run time.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/router_checkpoint.h"
+#include "moelab/lib/router_trainer.h"
+#include "moelab/lib/safetensors.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>
@@ -127,7 +131,7 @@ TEST(ObjectiveNeeds, AStageThatCannotGiveANeedFailsAtDryRunNamingObjectiveNeedAn
   TempDir dir;
   const std::string base = "stages = [\"recover\"]\n[text]\nplugin = \"text\"\npath = \"" + kData + "/text/prose.txt\"\n"
                            "[task]\nplugin = \"task_ce\"\n[lb]\nplugin = \"load_balancing\"\nadd_to = \"task\"\n"
-                           "[recover]\nplugin = \"finetune_lm\"\ndataset = \"text\"\nobjective = \"task\"\n";
+                           "[recover]\nplugin = \"finetune_lm\"\ndataset = \"text\"\nobjective = \"task\"\nnsamples = 4\nseqlen = 32\n";
   fs::path file = dir.write("bad.toml", base);
   auto r = moelab::test::run_command(moelab::test::runexp_binary() + " " + file.string() + " --dry-run");
   EXPECT_NE(r.status, 0) << r.output;

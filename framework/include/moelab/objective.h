@@ -10,6 +10,7 @@
 
 #include <torch/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -24,11 +25,20 @@ struct ObjectiveNeeds {
   bool token_loss = false;     // token_loss, target_ids
   bool router_logits = false;  // routers
   bool hidden_states = false;  // hidden_states
-
-  ObjectiveNeeds& operator|=(const ObjectiveNeeds& other);
-  // The names of the flags set here and not in `available` ("choices", "token_logits", ...).
-  std::vector<std::string> missing_from(const ObjectiveNeeds& available) const;
 };
+constexpr ObjectiveNeeds operator|(const ObjectiveNeeds& a, const ObjectiveNeeds& b) {
+  return {a.choices || b.choices, a.token_logits || b.token_logits, a.token_loss || b.token_loss, a.router_logits || b.router_logits,
+          a.hidden_states || b.hidden_states};
+}
+
+// One need each, combined with |: need::choices | need::router_logits.
+namespace need {
+constexpr ObjectiveNeeds choices{true, false, false, false, false};
+constexpr ObjectiveNeeds token_logits{false, true, false, false, false};
+constexpr ObjectiveNeeds token_loss{false, false, true, false, false};
+constexpr ObjectiveNeeds router_logits{false, false, false, true, false};
+constexpr ObjectiveNeeds hidden_states{false, false, false, false, true};
+}  // namespace need
 
 // Throws, naming the objective, what it needs that the stage cannot give, and the stage, unless
 // `stage_gives` holds all of `needs`.
@@ -68,6 +78,10 @@ torch::Tensor next_token_targets(const torch::Tensor& input_ids, const torch::Te
 // (computed in float32, or float64 for float64 logits).
 torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& target_ids);
 
+// The mean over the real tokens (attention mask) of every MoE layer in batch.routers of per_token(logits),
+// which maps router logits [N, E] to [N]: how a per-token router penalty reduces.
+torch::Tensor mean_over_real_tokens(const ObjectiveBatch& batch, const std::function<torch::Tensor(const torch::Tensor& logits)>& per_token);
+
 struct LossTerms {
   torch::Tensor total;                                       // scalar to backpropagate
   std::vector<std::pair<std::string, torch::Tensor>> parts;  // named scalars for the log
@@ -90,38 +104,55 @@ class Objective : public Plugin {
   ObjectiveNeeds needs_;
 };
 
-// A loss term added, times `coef`, to another objective's loss (`add_to`), or used alone: the way a
-// router penalty joins a task loss. The term is logged unweighted under its plugin's name.
+// An objective made of one term: coef * term(batch), added to another objective's loss (key add_to) or
+// used alone; the way a router penalty joins a task loss. The term is logged unweighted under its
+// plugin's name. MOELAB_TERM_PLUGIN makes one from a function.
 struct AddedTermSettings {
   double coef = 1;
   std::string add_to;  // the objective's table; empty: the term alone
 };
-// The keys coef and add_to, for Options::include.
-Options<AddedTermSettings> added_term_options(double default_coef);
+// A term plugin's options: its identity, coef and add_to.
+Options<AddedTermSettings> term_options(const std::string& name, const std::string& version, const std::string& description,
+                                        double default_coef);
 
 class AddedTerm : public Objective {
  public:
-  AddedTerm(const AddedTermSettings& settings, RunContext& context, std::string name, const ObjectiveNeeds& own);
+  using TermFunction = torch::Tensor (*)(const ObjectiveBatch& batch);
+  AddedTerm(const AddedTermSettings& settings, RunContext& context, std::string name, const ObjectiveNeeds& own, TermFunction term);
   LossTerms compute(const ObjectiveBatch& batch) final;
-
- protected:
-  virtual torch::Tensor term(const ObjectiveBatch& batch) = 0;
 
  private:
   std::string name_;
   double coef_;
+  TermFunction term_;
   std::shared_ptr<Objective> add_to_;
 };
 
 }  // namespace moelab
 
-// Registers an objective plugin: MOELAB_PLUGIN plus its own needs (`needs_fn` returns the
-// ObjectiveNeeds that Class passes to its Objective constructor), exported so that runexp checks an
-// experiment's objectives against its stages without building anything.
-#define MOELAB_OBJECTIVE_PLUGIN(describe_fn, needs_fn, Class) \
-  MOELAB_PLUGIN(describe_fn, Class)                           \
-  BOOST_DLL_ALIAS(needs_fn, moelab_objective_needs)
+// Registers an objective plugin: MOELAB_PLUGIN plus its own needs (`needs`, the constant ObjectiveNeeds
+// that Class passes to its Objective constructor), exported so that runexp checks an experiment's
+// objectives against its stages without building anything.
+#define MOELAB_OBJECTIVE_PLUGIN(describe_fn, needs, Class) \
+  MOELAB_PLUGIN(describe_fn, Class)                        \
+  BOOST_DLL_ALIAS(needs, moelab_objective_needs)
 
-// A stage that trains with an objective plugin exports what its batches can hold (`inputs_fn` returns
-// an ObjectiveNeeds); its `objective` keys are checked against it.
-#define MOELAB_OBJECTIVE_INPUTS(inputs_fn) BOOST_DLL_ALIAS(inputs_fn, moelab_objective_inputs)
+// Registers a term plugin (AddedTerm) from `term_fn`, a torch::Tensor(const moelab::ObjectiveBatch&)
+// that reads only `needs`:
+//   MOELAB_TERM_PLUGIN(router_l2, moelab::need::router_logits, "router_l2", "1.0.0", "mean squared router logit", 1e-3)
+#define MOELAB_TERM_PLUGIN(term_fn, needs, name, version, description, default_coef)                                            \
+  namespace moelab_term_plugin {                                                                                                \
+  const ::moelab::Options<::moelab::AddedTermSettings>& options() {                                                             \
+    static const auto o = ::moelab::term_options(name, version, description, default_coef);                                      \
+    return o;                                                                                                                   \
+  }                                                                                                                             \
+  constexpr ::moelab::ObjectiveNeeds kNeeds = needs;                                                                            \
+  struct Term final : ::moelab::AddedTerm {                                                                                     \
+    Term(const ::moelab::Config& config, ::moelab::RunContext& context) : AddedTerm(options().read(config), context, name, kNeeds, term_fn) {} \
+  };                                                                                                                            \
+  }                                                                                                                             \
+  MOELAB_OBJECTIVE_PLUGIN(moelab_term_plugin::options, moelab_term_plugin::kNeeds, moelab_term_plugin::Term)
+
+// A stage that trains with an objective plugin exports what its batches can hold (`inputs`, a constant
+// ObjectiveNeeds); the objectives its keys name are checked against it.
+#define MOELAB_OBJECTIVE_INPUTS(inputs) BOOST_DLL_ALIAS(inputs, moelab_objective_inputs)
