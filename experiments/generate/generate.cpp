@@ -1,37 +1,23 @@
 // Generation over JSONL prompts with a baseline sampler (plain, greedy) and a second sampler (RoE, a
-// sampling chain) in the same run: stop strings, max new tokens, then exact match / token F1 for QA records
-// ({"question", "answers": [...]}), accuracy when the answer is a letter, and the paired comparison.
+// sampling chain) in the same run: prompts encoded as HF's tokenizer(text) does, the checkpoint's stop ids
+// and stop strings, max new tokens, then SQuAD exact match / F1 for QA records ({"question", "answers":
+// [...]}), accuracy when the answer is a letter, and the paired comparison.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/generation_config.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/multiple_choice.h"
+#include "moelab/lib/paired.h"
+#include "moelab/lib/prompt.h"
+#include "moelab/lib/qa_metrics.h"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <cctype>
 #include <chrono>
-#include <sstream>
 
 namespace {
-
-// SQuAD-style answer normalization: lower case, no punctuation, no articles, single spaces.
-std::vector<std::string> normalized_words(const std::string& text) {
-  std::string clean;
-  for (unsigned char c : text) clean += std::ispunct(c) ? ' ' : static_cast<char>(std::tolower(c));
-  std::vector<std::string> words;
-  std::istringstream in(clean);
-  for (std::string w; in >> w;)
-    if (w != "a" && w != "an" && w != "the") words.push_back(w);
-  return words;
-}
-
-double token_f1(const std::string& prediction, const std::string& gold) {
-  auto p = normalized_words(prediction), g = normalized_words(gold);
-  if (p.empty() || g.empty()) return p == g ? 1.0 : 0.0;
-  std::map<std::string, int> counts;
-  for (const auto& w : g) ++counts[w];
-  double common = 0;
-  for (const auto& w : p)
-    if (counts[w]-- > 0) ++common;
-  if (common == 0) return 0.0;
-  double precision = common / p.size(), recall = common / g.size();
-  return 2 * precision * recall / (precision + recall);
-}
 
 // The first standalone capital letter of the text ("B", " B)", "(B)").
 std::string first_letter(const std::string& text) {
@@ -53,13 +39,19 @@ class Generate final : public moelab::Stage {
  public:
   Generate(const moelab::Config& config, moelab::RunContext& context)
       : config_(config), context_(context), dataset_(context.make<moelab::Dataset>(config.get_string("dataset"))),
-        stops_(config.get_strings("stop")), max_new_(config.get_int("max_new_tokens")) {
+        stops_(config.get_strings("stop")), max_new_(config.get_int("max_new_tokens")), stop_ids_(moelab::stop_token_ids(context.model_folder())) {
     for (const char* key : {"baseline", "sampler"})
       if (!config.get_string(key).empty()) samplers_.emplace_back(config.get_string(key), context.make<moelab::Sampler>(config.get_string(key)));
     if (samplers_.empty()) throw std::runtime_error(fmt::format("[{}] names no sampler: set sampler (and baseline)", config.id()));
+    apply_generation_config(moelab::generation_config(context.model_folder()));
   }
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
+    moelab::log::info("[{}] stop ids: {} (every eos_token_id of the model's config.json and generation_config.json)", config_.id(),
+                      stop_ids_.empty() ? "none" : fmt::format("{}", fmt::join(stop_ids_, ", ")));
+    if (config_.get_bool("add_special_tokens"))
+      moelab::log::info("[{}] add_special_tokens: {} to each prompt, by tokenizer.json's post_processor", config_.id(),
+                        context_.tokenizer().special_tokens_added());
     std::vector<Task> tasks = read_tasks();
     nlohmann::json outputs = nlohmann::json::array();
     for (const auto& t : tasks) outputs.push_back({{"id", t.id}, {"prompt", t.prompt}});
@@ -119,14 +111,32 @@ class Generate final : public moelab::Stage {
     return tasks;
   }
 
+  // generation_config.json's defaults: max_new_tokens where the table leaves it unset; the sampling and
+  // length keys are logged, not applied (each sampler's table sets its pick chain, max_new_tokens bounds rows).
+  void apply_generation_config(const nlohmann::json& generation) {
+    const nlohmann::json& asked = generation.value("max_new_tokens", nlohmann::json());
+    if (asked.is_number_integer() && asked.get<long long>() > 0 && config_.where("max_new_tokens") == "default") {
+      max_new_ = asked.get<long long>();
+      moelab::log::info("[{}] max_new_tokens = {}, from the model's generation_config.json", config_.id(), max_new_);
+    }
+    nlohmann::json not_applied = nlohmann::json::object();
+    for (const auto& [key, value] : generation.items())
+      if (!value.is_null() && key != "max_new_tokens" && key != "eos_token_id" && key != "bos_token_id" && key != "pad_token_id" &&
+          key != "transformers_version" && key != "_from_model_config")
+        not_applied[key] = value;
+    if (!not_applied.empty())
+      moelab::log::info("[{}] the model's generation_config.json also asks {}; not applied: each sampler's table sets its pick chain "
+                        "and max_new_tokens = {} bounds each row", config_.id(), not_applied.dump(), max_new_);
+  }
+
   static std::map<std::string, double> score(const Task& t, const std::string& text) {
     std::map<std::string, double> s;
     if (!t.letter.empty()) s["accuracy"] = first_letter(text) == t.letter;
     if (!t.answers.empty()) {
       double em = 0, f1 = 0;
       for (const auto& a : t.answers) {
-        em = std::max(em, normalized_words(text) == normalized_words(a) ? 1.0 : 0.0);
-        f1 = std::max(f1, token_f1(text, a));
+        em = std::max(em, moelab::squad_exact_match(text, a));
+        f1 = std::max(f1, moelab::squad_f1(text, a));
       }
       s["exact_match"] = em;
       s["f1"] = f1;
@@ -145,7 +155,7 @@ class Generate final : public moelab::Stage {
       std::vector<moelab::McItem> items;
       for (std::size_t i = start; i < std::min(tasks.size(), start + batch_size); ++i) {
         moelab::McItem item;
-        item.prompt_ids = tokenizer.encode(tasks[i].prompt);
+        item.prompt_ids = tokenizer.encode(tasks[i].prompt, config_.get_bool("add_special_tokens"));
         if (item.prompt_ids.empty()) throw std::runtime_error(fmt::format("prompt of '{}' is empty", tasks[i].id));
         if (item.prompt_ids.size() > max_len) item.prompt_ids.erase(item.prompt_ids.begin(), item.prompt_ids.end() - static_cast<long>(max_len));
         items.push_back(std::move(item));
@@ -169,7 +179,7 @@ class Generate final : public moelab::Stage {
         for (std::size_t r = 0; r < rows.size(); ++r) {
           if (done[r]) continue;
           std::int64_t token = host[static_cast<std::int64_t>(r)].item<std::int64_t>();
-          if (token == model.info().eos_token_id) {
+          if (std::find(stop_ids_.begin(), stop_ids_.end(), token) != stop_ids_.end()) {
             done[r] = true;
             continue;
           }
@@ -204,6 +214,7 @@ class Generate final : public moelab::Stage {
   std::vector<std::pair<std::string, std::shared_ptr<moelab::Sampler>>> samplers_;
   std::vector<std::string> stops_;
   long long max_new_;
+  std::vector<std::int64_t> stop_ids_;  // a row ends at any of these, which is not kept
 };
 
 moelab::Descriptor describe() {
@@ -211,8 +222,10 @@ moelab::Descriptor describe() {
   d.component("dataset", moelab::Kind::dataset, "", "prompts: {\"prompt\"}, QA {\"question\", \"answers\"}, or multiple choice")
       .optional_component("baseline", moelab::Kind::sampler, "the reference sampler (plain with pick = [\"greedy\"]); empty: none")
       .component("sampler", moelab::Kind::sampler, "", "the sampler under test (roe, or plain with a sampling pick chain)")
-      .integer("max_new_tokens", 32, "tokens generated per prompt at most")
-      .strings("stop", {"\n\n"}, "generation of a row ends at the first of these strings (cut from the text)")
+      .integer("max_new_tokens", 32, "tokens generated per prompt at most (unset: the model's generation_config.json's, if it has one, else 32)")
+      .strings("stop", {"\n\n"}, "generation of a row ends at the first of these strings (cut from the text); also at any eos_token_id of "
+               "the model's config.json and generation_config.json")
+      .flag("add_special_tokens", true, "prompts get the special tokens of tokenizer.json's post_processor, as HF's tokenizer(text) (Llama 2: BOS)")
       .integer("batch_size", 8, "prompts decoded together")
       .string("qa_template", "Question: {question}\nAnswer:", "prompt of a record without choices ({question})");
   return moelab::add_prompt_keys(d);

@@ -2,9 +2,9 @@
 
 #include "log_sink.h"
 #include "moe_model.h"
-#include "moelab/files.h"
-#include "moelab/log.h"
-#include "moelab/quantized_checkpoint.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/log.h"
+#include "moelab/lib/quantized_checkpoint.h"
 #include "moelab/stage.h"
 
 #include <boost/dll/runtime_symbol_info.hpp>
@@ -98,16 +98,21 @@ std::shared_ptr<Plugin> ExperimentRun::make_component(const std::string& id, Kin
   return registry_.create(it->second.plugin, Config(it->second.config), *this);
 }
 
+const fs::path& ExperimentRun::model_folder() {
+  if (!model_folder_.empty()) return model_folder_;
+  const std::string path = experiment_.model.path.string();
+  model_folder_ = path.rfind("builtin:", 0) == 0 ? builtin_model_folder(path.substr(8), Config(experiment_.model_table).where("path")) : path;
+  return model_folder_;
+}
+
 Model& ExperimentRun::model() {
   if (model_) return *model_;
   const ModelOptions& m = experiment_.model;
   const Config table(experiment_.model_table);
-  std::string path = m.path.string();
-  if (path.rfind("builtin:", 0) == 0) path = builtin_model_folder(path.substr(8), table.where("path"));
+  const fs::path& path = model_folder();
   if (m.device == ModelDevice::cuda && !torch::cuda::is_available())
     throw std::runtime_error(fmt::format("[model] device = \"cuda\" ({}), but this LibTorch sees no CUDA device", table.where("device")));
   bool cuda = m.device == ModelDevice::cuda || (m.device == ModelDevice::automatic && torch::cuda::is_available());
-  model_folder_ = path;
   model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU),
                       m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32);
   if (!m.quantized.empty()) apply_quantized_checkpoint(run_path(m.quantized), *model_);

@@ -24,6 +24,7 @@ class ExperimentRun final : public RunContext {
   std::uint64_t seed() const override { return static_cast<std::uint64_t>(experiment_.run.seed); }
   void record_metrics(nlohmann::json row) override;
   std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) override;
+  const std::filesystem::path& model_folder() override;
   Model& model() override;
   const Tokenizer& tokenizer() override;
 

@@ -1,6 +1,10 @@
-// The generate stage's QA metrics, lm-eval-style loglik scoring in evaluate, and the model_mean
-// embedder, each against values recomputed here from the model.
+// The generate stage's QA metrics (SQuAD v1.1's normalisation), stop ids and defaults from the checkpoint's
+// own files, prompts with the post_processor's special tokens; lm-eval-style loglik scoring in evaluate,
+// and the model_mean embedder, each against values recomputed here from the model.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/generation_config.h"
+#include "moelab/lib/qa_metrics.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>
@@ -44,6 +48,130 @@ TEST(Generate, ExactMatchAndF1AreOneWhenTheAnswersAreWhatGreedySays) {
   auto second = run_stage(dir, run, toml("gold.jsonl"), "gen", "second");
   EXPECT_EQ(second["greedy"]["exact_match"], 1.0);
   EXPECT_EQ(second["greedy"]["f1"], 1.0);
+}
+
+// Expected values are what the official SQuAD v1.1 evaluate-v1.1.py returns for the same strings.
+TEST(SquadMetrics, NormaliseAsTheOfficialScript) {
+  EXPECT_EQ(moelab::squad_normalize("The U.S. (1,000 km)"), "us 1000 km");
+  EXPECT_EQ(moelab::squad_exact_match("U.S.", "US"), 1.0);  // punctuation deleted, not turned into spaces
+  EXPECT_EQ(moelab::squad_exact_match("1,000 km", "1000 km"), 1.0);
+  EXPECT_EQ(moelab::squad_exact_match("The Eiffel Tower", "eiffel tower"), 1.0);
+  EXPECT_EQ(moelab::squad_exact_match("  an  apple\tpie ", "apple pie"), 1.0);
+  EXPECT_EQ(moelab::squad_exact_match("theater", "ater"), 0.0);  // articles only as whole words
+  EXPECT_EQ(moelab::squad_normalize("\u201cthe\u201d Caf\u00c9 \u00c0 la carte"), "\u201c \u201d caf\u00e9 \u00e0 la carte");
+  EXPECT_EQ(moelab::squad_normalize("self-driving car's"), "selfdriving cars");
+  // prediction "the big red fox" -> [big, red, fox]; gold "a red fox jumped" -> [red, fox, jumped]:
+  // 2 common tokens, precision 2/3, recall 2/3, F1 2/3.
+  EXPECT_DOUBLE_EQ(moelab::squad_f1("the big red fox", "a red fox jumped"), 2.0 / 3.0);
+  // Repeated tokens count once per occurrence in both: [fox, fox, fox] vs [fox, fox, den]: common 2,
+  // precision 2/3, recall 2/3.
+  EXPECT_DOUBLE_EQ(moelab::squad_f1("fox fox fox", "fox fox den"), 2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(moelab::squad_f1("U.S. Navy", "the US navy"), 1.0);
+  EXPECT_EQ(moelab::squad_f1("The", "a"), 0.0);  // nothing left on either side: v1.1 scores F1 0 (EM 1)
+  EXPECT_EQ(moelab::squad_exact_match("The", "a"), 1.0);
+}
+
+TEST(GenerationConfig, StopIdsAreEveryEosOfBothFiles) {
+  TempDir dir;
+  dir.write("config.json", R"({"eos_token_id": [5, 2]})");
+  EXPECT_EQ(moelab::stop_token_ids(dir.path()), std::vector<std::int64_t>({5, 2}));
+  EXPECT_EQ(moelab::generation_config(dir.path()), nlohmann::json::object());
+  dir.write("generation_config.json", R"({"eos_token_id": [2, 7, 9], "max_new_tokens": 3})");
+  EXPECT_EQ(moelab::stop_token_ids(dir.path()), std::vector<std::int64_t>({5, 2, 7, 9}));
+  EXPECT_EQ(moelab::generation_config(dir.path())["max_new_tokens"], 3);
+  dir.write("config.json", R"({"eos_token_id": null})");
+  dir.write("generation_config.json", R"({"eos_token_id": 4})");
+  EXPECT_EQ(moelab::stop_token_ids(dir.path()), std::vector<std::int64_t>({4}));
+  dir.write("generation_config.json", R"({"eos_token_id": ["</s>"]})");
+  EXPECT_THAT(moelab::test::error_of([&] { moelab::stop_token_ids(dir.path()); }),
+              testing::AllOf(testing::HasSubstr("generation_config.json: eos_token_id: expected an id or a list of ids"),
+                             testing::HasSubstr("[\"</s>\"]")));
+}
+
+// The tiny model's files in a folder of the test's own, with a generation_config.json and a tokenizer.json
+// whose post_processor puts `bos` first when bos >= 0.
+fs::path tiny_model_copy(const TempDir& dir, const nlohmann::json& generation_config, std::int64_t bos = -1) {
+  const fs::path tiny = fs::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe", folder = dir.path() / "model";
+  fs::create_directories(folder);
+  for (const char* file : {"config.json", "model.safetensors"}) fs::copy_file(tiny / file, folder / file);
+  auto tokenizer = nlohmann::json::parse(moelab::read_file(tiny / "tokenizer.json"));
+  if (bos >= 0)
+    tokenizer["post_processor"] = {{"type", "TemplateProcessing"},
+                                   {"single", {{{"SpecialToken", {{"id", "<bos>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+                                   {"special_tokens", {{"<bos>", {{"id", "<bos>"}, {"ids", {bos}}, {"tokens", {"<bos>"}}}}}}};
+  moelab::write_file_atomic(folder / "tokenizer.json", tokenizer.dump());
+  if (!generation_config.is_null()) moelab::write_file_atomic(folder / "generation_config.json", generation_config.dump());
+  return folder;
+}
+
+// Up to `steps` greedy tokens after `ids`, by full forwards without a cache, ending before `eos`.
+std::vector<std::int64_t> greedy(moelab::Model& model, std::vector<std::int64_t> ids, int steps, std::int64_t eos) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::int64_t> out;
+  for (int i = 0; i < steps; ++i) {
+    const std::int64_t next = model.forward(torch::tensor(ids).unsqueeze(0), {})[0][-1].argmax().item<std::int64_t>();
+    if (next == eos) break;
+    out.push_back(next);
+    ids.push_back(next);
+  }
+  return out;
+}
+
+std::string generate_toml(const fs::path& model, const std::string& stage_keys) {
+  return "stages = []\n[model]\npath = \"" + model.string() + "\"\n[qa]\nplugin = \"jsonl\"\npath = \"qa.jsonl\"\ntext_field = \"question\"\n"
+         "[greedy]\nplugin = \"plain\"\n[gen]\nplugin = \"generate\"\ndataset = \"qa\"\nsampler = \"greedy\"\nstop = []\n" + stage_keys;
+}
+
+const char* const kPrompt = "Question: Name a color.\nAnswer:";
+constexpr std::int64_t kTinyEos = 0;  // the tiny model's config.json
+
+TEST(Generate, StopsAtEveryEosIdOfGenerationConfig) {
+  TempDir dir;
+  dir.write("qa.jsonl", R"({"id": "a", "question": "Name a color.", "answers": ["red"]})" "\n");
+  const fs::path model = tiny_model_copy(dir, nullptr);
+  auto run = moelab::test::start_run(dir, generate_toml(model, "max_new_tokens = 6\n"));
+  const std::vector<std::int64_t> tokens = greedy(run->model(), run->tokenizer().encode(kPrompt, true), 6, kTinyEos);
+  ASSERT_EQ(tokens.size(), 6u);
+  ASSERT_TRUE(tokens[0] != tokens[2] && tokens[1] != tokens[2] && tokens[0] != 999 && tokens[1] != 999) << "the test needs another prompt";
+  // The first eos id never comes; the second is greedy's third token, so two tokens are kept.
+  moelab::write_file_atomic(model / "generation_config.json", nlohmann::json({{"eos_token_id", {999, tokens[2]}}}).dump());
+  fs::create_directories(dir.path() / "out");
+  nlohmann::json summary;
+  run->make<moelab::Stage>("gen")->run(dir.path() / "out", summary);
+  EXPECT_EQ(summary["greedy"]["generated_tokens"], 2);
+  auto line = nlohmann::json::parse(moelab::read_file(dir.path() / "out" / "generations.jsonl"));
+  EXPECT_EQ(line["greedy"], run->tokenizer().decode({tokens[0], tokens[1]}));
+}
+
+TEST(Generate, MaxNewTokensComesFromGenerationConfigUnlessTheTableSetsIt) {
+  TempDir dir;
+  dir.write("qa.jsonl", R"({"id": "a", "question": "Name a color.", "answers": ["red"]})" "\n"
+                        R"({"id": "b", "question": "Name a planet.", "answers": ["none"]})" "\n");
+  const fs::path model = tiny_model_copy(dir, {{"max_new_tokens", 3}, {"do_sample", true}, {"temperature", 0.6}, {"top_p", 0.95}});
+  std::unique_ptr<moelab::ExperimentRun> run;
+  EXPECT_EQ(run_stage(dir, run, generate_toml(model, ""), "gen", "from_file")["greedy"]["generated_tokens"], 6);
+  EXPECT_EQ(run_stage(dir, run, generate_toml(model, "max_new_tokens = 5\n"), "gen", "from_table")["greedy"]["generated_tokens"], 10);
+}
+
+// HF's tokenizer(text) puts the post_processor's BOS first; add_special_tokens = false leaves it out.
+TEST(Generate, PromptsGetThePostProcessorsSpecialTokens) {
+  TempDir dir;
+  dir.write("qa.jsonl", R"({"id": "a", "question": "Name a color.", "answers": ["red"]})" "\n");
+  const std::int64_t bos = 7;
+  const fs::path model = tiny_model_copy(dir, nullptr, bos);
+  std::unique_ptr<moelab::ExperimentRun> run;
+  std::map<bool, std::string> expected;
+  for (bool add : {true, false}) {
+    const std::string folder = add ? "with" : "without";
+    run_stage(dir, run, generate_toml(model, std::string("max_new_tokens = 4\nadd_special_tokens = ") + (add ? "true" : "false") + "\n"),
+              "gen", folder);
+    std::vector<std::int64_t> prompt = run->tokenizer().encode(kPrompt);
+    ASSERT_EQ(run->tokenizer().encode(kPrompt, true).front(), bos);
+    if (add) prompt.insert(prompt.begin(), bos);
+    expected[add] = run->tokenizer().decode(greedy(run->model(), prompt, 4, kTinyEos));
+    EXPECT_EQ(nlohmann::json::parse(moelab::read_file(dir.path() / folder / "generations.jsonl"))["greedy"], expected[add]) << folder;
+  }
+  EXPECT_NE(expected[true], expected[false]) << "the BOS must change greedy's text for this test to see it";
 }
 
 TEST(Evaluate, LoglikScoringPicksTheMostLikelyContinuation) {

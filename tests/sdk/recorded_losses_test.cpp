@@ -39,6 +39,7 @@ class Float64Run final : public moelab::RunContext {
   const fs::path& run_dir() const override { return run_dir_; }
   std::uint64_t seed() const override { return static_cast<std::uint64_t>(experiment_.run.seed); }
   void record_metrics(nlohmann::json row) override { metrics_.push_back(std::move(row)); }
+  const fs::path& model_folder() override { return kTiny; }
   moelab::Model& model() override {
     if (!model_) model_ = moelab::load_model(kTiny, torch::kCPU, torch::kFloat64);
     return *model_;

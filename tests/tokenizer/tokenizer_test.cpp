@@ -1,6 +1,6 @@
 // The tokenizer against HF `tokenizers` (ids and decoded text from tests/fixtures/tokenizers/
 // make_expected.py) on a varied corpus, for four real files, and clear errors on malformed files.
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
 #include "moelab/tokenizer.h"
 #include "test_run.h"
 
@@ -56,6 +56,68 @@ TEST_P(HfParity, EveryCorpusTextEncodesAndDecodesLikeHf) {
 INSTANTIATE_TEST_SUITE_P(Files, HfParity, testing::Values("gpt_neox", "qwen3", "llama3", "deepseek_v3", "llama2", "llama2_metaspace",
                                                                 "llama2_metaspace_split"));
 
+// tokenizer(text)["input_ids"] of transformers' PreTrainedTokenizerFast, from tests/fixtures/loglik/make_loglik_fixture.py.
+class HfSpecialTokens : public testing::TestWithParam<std::string> {};
+
+TEST_P(HfSpecialTokens, AddSpecialTokensAppliesThePostProcessorAsHfDoes) {
+  auto fixture = nlohmann::json::parse(moelab::read_file(fs::path(MOELAB_SOURCE_DIR) / "tests" / "fixtures" / "loglik" / "expected.json"));
+  auto tokenizer = moelab::Tokenizer::from_file(tokenizer_file(GetParam()));
+  const auto& cases = fixture["tokenizers"][GetParam()]["add_special_tokens"];
+  ASSERT_EQ(cases.size(), 4u);
+  for (const auto& c : cases) {
+    const std::string text = c["text"];
+    EXPECT_EQ(tokenizer->encode(text, true), c["ids"].get<std::vector<std::int64_t>>()) << GetParam() << ": \"" << text << "\"";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, HfSpecialTokens, testing::Values("gpt_neox", "llama3", "qwen3", "llama2"));
+
+TEST(Tokenizer, AddSpecialTokensIsOffByDefaultAndSaysWhatItAdds) {
+  auto llama2 = moelab::Tokenizer::from_file(tokenizer_file("llama2"));
+  EXPECT_EQ(llama2->encode("Hello world"), std::vector<std::int64_t>({22557, 1526}));
+  EXPECT_EQ(llama2->encode(""), std::vector<std::int64_t>());
+  EXPECT_EQ(llama2->special_tokens_added(), "<s> (id 1) prepended");
+  EXPECT_EQ(moelab::Tokenizer::from_file(tokenizer_file("llama3"))->special_tokens_added(), "nothing added");
+}
+
+// A template with a token on each side (as BERT-style files have), a two-token special and a pair
+// template that a single text does not use; Sequence nests processors, Bert/RobertaProcessing wrap.
+TEST(Tokenizer, TemplateProcessingPutsSpecialTokensAroundTheText) {
+  moelab::test::TempDir dir;
+  auto base = nlohmann::json::parse(moelab::read_file(tokenizer_file("gpt_neox")));
+  auto with = [&](const nlohmann::json& post_processor) {
+    nlohmann::json j = base;
+    j["post_processor"] = post_processor;
+    return moelab::Tokenizer::from_file(dir.write("tokenizer.json", j.dump()));
+  };
+  const nlohmann::json bos_eos = {
+      {"type", "TemplateProcessing"},
+      {"single", {{{"SpecialToken", {{"id", "<bos>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+                  {{"SpecialToken", {{"id", "<eos>"}, {"type_id", 0}}}}}},
+      {"pair", {{{"SpecialToken", {{"id", "<bos>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+                {{"SpecialToken", {{"id", "<sep>"}, {"type_id", 1}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+      {"special_tokens", {{"<bos>", {{"id", "<bos>"}, {"ids", {0}}, {"tokens", {"<|endoftext|>"}}}},
+                          {"<eos>", {{"id", "<eos>"}, {"ids", {1, 2}}, {"tokens", {"<|padding|>", "x"}}}},
+                          {"<sep>", {{"id", "<sep>"}, {"ids", {7}}, {"tokens", {"y"}}}}}}};
+  auto tokenizer = with(bos_eos);
+  std::vector<std::int64_t> plain = tokenizer->encode("Hello world");
+  std::vector<std::int64_t> wrapped = {0};
+  wrapped.insert(wrapped.end(), plain.begin(), plain.end());
+  wrapped.insert(wrapped.end(), {1, 2});
+  EXPECT_EQ(tokenizer->encode("Hello world", true), wrapped);
+  EXPECT_EQ(tokenizer->encode("", true), std::vector<std::int64_t>({0, 1, 2}));
+  EXPECT_EQ(tokenizer->special_tokens_added(), "<|endoftext|> (id 0) prepended and <|padding|> (id 1), x (id 2) appended");
+
+  auto roberta = with({{"type", "Sequence"},
+                       {"processors", {{{"type", "ByteLevel"}, {"trim_offsets", false}},
+                                       {{"type", "RobertaProcessing"}, {"cls", {"<s>", 5}}, {"sep", {"</s>", 6}}}, bos_eos}}});
+  std::vector<std::int64_t> nested = {0, 5};
+  nested.insert(nested.end(), plain.begin(), plain.end());
+  nested.insert(nested.end(), {6, 1, 2});
+  EXPECT_EQ(roberta->encode("Hello world", true), nested);
+  EXPECT_EQ(with({{"type", "BertProcessing"}, {"cls", {"[CLS]", 3}}, {"sep", {"[SEP]", 4}}})->encode("", true), std::vector<std::int64_t>({3, 4}));
+}
+
 TEST(Tokenizer, SpecialTokensCanBeSkippedWhenDecoding) {
   auto tokenizer = moelab::Tokenizer::from_file(tokenizer_file("gpt_neox"));
   auto ids = tokenizer->encode("hi<|endoftext|>there");
@@ -91,6 +153,16 @@ TEST(Tokenizer, MalformedFilesNameTheComponent) {
               }),
               HasSubstr("does not compile"));
   EXPECT_THAT(error_for([](auto& j) { j["decoder"] = {{"type", "WordPiece"}}; }), HasSubstr("decoder: type \"WordPiece\""));
+  EXPECT_THAT(error_for([](auto& j) { j["post_processor"] = {{"type", "Unknown"}}; }), HasSubstr("post_processor: type \"Unknown\" is not supported"));
+  EXPECT_THAT(error_for([](auto& j) {
+                j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+                                       {"special_tokens", nlohmann::json::object()}};
+              }),
+              HasSubstr("post_processor.TemplateProcessing.single: special token \"<s>\" is not in special_tokens"));
+  EXPECT_THAT(error_for([](auto& j) {
+                j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"Sequence", {{"id", "B"}}}}}}};
+              }),
+              HasSubstr("a single text's template must hold sequence A once"));
   fs::path broken = dir.write("broken.json", "{\"model\": ");
   EXPECT_THAT(error_of([&] { moelab::Tokenizer::from_file(broken); }), AllOf(HasSubstr("broken.json"), HasSubstr("not valid JSON")));
 }

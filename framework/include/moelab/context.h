@@ -32,6 +32,8 @@ class RunContext {
   // The experiment's model ([model] table), loaded on first use and shared by all stages, and the
   // tokenizer.json of its folder.
   virtual Model& model() = 0;
+  // The [model] folder (config.json, generation_config.json, tokenizer.json), without loading the model.
+  virtual const std::filesystem::path& model_folder() = 0;
   virtual const Tokenizer& tokenizer() = 0;
   // A path a config gave: "@<stage>/<file>" names a file in this run's folder, anything else is as is.
   std::filesystem::path run_path(const std::filesystem::path& path) const;

@@ -16,5 +16,3 @@
 #include "moelab/stage.h"
 #include "moelab/tokenizer.h"
 #include "moelab/transform.h"
-#include "moelab/generation_config.h"
-#include "moelab/qa_metrics.h"

@@ -1,6 +1,7 @@
 #include "moelab/tokenizer.h"
 
-#include "moelab/files.h"
+#include "moelab/lib/files.h"
+#include "post_processor.h"
 #include "unicode.h"
 #include "wordpiece.h"
 
@@ -21,6 +22,14 @@
 namespace moelab {
 
 Tokenizer::~Tokenizer() = default;
+
+std::vector<std::int64_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  std::vector<std::int64_t> ids = encode_text(text);
+  if (!add_special_tokens) return ids;
+  ids.insert(ids.begin(), special_prefix_.begin(), special_prefix_.end());
+  ids.insert(ids.end(), special_suffix_.begin(), special_suffix_.end());
+  return ids;
+}
 
 namespace {
 
@@ -141,7 +150,7 @@ class BpeTokenizer final : public Tokenizer {
     read_added_tokens(j.value("added_tokens", json::array()));
   }
 
-  std::vector<Id> encode(std::string_view text) const override {
+  std::vector<Id> encode_text(std::string_view text) const override {
     std::vector<Id> ids;
     std::size_t plain_start = 0;
     for (std::size_t i = 0; i < text.size();) {
@@ -564,9 +573,15 @@ std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::filesystem::path& tok
   } catch (const json::exception& e) {
     throw std::runtime_error(fmt::format("{}: not valid JSON ({})", tokenizer_json.string(), e.what()));
   }
-  if (j.is_object() && j.contains("model") && j["model"].value("type", "") == "WordPiece")
-    return make_wordpiece_tokenizer(tokenizer_json.string(), j);
-  return std::make_unique<BpeTokenizer>(tokenizer_json.string(), j);
+  const std::string file = tokenizer_json.string();
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (j.is_object() && j.contains("model") && j["model"].value("type", "") == "WordPiece") tokenizer = make_wordpiece_tokenizer(file, j);
+  else tokenizer = std::make_unique<BpeTokenizer>(file, j);
+  SpecialTokens special = read_post_processor(j.value("post_processor", json()), file);
+  tokenizer->special_prefix_ = std::move(special.prefix);
+  tokenizer->special_suffix_ = std::move(special.suffix);
+  tokenizer->special_description_ = std::move(special.description);
+  return tokenizer;
 }
 
 }  // namespace moelab

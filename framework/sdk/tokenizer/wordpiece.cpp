@@ -86,7 +86,7 @@ class WordPieceTokenizer final : public Tokenizer {
     }
   }
 
-  std::vector<Id> encode(std::string_view text) const override {
+  std::vector<Id> encode_text(std::string_view text) const override {
     std::vector<Id> ids;
     std::size_t plain = 0;
     for (std::size_t i = 0; i < text.size();) {
