@@ -14,6 +14,7 @@ struct Settings {
   moelab::RouterTraining training;
   long long nsamples = 0, seqlen = 0;
   std::filesystem::path quantized;
+  bool add_special_tokens = true;
 };
 
 const moelab::Options<Settings>& options() {
@@ -24,7 +25,9 @@ const moelab::Options<Settings>& options() {
                                                                           /*warmup_steps=*/0, /*lr=*/1e-4, /*weight_decay=*/1e-4}))
           .integer("nsamples", &Settings::nsamples, 128, "random windows drawn from the text").at_least(1)
           .integer("seqlen", &Settings::seqlen, 2048, "tokens per window").at_least(2)
-          .path("quantized", &Settings::quantized, "", "the quantize stage's checkpoint: also write recovered.safetensors (packed experts + finetuned routers)");
+          .path("quantized", &Settings::quantized, "", "the quantize stage's checkpoint: also write recovered.safetensors (packed experts + finetuned routers)")
+          .flag("add_special_tokens", &Settings::add_special_tokens, true,
+                "the text's stream starts with tokenizer.json's post_processor tokens, as HF's tokenizer(text) of the joined text");
   return o;
 }
 
@@ -36,7 +39,8 @@ class FinetuneLm final : public moelab::Stage {
  public:
   FinetuneLm(const moelab::Config& config, moelab::RunContext& context)
       : id_(config.id()), settings_(options().read(config)), context_(context),
-        windows_(moelab::random_windows(moelab::token_stream(*context.make<moelab::Dataset>(settings_.dataset), context.tokenizer()),
+        windows_(moelab::random_windows(moelab::token_stream(*context.make<moelab::Dataset>(settings_.dataset), context.tokenizer(),
+                                                             settings_.add_special_tokens),
                                         settings_.nsamples, settings_.seqlen, context.seed_for(id_ + ".windows"), fmt::format("[{}] dataset", id_))) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {

@@ -16,6 +16,7 @@ struct Settings {
   std::string dataset;
   long long seqlen, max_windows, batch_size;
   std::filesystem::path routers;
+  bool add_special_tokens;
 };
 
 const moelab::Options<Settings>& options() {
@@ -25,7 +26,9 @@ const moelab::Options<Settings>& options() {
           .integer("seqlen", &Settings::seqlen, 2048, "tokens per window").at_least(2)
           .integer("max_windows", &Settings::max_windows, 0, "score at most this many windows (0: all)")
           .integer("batch_size", &Settings::batch_size, 4, "windows per forward").at_least(1)
-          .path("routers", &Settings::routers, "", "router checkpoint to score as well (\"@recover/routers.safetensors\")");
+          .path("routers", &Settings::routers, "", "router checkpoint to score as well (\"@recover/routers.safetensors\")")
+          .flag("add_special_tokens", &Settings::add_special_tokens, true,
+                "the stream starts with tokenizer.json's post_processor tokens, as HF's tokenizer(text) of the joined text (Llama 2: BOS)");
   return o;
 }
 
@@ -36,7 +39,7 @@ class Perplexity final : public moelab::Stage {
 
   void run(const std::filesystem::path&, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
-    Tensor stream = moelab::token_stream(*dataset_, context_.tokenizer());
+    Tensor stream = moelab::token_stream(*dataset_, context_.tokenizer(), settings_.add_special_tokens);
     const long long seqlen = settings_.seqlen;
     long long count = stream.numel() / seqlen;
     if (settings_.max_windows > 0) count = std::min(count, settings_.max_windows);

@@ -35,6 +35,7 @@ struct Settings {
   Method method;
   std::string calibration;
   long long nsamples, seqlen, batch_size;
+  bool add_special_tokens;
   moelab::GptqOptions gptq;
 };
 
@@ -60,6 +61,8 @@ const moelab::Options<Settings>& options() {
           .integer("nsamples", &Settings::nsamples, 128, "calibration windows")
           .integer("seqlen", &Settings::seqlen, 2048, "tokens per calibration window")
           .integer("batch_size", &Settings::batch_size, 4, "calibration windows per forward").at_least(1)
+          .flag("add_special_tokens", &Settings::add_special_tokens, true,
+                "the calibration stream starts with tokenizer.json's post_processor tokens, as HF's tokenizer(text) of the joined text")
           .include(&Settings::gptq, gptq_options());
   return o;
 }
@@ -80,7 +83,8 @@ class Quantize final : public moelab::Stage {
     nlohmann::json plan = read_plan();
     Tensor windows;
     if (gptq)
-      windows = moelab::random_windows(moelab::token_stream(*calibration_, context_.tokenizer()), settings_.nsamples, settings_.seqlen,
+      windows = moelab::random_windows(moelab::token_stream(*calibration_, context_.tokenizer(), settings_.add_special_tokens),
+                                       settings_.nsamples, settings_.seqlen,
                                        context_.seed_for(config_.id() + ".calibration"),
                                        fmt::format("[{}] calibration", config_.id()));
     moelab::QuantizedCheckpoint checkpoint;

@@ -1,5 +1,7 @@
 #include "moelab/lib/calibration.h"
 
+#include "moelab/lib/log.h"
+
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -7,10 +9,13 @@
 
 namespace moelab {
 
-torch::Tensor token_stream(const Dataset& dataset, const Tokenizer& tokenizer) {
+torch::Tensor token_stream(const Dataset& dataset, const Tokenizer& tokenizer, bool add_special_tokens) {
   std::string text;
   for (std::size_t i = 0; i < dataset.size(); ++i) text += (i ? "\n\n" : "") + dataset.at(i).text;
-  return torch::tensor(tokenizer.encode(text), torch::kInt64);
+  std::vector<std::int64_t> ids = tokenizer.encode(text, add_special_tokens);
+  log::info("token stream: {} documents, {} tokens; add_special_tokens: {}", dataset.size(), ids.size(),
+            add_special_tokens ? tokenizer.special_tokens_added() + ", by tokenizer.json's post_processor" : "off");
+  return torch::tensor(ids, torch::kInt64);
 }
 
 torch::Tensor random_windows(const torch::Tensor& stream, long long count, long long length, std::uint64_t seed, const std::string& what) {

@@ -1,7 +1,9 @@
 // The generate stage's QA metrics (SQuAD v1.1's normalisation), stop ids and defaults from the checkpoint's
-// own files, prompts with the post_processor's special tokens; lm-eval-style loglik scoring in evaluate,
-// and the model_mean embedder, each against values recomputed here from the model.
+// own files, prompts with the post_processor's special tokens; perplexity's token stream with them;
+// lm-eval-style loglik scoring in evaluate, and the model_mean embedder, each against values recomputed
+// here from the model.
 #include "moelab/moelab.h"
+#include "moelab/lib/calibration.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/generation_config.h"
 #include "moelab/lib/qa_metrics.h"
@@ -172,6 +174,33 @@ TEST(Generate, PromptsGetThePostProcessorsSpecialTokens) {
     EXPECT_EQ(nlohmann::json::parse(moelab::read_file(dir.path() / folder / "generations.jsonl"))["greedy"], expected[add]) << folder;
   }
   EXPECT_NE(expected[true], expected[false]) << "the BOS must change greedy's text for this test to see it";
+}
+
+// token_stream puts the post_processor's tokens once before the documents joined by blank lines, as HF's
+// tokenizer("\n\n".join(texts)); perplexity scores the windows of that stream, or of the bare one.
+TEST(Perplexity, ScoresTheStreamWithThePostProcessorsTokensUnlessTurnedOff) {
+  TempDir dir;
+  dir.write("text.txt", "The clockmaker repaired watches.\n\nRain fell on the town all night.\n");
+  const std::int64_t bos = 7;
+  const fs::path model = tiny_model_copy(dir, nullptr, bos);
+  const std::string toml = "stages = []\n[model]\npath = \"" + model.string() + "\"\n[text]\nplugin = \"text\"\npath = \"text.txt\"\n"
+                           "[ppl]\nplugin = \"perplexity\"\ndataset = \"text\"\nseqlen = 8\nmax_windows = 1\n";
+  std::map<bool, double> mean_nll;
+  for (bool add : {true, false}) {
+    std::unique_ptr<moelab::ExperimentRun> run;
+    auto summary = run_stage(dir, run, toml + "add_special_tokens = " + (add ? "true" : "false") + "\n", "ppl", add ? "with" : "without");
+    std::vector<std::int64_t> ids = run->tokenizer().encode("The clockmaker repaired watches.\n\nRain fell on the town all night.");
+    if (add) ids.insert(ids.begin(), bos);
+    EXPECT_TRUE(torch::equal(moelab::token_stream(*run->make<moelab::Dataset>("text"), run->tokenizer(), add), torch::tensor(ids))) << add;
+    torch::NoGradGuard no_grad;
+    ASSERT_GE(ids.size(), 8u);
+    torch::Tensor logp = run->model().forward(torch::tensor(std::vector<std::int64_t>(ids.begin(), ids.begin() + 8)).unsqueeze(0), {})[0].log_softmax(-1);
+    double nll = 0;
+    for (int t = 0; t < 7; ++t) nll -= logp[t][ids[t + 1]].item<double>();
+    mean_nll[add] = summary["base"]["mean_nll"].get<double>();
+    EXPECT_NEAR(mean_nll[add], nll / 7, 1e-5) << add;
+  }
+  EXPECT_NE(mean_nll[true], mean_nll[false]);
 }
 
 TEST(Evaluate, LoglikScoringPicksTheMostLikelyContinuation) {
