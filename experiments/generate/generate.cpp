@@ -29,6 +29,38 @@ std::string first_letter(const std::string& text) {
   return "";
 }
 
+struct Settings {
+  std::string dataset, baseline, sampler;
+  long long max_new_tokens;
+  std::vector<std::string> stop;
+  bool add_special_tokens;
+  std::size_t batch_size;
+  std::string qa_template;
+  moelab::PromptOptions prompt;
+};
+
+const moelab::Options<Settings>& options() {
+  static const auto o =
+      moelab::Options<Settings>("generate", moelab::Kind::stage, "0.2.0", "generation with a baseline and a second sampler, paired metrics")
+          .component("dataset", &Settings::dataset, moelab::Kind::dataset, "prompts: {\"prompt\"}, QA {\"question\", \"answers\"}, or multiple choice")
+          .optional_component("baseline", &Settings::baseline, moelab::Kind::sampler,
+                              "the reference sampler (plain with pick = [\"greedy\"]); empty: none")
+          .component("sampler", &Settings::sampler, moelab::Kind::sampler, "the sampler under test (roe, or plain with a sampling pick chain)")
+          .integer("max_new_tokens", &Settings::max_new_tokens, 32,
+                   "tokens generated per prompt at most (unset: the model's generation_config.json's, if it has one, else 32)")
+          .at_least(1)
+          .strings("stop", &Settings::stop, {"\n\n"},
+                   "generation of a row ends at the first of these strings (cut from the text); also at any eos_token_id of the "
+                   "model's config.json and generation_config.json")
+          .flag("add_special_tokens", &Settings::add_special_tokens, true,
+                "prompts get the special tokens of tokenizer.json's post_processor, as HF's tokenizer(text) (Llama 2: BOS)")
+          .integer("batch_size", &Settings::batch_size, 8, "prompts decoded together")
+          .at_least(1)
+          .string("qa_template", &Settings::qa_template, "Question: {question}\nAnswer:", "prompt of a record without choices ({question})")
+          .include(&Settings::prompt, moelab::prompt_options());
+  return o;
+}
+
 struct Task {
   std::string id, prompt;
   std::vector<std::string> answers;  // QA gold answers
@@ -38,10 +70,10 @@ struct Task {
 class Generate final : public moelab::Stage {
  public:
   Generate(const moelab::Config& config, moelab::RunContext& context)
-      : config_(config), context_(context), dataset_(context.make<moelab::Dataset>(config.get_string("dataset"))),
-        stops_(config.get_strings("stop")), max_new_(config.get_int("max_new_tokens")), stop_ids_(moelab::stop_token_ids(context.model_folder())) {
-    for (const char* key : {"baseline", "sampler"})
-      if (!config.get_string(key).empty()) samplers_.emplace_back(config.get_string(key), context.make<moelab::Sampler>(config.get_string(key)));
+      : config_(config), settings_(options().read(config)), context_(context), dataset_(context.make<moelab::Dataset>(settings_.dataset)),
+        stops_(settings_.stop), max_new_(settings_.max_new_tokens), stop_ids_(moelab::stop_token_ids(context.model_folder())) {
+    for (const std::string& id : {settings_.baseline, settings_.sampler})
+      if (!id.empty()) samplers_.emplace_back(id, context.make<moelab::Sampler>(id));
     if (samplers_.empty()) throw std::runtime_error(fmt::format("[{}] names no sampler: set sampler (and baseline)", config.id()));
     apply_generation_config(moelab::generation_config(context.model_folder()));
   }
@@ -49,7 +81,7 @@ class Generate final : public moelab::Stage {
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     moelab::log::info("[{}] stop ids: {} (every eos_token_id of the model's config.json and generation_config.json)", config_.id(),
                       stop_ids_.empty() ? "none" : fmt::format("{}", fmt::join(stop_ids_, ", ")));
-    if (config_.get_bool("add_special_tokens"))
+    if (settings_.add_special_tokens)
       moelab::log::info("[{}] add_special_tokens: {} to each prompt, by tokenizer.json's post_processor", config_.id(),
                         context_.tokenizer().special_tokens_added());
     std::vector<Task> tasks = read_tasks();
@@ -90,8 +122,8 @@ class Generate final : public moelab::Stage {
 
  private:
   std::vector<Task> read_tasks() const {
-    moelab::PromptFormat mc = moelab::prompt_format(config_), qa = mc;
-    qa.question_template = config_.get_string("qa_template");
+    moelab::PromptFormat mc = settings_.prompt, qa = mc;
+    qa.question_template = settings_.qa_template;
     std::vector<Task> tasks;
     for (std::size_t i = 0; i < dataset_->size(); ++i) {
       const moelab::Example& ex = dataset_->at(i);
@@ -148,14 +180,14 @@ class Generate final : public moelab::Stage {
     torch::NoGradGuard no_grad;
     moelab::Model& model = context_.model();
     const moelab::Tokenizer& tokenizer = context_.tokenizer();
-    const std::size_t batch_size = config_.get_int("batch_size"), max_len = config_.get_int("max_len");
+    const std::size_t batch_size = settings_.batch_size, max_len = settings_.prompt.max_len;
     std::vector<std::string> texts;
     moelab::Progress progress("generate " + name, static_cast<long long>((tasks.size() + batch_size - 1) / batch_size), "tokens");
     for (std::size_t start = 0; start < tasks.size(); start += batch_size) {
       std::vector<moelab::McItem> items;
       for (std::size_t i = start; i < std::min(tasks.size(), start + batch_size); ++i) {
         moelab::McItem item;
-        item.prompt_ids = tokenizer.encode(tasks[i].prompt, config_.get_bool("add_special_tokens"));
+        item.prompt_ids = tokenizer.encode(tasks[i].prompt, settings_.add_special_tokens);
         if (item.prompt_ids.empty()) throw std::runtime_error(fmt::format("prompt of '{}' is empty", tasks[i].id));
         if (item.prompt_ids.size() > max_len) item.prompt_ids.erase(item.prompt_ids.begin(), item.prompt_ids.end() - static_cast<long>(max_len));
         items.push_back(std::move(item));
@@ -208,7 +240,8 @@ class Generate final : public moelab::Stage {
     return texts;
   }
 
-  moelab::Config config_;
+  moelab::Config config_;  // for where a key was set (generation_config.json fills only unset keys)
+  Settings settings_;
   moelab::RunContext& context_;
   std::shared_ptr<moelab::Dataset> dataset_;
   std::vector<std::pair<std::string, std::shared_ptr<moelab::Sampler>>> samplers_;
@@ -217,20 +250,6 @@ class Generate final : public moelab::Stage {
   std::vector<std::int64_t> stop_ids_;  // a row ends at any of these, which is not kept
 };
 
-moelab::Descriptor describe() {
-  moelab::Descriptor d("generate", moelab::Kind::stage, "0.1.0", "generation with a baseline and a second sampler, paired metrics");
-  d.component("dataset", moelab::Kind::dataset, "", "prompts: {\"prompt\"}, QA {\"question\", \"answers\"}, or multiple choice")
-      .optional_component("baseline", moelab::Kind::sampler, "the reference sampler (plain with pick = [\"greedy\"]); empty: none")
-      .component("sampler", moelab::Kind::sampler, "", "the sampler under test (roe, or plain with a sampling pick chain)")
-      .integer("max_new_tokens", 32, "tokens generated per prompt at most (unset: the model's generation_config.json's, if it has one, else 32)")
-      .strings("stop", {"\n\n"}, "generation of a row ends at the first of these strings (cut from the text); also at any eos_token_id of "
-               "the model's config.json and generation_config.json")
-      .flag("add_special_tokens", true, "prompts get the special tokens of tokenizer.json's post_processor, as HF's tokenizer(text) (Llama 2: BOS)")
-      .integer("batch_size", 8, "prompts decoded together")
-      .string("qa_template", "Question: {question}\nAnswer:", "prompt of a record without choices ({question})");
-  return moelab::add_prompt_keys(d);
-}
-
 }  // namespace
 
-MOELAB_PLUGIN(describe, Generate)
+MOELAB_PLUGIN(options, Generate)

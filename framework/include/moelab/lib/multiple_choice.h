@@ -59,8 +59,4 @@ struct PromptOptions : PromptFormat {
 };
 const Options<PromptOptions>& prompt_options();
 
-// The same keys for plugins that still declare a Descriptor.
-Descriptor& add_prompt_keys(Descriptor& descriptor);
-PromptFormat prompt_format(const Config& config);
-
 }  // namespace moelab
