@@ -3,6 +3,9 @@
 // Winogrande's partial scoring, and both quant_recovery configs end to end.
 #include "moe_model.h"
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
+#include "moelab/lib/quantized_checkpoint.h"
+#include "moelab/lib/router_checkpoint.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>
