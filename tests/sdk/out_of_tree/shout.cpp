@@ -1,5 +1,6 @@
 // An out-of-tree stage: writes its message in capitals, `times` times, to shout.txt.
 #include <moelab/moelab.h>
+#include <moelab/lib/files.h>
 
 #include <cctype>
 
