@@ -4,6 +4,7 @@
 // experts, plan and config plus the finetuned routers and the training hyper-parameters.
 #include "moelab/moelab.h"
 #include "moelab/lib/calibration.h"
+#include "moelab/lib/objective_batch.h"
 #include "moelab/lib/quantized_checkpoint.h"
 #include "moelab/lib/router_trainer.h"
 

@@ -1,5 +1,7 @@
 #include "moelab/lib/multiple_choice.h"
 
+#include "moelab/lib/objective_batch.h"
+
 #include <fmt/format.h>
 
 #include <stdexcept>

@@ -4,6 +4,7 @@
 // router probability of e over the real tokens. Exactly transformers' load_balancing_loss_func with
 // the attention mask (its router_aux_loss_coef is coef here).
 #include "moelab/moelab.h"
+#include "moelab/lib/added_term.h"
 
 namespace {
 

@@ -3,6 +3,7 @@
 // which keeps router logits small. Without padding it is transformers' router_z_loss_func over the
 // layers' logits; padded positions are left out.
 #include "moelab/moelab.h"
+#include "moelab/lib/added_term.h"
 
 namespace {
 

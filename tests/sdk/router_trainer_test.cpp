@@ -3,6 +3,7 @@
 // objective needs; an objective a stage cannot serve is refused at --dry-run and at run time.
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
+#include "moelab/lib/objective_batch.h"
 #include "moelab/lib/router_checkpoint.h"
 #include "moelab/lib/router_trainer.h"
 #include "moelab/lib/safetensors.h"

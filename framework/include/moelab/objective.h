@@ -5,12 +5,10 @@
 
 #include "moelab/context.h"
 #include "moelab/model.h"
-#include "moelab/options.h"
 #include "moelab/plugin.h"
 
 #include <torch/types.h>
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -67,21 +65,6 @@ struct ObjectiveBatch {
   torch::Tensor hidden_states;           // hidden_states: [B, T, H] after the final norm
 };
 
-// One forward of `model` over input_ids [B, T] (attention_mask [B, T], or undefined for no padding)
-// packaged with what `needs` asks for; choices leaves only last_logits filled, the rest is the caller's.
-ObjectiveBatch forward_for_objective(Model& model, const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-                                     const ObjectiveNeeds& needs);
-
-// [B, T] next-token targets: the next token where it and the current one are real, else -100.
-torch::Tensor next_token_targets(const torch::Tensor& input_ids, const torch::Tensor& attention_mask);
-// Cross-entropy of logits [B, T, V] against targets [B, T], per position: [B, T], 0 where the target is -100
-// (computed in float32, or float64 for float64 logits).
-torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& target_ids);
-
-// The mean over the real tokens (attention mask) of every MoE layer in batch.routers of per_token(logits),
-// which maps router logits [N, E] to [N]: how a per-token router penalty reduces.
-torch::Tensor mean_over_real_tokens(const ObjectiveBatch& batch, const std::function<torch::Tensor(const torch::Tensor& logits)>& per_token);
-
 struct LossTerms {
   torch::Tensor total;                                       // scalar to backpropagate
   std::vector<std::pair<std::string, torch::Tensor>> parts;  // named scalars for the log
@@ -104,30 +87,6 @@ class Objective : public Plugin {
   ObjectiveNeeds needs_;
 };
 
-// An objective made of one term: coef * term(batch), added to another objective's loss (key add_to) or
-// used alone; the way a router penalty joins a task loss. The term is logged unweighted under its
-// plugin's name. MOELAB_TERM_PLUGIN makes one from a function.
-struct AddedTermSettings {
-  double coef = 1;
-  std::string add_to;  // the objective's table; empty: the term alone
-};
-// A term plugin's options: its identity, coef and add_to.
-Options<AddedTermSettings> term_options(const std::string& name, const std::string& version, const std::string& description,
-                                        double default_coef);
-
-class AddedTerm : public Objective {
- public:
-  using TermFunction = torch::Tensor (*)(const ObjectiveBatch& batch);
-  AddedTerm(const AddedTermSettings& settings, RunContext& context, std::string name, const ObjectiveNeeds& own, TermFunction term);
-  LossTerms compute(const ObjectiveBatch& batch) final;
-
- private:
-  std::string name_;
-  double coef_;
-  TermFunction term_;
-  std::shared_ptr<Objective> add_to_;
-};
-
 }  // namespace moelab
 
 // Registers an objective plugin: MOELAB_PLUGIN plus its own needs (`needs`, the constant ObjectiveNeeds
@@ -136,22 +95,6 @@ class AddedTerm : public Objective {
 #define MOELAB_OBJECTIVE_PLUGIN(describe_fn, needs, Class) \
   MOELAB_PLUGIN(describe_fn, Class)                        \
   BOOST_DLL_ALIAS(needs, moelab_objective_needs)
-
-// Registers a term plugin (AddedTerm) from `term_fn`, a torch::Tensor(const moelab::ObjectiveBatch&)
-// that reads only `needs`:
-//   MOELAB_TERM_PLUGIN(router_l2, moelab::need::router_logits, "router_l2", "1.0.0", "mean squared router logit", 1e-3)
-#define MOELAB_TERM_PLUGIN(term_fn, needs, name, version, description, default_coef)                                            \
-  namespace moelab_term_plugin {                                                                                                \
-  const ::moelab::Options<::moelab::AddedTermSettings>& options() {                                                             \
-    static const auto o = ::moelab::term_options(name, version, description, default_coef);                                      \
-    return o;                                                                                                                   \
-  }                                                                                                                             \
-  constexpr ::moelab::ObjectiveNeeds kNeeds = needs;                                                                            \
-  struct Term final : ::moelab::AddedTerm {                                                                                     \
-    Term(const ::moelab::Config& config, ::moelab::RunContext& context) : AddedTerm(options().read(config), context, name, kNeeds, term_fn) {} \
-  };                                                                                                                            \
-  }                                                                                                                             \
-  MOELAB_OBJECTIVE_PLUGIN(moelab_term_plugin::options, moelab_term_plugin::kNeeds, moelab_term_plugin::Term)
 
 // A stage that trains with an objective plugin exports what its batches can hold (`inputs`, a constant
 // ObjectiveNeeds); the objectives its keys name are checked against it.

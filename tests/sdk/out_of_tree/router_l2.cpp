@@ -1,6 +1,7 @@
 // An out-of-tree objective: the mean squared router logit over the real tokens of every MoE layer, a
 // penalty that keeps routers from growing sharp. add_to = "<task table>" adds it to a task loss.
 #include <moelab/moelab.h>
+#include <moelab/lib/added_term.h>
 
 namespace {
 
