@@ -8,10 +8,10 @@
 // accuracy, the paired difference with a bootstrap 95% interval and an exact McNemar p-value, and warns
 // when accuracy is within chance or one letter takes over 70% of the answers; predictions.json holds
 // each question's predictions and, for loglik, each choice's loglik and is_greedy.
-#include "moelab/loglik.h"
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/log.h"
+#include "moelab/lib/loglik.h"
 #include "moelab/lib/multiple_choice.h"
 #include "moelab/lib/paired.h"
 #include "moelab/lib/prompt.h"

@@ -1,6 +1,6 @@
-#include "moelab/loglik.h"
+#include "moelab/lib/loglik.h"
 
-#include "moelab/python_str.h"
+#include "moelab/lib/python_str.h"
 
 #include <fmt/format.h>
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-#include "moelab/python_str.h"
+#include "moelab/lib/python_str.h"
 
 #include <unicode/uchar.h>
 #include <unicode/ustring.h>

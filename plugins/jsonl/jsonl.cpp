@@ -11,7 +11,7 @@
 // {"text","label"} objects, and answers a letter, a 0-based index, or a numeric key "1".."N" (ARC's
 // numeric items, shown as A..N as lm-eval does).
 #include "moelab/moelab.h"
-#include "moelab/python_str.h"
+#include "moelab/lib/python_str.h"
 
 #include <fstream>
 #include <random>

@@ -6,6 +6,8 @@
 #include "moelab/lib/calibration.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/generation_config.h"
+#include "moelab/lib/loglik.h"
+#include "moelab/lib/python_str.h"
 #include "moelab/lib/qa_metrics.h"
 #include "test_run.h"
 
@@ -215,20 +217,22 @@ TEST(Evaluate, LoglikScoringPicksTheMostLikelyContinuation) {
   torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < data->size(); ++i) {
     const auto& ex = data->at(i);
-    std::vector<std::int64_t> context = run->tokenizer().encode("Question: " + ex.text + "\nAnswer:");
-    std::vector<double> sum, per_byte;
+    std::vector<double> sum, per_character;
     for (const auto& choice : ex.choices) {
-      std::vector<std::int64_t> cont = run->tokenizer().encode(" " + choice), ids = context;
+      // lm-eval's _encode_pair: the continuation's ids are the tail of the whole text's.
+      auto pair = moelab::encode_pair(run->tokenizer(), "Question: " + ex.text + "\nAnswer:", " " + choice);
+      std::vector<std::int64_t> context = pair.context, cont = pair.continuation, ids = context;
       ids.insert(ids.end(), cont.begin(), cont.end());
       torch::Tensor logp = run->model().forward(torch::tensor(ids).unsqueeze(0), {})[0].log_softmax(-1).cpu();
       double s = 0;
       for (std::size_t t = 0; t < cont.size(); ++t) s += logp[static_cast<long long>(context.size() + t - 1)][cont[t]].item<double>();
       sum.push_back(s);
-      per_byte.push_back(s / static_cast<double>(choice.size() + 1));
+      per_character.push_back(s / static_cast<double>(moelab::py::len(choice)));
     }
     auto best = [&](const std::vector<double>& v) { return ex.letters[std::max_element(v.begin(), v.end()) - v.begin()]; };
     EXPECT_EQ(predictions[i]["base"]["acc"], best(sum)) << ex.id;
-    EXPECT_EQ(predictions[i]["base"]["acc_norm"], best(per_byte)) << ex.id;
+    EXPECT_EQ(predictions[i]["base"]["acc_norm"], best(per_character)) << ex.id;
+    for (std::size_t c = 0; c < sum.size(); ++c) EXPECT_NEAR(predictions[i]["base"]["loglik"][c].get<double>(), sum[c], 1e-4) << ex.id;
   }
 }
 

@@ -4,6 +4,7 @@
 #include "moe_model.h"
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
+#include "moelab/lib/loglik.h"
 #include "moelab/lib/quantized_checkpoint.h"
 #include "moelab/lib/router_checkpoint.h"
 #include "test_run.h"
@@ -156,30 +157,38 @@ TEST(QuantRecovery, ExpertsWithoutCalibrationTokensFallBackToRtnWithAWarning) {
 
 TEST(QuantRecovery, WinograndeScoresOneContinuationAfterEachOptionsContext) {
   TempDir dir;
+  // scoring is left to the form: Winogrande is scored by loglik, as lm-eval does.
   auto run = moelab::test::start_run(dir, "stages = []\n[model]\npath = \"" + kTiny.string() + "\"\n[wg]\nplugin = \"jsonl\"\npath = \"" +
-                                              (kData / "winogrande_sample.jsonl").string() + "\"\n[eval]\nplugin = \"evaluate\"\ndataset = \"wg\"\nscoring = \"loglik\"\n");
+                                              (kData / "winogrande_sample.jsonl").string() + "\"\n[eval]\nplugin = \"evaluate\"\ndataset = \"wg\"\n");
   auto summary = run_stage(*run, dir, "eval");
+  EXPECT_EQ(summary["scoring"], "loglik");
+  EXPECT_FALSE(summary["base"].contains("acc_norm")) << "lm-eval reports acc only for Winogrande";
   auto predictions = nlohmann::json::parse(moelab::read_file(dir.path() / "eval_out" / "predictions.json"));
   auto dataset = run->make<moelab::Dataset>("wg");
   moelab::Model& model = run->model();
   const moelab::Tokenizer& tok = run->tokenizer();
   torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < dataset->size(); ++i) {
-    const auto& record = dataset->at(i).record;
-    std::vector<std::int64_t> continuation = tok.encode(record["loglik_continuation"].get<std::string>());
+    const auto& requests = dataset->at(i).record["lm_eval"]["requests"];
+    ASSERT_EQ(requests.size(), 2u);
+    EXPECT_EQ(requests[0]["continuation"], requests[1]["continuation"]);
     std::vector<double> scores;
-    for (const auto& context_text : record["loglik_contexts"]) {
-      std::vector<std::int64_t> ids = tok.encode(context_text.get<std::string>());
+    for (const auto& r : requests) {
+      auto pair = moelab::encode_pair(tok, r["context"].get<std::string>(), r["continuation"].get<std::string>());
+      std::vector<std::int64_t> ids = pair.context;
       const auto start = static_cast<long long>(ids.size());
-      ids.insert(ids.end(), continuation.begin(), continuation.end());
+      ids.insert(ids.end(), pair.continuation.begin(), pair.continuation.end());
       torch::Tensor logp = model.forward(torch::tensor(ids).unsqueeze(0), {}).log_softmax(-1)[0];
       double sum = 0;
-      for (std::size_t j = 0; j < continuation.size(); ++j) sum += logp[start - 1 + static_cast<long long>(j)][continuation[j]].item<double>();
+      for (std::size_t j = 0; j < pair.continuation.size(); ++j) sum += logp[start - 1 + static_cast<long long>(j)][pair.continuation[j]].item<double>();
       scores.push_back(sum);
+      EXPECT_NEAR(predictions[i]["base"]["loglik"][scores.size() - 1].get<double>(), sum, 1e-4) << i;
     }
     EXPECT_EQ(predictions[i]["base"]["acc"].get<std::string>(), scores[0] >= scores[1] ? "A" : "B") << i;
   }
-  EXPECT_THAT(dataset->at(0).record["loglik_contexts"][0].get<std::string>(), testing::EndsWith("because the trophy"));
+  const auto& first = dataset->at(0).record["lm_eval"]["requests"];
+  EXPECT_THAT(first[0]["context"].get<std::string>(), testing::EndsWith("because the trophy"));
+  EXPECT_EQ(first[0]["continuation"], " is too large.");
 }
 
 TEST(QuantRecovery, HellaswagContextIsCleanedAsLmEvalDoes) {
@@ -188,7 +197,8 @@ TEST(QuantRecovery, HellaswagContextIsCleanedAsLmEvalDoes) {
                         R"("endings": ["is using wrap to wrap a pair of skis.", "starts pulling up roofing [title] on a roof."], "label": "1"})" "\n");
   auto run = moelab::test::start_run(dir, "stages = []\n[hs]\nplugin = \"jsonl\"\npath = \"hs.jsonl\"\n");
   auto dataset = run->make<moelab::Dataset>("hs");
-  EXPECT_EQ(dataset->at(0).record["loglik_context"], "Roof shingle removal: A man is sitting on a roof. He");
+  EXPECT_EQ(dataset->at(0).record["lm_eval"]["requests"][1]["context"], "Roof shingle removal: A man is sitting on a roof. He");
+  EXPECT_EQ(dataset->at(0).record["lm_eval"]["requests"][1]["continuation"], " starts pulling up roofing. on a roof.");
   EXPECT_EQ(dataset->at(0).choices[1], "starts pulling up roofing. on a roof.");
   EXPECT_EQ(dataset->at(0).answer, 1);
 }
@@ -202,7 +212,7 @@ TEST(QuantRecoveryConfigs, BothRunEndToEndWithTheComparisonTable) {
     fs::path run = fs::directory_iterator(dir.path() / config)->path();
     auto summary = nlohmann::json::parse(moelab::read_file(run / "summary.json"));
     const auto& rows = summary["stages"]["report"]["rows"];
-    ASSERT_EQ(rows.size(), 7u) << config;  // acc and acc_norm for three tasks, and perplexity
+    ASSERT_EQ(rows.size(), 6u) << config;  // acc and acc_norm for HellaSwag and ARC-Easy, acc for Winogrande (as lm-eval), perplexity
     for (const auto& row : rows) {
       EXPECT_TRUE(row["full"].is_number() && row["quantized"].is_number() && row["recovered"].is_number()) << row;
       if (row["metric"] == "perplexity") EXPECT_NE(row["full"], row["quantized"]);

@@ -84,3 +84,97 @@ TEST(Jsonl, RecognizesSeedHuggingFaceArcOpenBookQaAndSciqForms) {
 }
 
 }  // namespace
+
+namespace {
+
+// Each form's lm-eval requests; expected strings are what lm-eval's task definitions (Python) return.
+nlohmann::json lm_eval_of(const std::string& line, const std::string& form = "auto") {
+  moelab::test::TempDir dir;
+  dir.write("one.jsonl", line + "\n");
+  auto run = moelab::test::start_run(dir, "stages = []\n[d]\nplugin = \"jsonl\"\npath = \"one.jsonl\"\nform = \"" + form + "\"\n");
+  return run->make<moelab::Dataset>("d")->at(0).record.at("lm_eval");
+}
+
+TEST(Jsonl, HellaswagIsPreparedAsLmEvalDoes) {
+  moelab::test::TempDir dir;
+  dir.write("hs.jsonl",
+            R"({"activity_label": "Washing a car", "ctx_a": "A woman is outside  with a bucket.", "ctx_b": "SHE  dips a RAG [step] in it", )"
+            R"("endings": [" then she [title] wipes    the car. ", "rinses [it\n] off.", "scrubs [a [b] c]."], "label": "2"})" "\n");
+  auto run = moelab::test::start_run(dir, "stages = []\n[d]\nplugin = \"jsonl\"\npath = \"hs.jsonl\"\n");
+  auto data = run->make<moelab::Dataset>("d");
+  const moelab::Example& ex = data->at(0);
+  // ctx_b.capitalize() lowers the rest ("RAG" -> "rag"); "  " -> " " is one pass, so four spaces leave two.
+  const std::string query = "Washing a car: A woman is outside with a bucket. She dips a rag in it";
+  EXPECT_EQ(ex.text, query);
+  EXPECT_EQ(ex.choices, (std::vector<std::string>{"then she. wipes  the car.", "rinses [it\n] off.", "scrubs c]."}));
+  EXPECT_EQ(ex.answer, 2);
+  const auto& lm_eval = ex.record["lm_eval"];
+  EXPECT_EQ(lm_eval["task"], "hellaswag");
+  EXPECT_EQ(lm_eval["scorings"], nlohmann::json::array({"loglik"}));
+  EXPECT_EQ(lm_eval["metrics"], nlohmann::json::array({"acc", "acc_norm"}));
+  ASSERT_EQ(lm_eval["requests"].size(), 3u);
+  EXPECT_EQ(lm_eval["requests"][0], (nlohmann::json{{"context", query}, {"continuation", " then she. wipes  the car."}}));
+}
+
+TEST(Jsonl, WinograndeIsPartialScoringWithTheStrippedRest) {
+  auto lm_eval = lm_eval_of(R"({"sentence": "The council refused the demonstrators a permit because _ feared violence.  ", )"
+                            R"("option1": "the council", "option2": "the demonstrators", "answer": "1"})");
+  EXPECT_EQ(lm_eval["task"], "winogrande");
+  EXPECT_EQ(lm_eval["metrics"], nlohmann::json::array({"acc"}));
+  EXPECT_EQ(lm_eval["scorings"], nlohmann::json::array({"loglik"}));
+  EXPECT_EQ(lm_eval["requests"][0]["context"], "The council refused the demonstrators a permit because the council");
+  EXPECT_EQ(lm_eval["requests"][1]["context"], "The council refused the demonstrators a permit because the demonstrators");
+  EXPECT_EQ(lm_eval["requests"][0]["continuation"], " feared violence.");
+  EXPECT_EQ(lm_eval["requests"][1]["continuation"], " feared violence.");
+}
+
+TEST(Jsonl, PiqaAsksTheGoalAsAQuestion) {
+  moelab::test::TempDir dir;
+  dir.write("piqa.jsonl", R"({"goal": "How do I dry wet shoes?", "sol1": "Stuff them with newspaper.", "sol2": "Put them in the freezer.", "label": 0})" "\n");
+  auto run = moelab::test::start_run(dir, "stages = []\n[d]\nplugin = \"jsonl\"\npath = \"piqa.jsonl\"\n");
+  auto data = run->make<moelab::Dataset>("d");
+  const moelab::Example& ex = data->at(0);
+  EXPECT_EQ(ex.choices, (std::vector<std::string>{"Stuff them with newspaper.", "Put them in the freezer."}));
+  EXPECT_EQ(ex.answer, 0);
+  const auto& lm_eval = ex.record["lm_eval"];
+  EXPECT_EQ(lm_eval["task"], "piqa");
+  EXPECT_EQ(lm_eval["scorings"], nlohmann::json::array({"loglik"}));
+  EXPECT_EQ(lm_eval["requests"][1],
+            (nlohmann::json{{"context", "Question: How do I dry wet shoes?\nAnswer:"}, {"continuation", " Put them in the freezer."}}));
+  dir.write("bad.jsonl", R"({"goal": "g", "sol1": "a", "sol2": "b", "label": 2})" "\n");
+  auto bad = moelab::test::start_run(dir, "stages = []\n[d]\nplugin = \"jsonl\"\npath = \"bad.jsonl\"\n");
+  EXPECT_THAT(moelab::test::error_of([&] { bad->make<moelab::Dataset>("d"); }), HasSubstr("bad.jsonl:1: piqa label must be 0 or 1, found 2"));
+}
+
+TEST(Jsonl, ArcOpenBookQaAndSciqContextsFollowLmEvalAndAllowLetters) {
+  auto arc = lm_eval_of(R"({"question": {"stem": "Which is a gas?", "choices": [{"text": "ice", "label": "A"}, {"text": "steam", "label": "B"}]}, "answerKey": "B"})");
+  EXPECT_EQ(arc["task"], "arc");
+  EXPECT_EQ(arc["scorings"], nlohmann::json::array({"letter", "loglik"}));
+  EXPECT_EQ(arc["requests"][1], (nlohmann::json{{"context", "Question: Which is a gas?\nAnswer:"}, {"continuation", " steam"}}));
+  auto seed = lm_eval_of(R"({"question": "2+2?", "choices": ["A) 3", "B) 4"], "answer": "B"})");
+  EXPECT_EQ(seed["requests"][1], (nlohmann::json{{"context", "Question: 2+2?\nAnswer:"}, {"continuation", " 4"}}));
+  // OpenBookQA: the bare stem; its answerKey may carry a leading space.
+  moelab::test::TempDir dir;
+  dir.write("obqa.jsonl", R"({"question_stem": "The sun is a", "choices": {"text": ["star", "moon"], "label": ["A", "B"]}, "answerKey": " A"})" "\n");
+  auto run = moelab::test::start_run(dir, "stages = []\n[d]\nplugin = \"jsonl\"\npath = \"obqa.jsonl\"\n");
+  auto data = run->make<moelab::Dataset>("d");
+  const moelab::Example& obqa = data->at(0);
+  EXPECT_EQ(obqa.answer, 0);
+  EXPECT_EQ(obqa.record["lm_eval"]["requests"][0], (nlohmann::json{{"context", "The sun is a"}, {"continuation", " star"}}));
+  EXPECT_EQ(obqa.record["lm_eval"]["scorings"], nlohmann::json::array({"letter", "loglik"}));
+  // SciQ: support.lstrip(), then the question.
+  auto sciq = lm_eval_of(R"({"question": "Water boils at?", "support": "  Water boils at 100 C.", "correct_answer": "100 C", )"
+                         R"("distractor1": "0 C", "distractor2": "50 C", "distractor3": "10 C"})");
+  EXPECT_EQ(sciq["task"], "sciq");
+  EXPECT_EQ(sciq["requests"][0]["context"], "Water boils at 100 C.\nQuestion: Water boils at?\nAnswer:");
+  EXPECT_EQ(sciq["requests"].size(), 4u);
+}
+
+TEST(Jsonl, FieldsFormCarriesNoLmEvalTask) {
+  moelab::test::TempDir dir;
+  dir.write("arc.jsonl", R"({"question": {"stem": "Which is a gas?", "choices": [{"text": "ice", "label": "A"}, {"text": "steam", "label": "B"}]}, "answerKey": "B"})" "\n");
+  auto run = moelab::test::start_run(dir, "stages = []\n[d]\nplugin = \"jsonl\"\npath = \"arc.jsonl\"\nform = \"fields\"\n");
+  EXPECT_FALSE(run->make<moelab::Dataset>("d")->at(0).record.contains("lm_eval"));
+}
+
+}  // namespace

@@ -3,9 +3,9 @@
 // predictions for GPT-NeoX, Llama-3, Qwen3 and SentencePiece (Llama 2) tokenizers; then the evaluate
 // stage on the same questions in the HellaSwag, ARC and Winogrande forms.
 #include "moe_model.h"
-#include "moelab/loglik.h"
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
+#include "moelab/lib/loglik.h"
 #include "test_run.h"
 
 #include <gmock/gmock.h>

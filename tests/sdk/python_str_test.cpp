@@ -1,5 +1,5 @@
 // Python's str methods as lm-eval's preprocessing uses them: values are what CPython 3 returns.
-#include "moelab/python_str.h"
+#include "moelab/lib/python_str.h"
 
 #include <gtest/gtest.h>
 
