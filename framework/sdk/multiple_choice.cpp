@@ -94,22 +94,4 @@ const Options<PromptOptions>& prompt_options() {
   return options;
 }
 
-Descriptor& add_prompt_keys(Descriptor& d) {
-  PromptFormat defaults;
-  return d.string("question_template", defaults.question_template, "prompt: {question} and {choices}")
-      .string("choice_template", defaults.choice_template, "one line per choice: {letter} and {text}")
-      .string("chat_template", "", "chat wrapper with {system} and {prompt}; empty: none")
-      .string("system", "", "system message for chat_template")
-      .integer("max_len", 1024, "prompt tokens kept (the last ones)");
-}
-
-PromptFormat prompt_format(const Config& config) {
-  PromptFormat f;
-  f.question_template = config.get_string("question_template");
-  f.choice_template = config.get_string("choice_template");
-  f.chat_template = config.get_string("chat_template");
-  f.system = config.get_string("system");
-  return f;
-}
-
 }  // namespace moelab
