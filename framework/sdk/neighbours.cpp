@@ -21,7 +21,10 @@ NeighbourGraph nearest_neighbours(const torch::Tensor& embeddings, const std::ve
   // A sample is never its own neighbour.
   torch::Tensor self = torch::arange(embeddings.size(0)).unsqueeze(1).eq(pool.unsqueeze(0));
   cos = cos.masked_fill(self, -std::numeric_limits<float>::infinity());
-  auto [top_cos, top] = cos.topk(k, 1);
+  // Ties (identical embeddings) go to the lower candidate index on every machine: topk's order among
+  // equal values differs between LibTorch versions and devices, a stable descending sort's does not.
+  auto [sorted_cos, order] = torch::sort(cos, /*stable=*/true, /*dim=*/1, /*descending=*/true);
+  torch::Tensor top_cos = sorted_cos.narrow(1, 0, k), top = order.narrow(1, 0, k);
   torch::Tensor w = (-(1 - top_cos).pow(2) / (2 * sigma * sigma)).exp();
   return {pool.index({top}), top_cos, w / w.sum(1, true)};
 }

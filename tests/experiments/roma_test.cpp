@@ -161,6 +161,18 @@ TEST(Neighbours, OnlyCandidatesNeverSelfWeightsSumToOne) {
   }
 }
 
+
+// Identical questions embed identically; which of them become neighbours must not depend on the
+// LibTorch version or device (topk orders ties arbitrarily): the lower index wins.
+TEST(Neighbours, TiesGoToTheLowerIndex) {
+  torch::Tensor e = torch::zeros({40, 4});
+  e.select(1, 0).fill_(1.0);               // 40 identical rows: every candidate ties with every other
+  e[0] = torch::tensor({0.6, 0.8, 0.0, 0.0});  // the query row differs, so its similarity to each is 0.6
+  moelab::NeighbourGraph g = moelab::nearest_neighbours(e, {}, 5, 0.4);
+  EXPECT_TRUE(torch::equal(g.index[0], torch::tensor({1, 2, 3, 4, 5}, torch::kInt64))) << g.index[0];
+  EXPECT_TRUE(torch::equal(g.index[39], torch::tensor({1, 2, 3, 4, 5}, torch::kInt64))) << g.index[39];
+  EXPECT_TRUE(torch::equal(g.index[2], torch::tensor({1, 3, 4, 5, 6}, torch::kInt64))) << g.index[2];
+}
 // The public evaluation read the first letter of prompt + answer, so a prompt starting with "A" made
 // every prediction "A". Ours reads the answer letters' logits at the last prompt token.
 TEST(Evaluate, PromptStartingWithAIsNotReadAsTheAnswerAndChanceIsFlagged) {

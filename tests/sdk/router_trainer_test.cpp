@@ -103,11 +103,14 @@ TEST(ObjectiveBatch, HoldsOnlyWhatTheObjectiveNeeds) {
   lm.token_loss = true;
   moelab::ObjectiveBatch b = moelab::forward_for_objective(model, ids, mask, lm);
   EXPECT_FALSE(b.logits.defined() || b.hidden_states.defined() || b.last_logits.defined());
+  // The model may sit on the GPU (device = "auto"): compare on the CPU.
+  b.target_ids = b.target_ids.cpu();
+  b.token_loss = b.token_loss.cpu();
   EXPECT_TRUE(b.routers.empty());
   ASSERT_EQ(b.token_loss.sizes(), torch::IntArrayRef({2, 5}));
   // Targets: the next token where both are real; padding and the last position have none (loss 0).
   EXPECT_TRUE(torch::equal(b.target_ids, torch::tensor({{-100, -100, 23, 40, -100}, {9, 17, 23, 40, -100}}, torch::kInt64)));
-  torch::Tensor logits = model.forward(ids, mask);
+  torch::Tensor logits = model.forward(ids, mask).cpu();
   const double expected = -logits[1][2].log_softmax(0)[23].item<double>();
   EXPECT_NEAR(b.token_loss[1][2].item<double>(), expected, 1e-5);
   EXPECT_EQ(b.token_loss[0][1].item<double>(), 0.0);
@@ -123,8 +126,8 @@ TEST(ObjectiveBatch, HoldsOnlyWhatTheObjectiveNeeds) {
   // The last real token's logits are the same read off a last-only forward or every position.
   routing.token_logits = true;
   moelab::ObjectiveBatch every = moelab::forward_for_objective(model, ids, mask, routing);
-  EXPECT_TRUE(torch::allclose(b.last_logits, every.last_logits, 1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(every.logits, logits, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(b.last_logits.cpu(), every.last_logits.cpu(), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(every.logits.cpu(), logits, 1e-6, 1e-6));
 }
 
 // finetune_lm's windows have no answer options, so task_ce cannot train there, alone or under another objective.
