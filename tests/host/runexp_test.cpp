@@ -107,6 +107,25 @@ TEST(Runexp, LoadsAPluginBuiltOutOfTreeAgainstTheInstalledSdk) {
   ASSERT_EQ(r.status, 0) << r.output;
   fs::path run = only_run_folder(dir.path() / "runs" / "shout");
   EXPECT_EQ(moelab::read_file(run / "loud" / "shout.txt"), "ROUTERS MATTER\nROUTERS MATTER\n");
+
+  // The README's objective: router_l2 added to task_ce trains, and every step logs its part.
+  EXPECT_THAT(listed.output, testing::ContainsRegex("router_l2 +objective +1\\.0\\.0"));
+  const std::string data = std::string(MOELAB_SOURCE_DIR) + "/configs/data/arith_train.jsonl";
+  fs::path train = dir.write("l2.toml", "stages = [\"train\"]\nrun_dir = \"runs\"\n[data]\nplugin = \"jsonl\"\npath = \"" + data +
+                                          "\"\n[task]\nplugin = \"task_ce\"\n[l2]\nplugin = \"router_l2\"\ncoef = 0.5\nadd_to = \"task\"\n"
+                                          "[train]\nplugin = \"finetune\"\ndataset = \"data\"\nobjective = \"l2\"\nlast_layers = 2\n"
+                                          "epochs = 1\nbatch_size = 32\n");
+  r = run_command("MOELAB_PLUGIN_PATH=" + build.string() + " " + installed + " " + train.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::istringstream metrics(moelab::read_file(only_run_folder(dir.path() / "runs" / "l2") / "metrics.jsonl"));
+  int steps = 0;
+  for (std::string line; std::getline(metrics, line); ++steps) {
+    auto row = nlohmann::json::parse(line);
+    ASSERT_TRUE(row.contains("router_l2")) << line;
+    EXPECT_GT(row["router_l2"].get<double>(), 0) << line;
+    EXPECT_NEAR(row["loss"].get<double>(), row["task"].get<double>() + 0.5 * row["router_l2"].get<double>(), 1e-5) << line;
+  }
+  EXPECT_EQ(steps, 2);  // 64 questions / 32
 }
 
 }  // namespace
