@@ -4,20 +4,33 @@
 
 #include "moelab/context.h"
 #include "plugin_registry.h"
+#include "run_lock.h"
 #include "schema.h"
 
 #include <fstream>
+#include <memory>
+#include <stdexcept>
 #include <nlohmann/json.hpp>
 
 namespace moelab {
 
+// A stage failed: its error is already in log.txt and summary.json (status "failed"); runexp exits 1.
+struct RunFailed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 class ExperimentRun final : public RunContext {
  public:
   // resume: reuse the newest run folder with the same resolved config and skip stages already done.
+  // The run folder is locked while this object lives (a second process on it fails at once).
   ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume);
   ~ExperimentRun() override;
 
+  // Runs the stages in order. A stage that throws is recorded (log.txt, summary.json "status": "failed"
+  // and "error", the stage's own summary.json) and RunFailed is thrown with the same message.
   void run_stages();
+  // 1 for a new run, one more for each --resume of the same folder; every metrics row carries it.
+  int attempt() const { return attempt_; }
 
   const std::string& experiment_name() const override { return experiment_.run.name; }
   const std::filesystem::path& run_dir() const override { return run_dir_; }
@@ -30,11 +43,15 @@ class ExperimentRun final : public RunContext {
 
  private:
   void write_summary();
+  void record_failure(const std::string& stage, const std::filesystem::path& stage_dir, nlohmann::json stage_summary,
+                      const std::string& message);
 
   ResolvedExperiment experiment_;
   const PluginRegistry& registry_;
   std::string config_text_;
   std::filesystem::path run_dir_;
+  std::unique_ptr<RunLock> lock_;
+  int attempt_ = 1;
   std::ofstream metrics_;
   nlohmann::json summary_;
   std::unique_ptr<Model> model_;

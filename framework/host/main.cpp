@@ -162,6 +162,8 @@ int main(int argc, char** argv) {
     moelab::ExperimentRun run(std::move(experiment), registry, o.resume);
     run.run_stages();
     return 0;
+  } catch (const moelab::RunFailed&) {
+    return 1;  // logged and recorded in the run folder by the run
   } catch (const std::exception& e) {
     moelab::log::error("{}", e.what());
     return 1;

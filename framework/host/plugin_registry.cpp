@@ -1,5 +1,7 @@
 #include "plugin_registry.h"
 
+#include "elf_check.h"
+#include "moelab/lib/log.h"
 #include "suggest.h"
 
 #include <boost/dll/runtime_symbol_info.hpp>
@@ -43,13 +45,23 @@ void PluginRegistry::scan(const std::vector<fs::path>& folders) {
         files.push_back(entry.path());
     }
     std::sort(files.begin(), files.end());
-    for (const auto& file : files) load(file);
+    for (const auto& file : files) {
+      // A library still being written (or cut short) would kill the process in dlopen: skip it, say so.
+      if (std::string problem = elf_shared_object_problem(file); !problem.empty()) {
+        log::warn("skipping plugin library {}: {}", file.string(), problem);
+        skipped_.emplace_back(file, problem);
+        continue;
+      }
+      load(file);
+    }
   }
 }
 
 void PluginRegistry::load(const fs::path& file) {
   LoadedPlugin plugin;
   plugin.file = file;
+  if (std::string problem = elf_shared_object_problem(file); !problem.empty())
+    throw std::runtime_error(fmt::format("cannot load plugin library {}: {}", file.string(), problem));
   try {
     plugin.library = std::make_shared<boost::dll::shared_library>(file, boost::dll::load_mode::rtld_now);
   } catch (const std::exception& e) {
@@ -84,9 +96,12 @@ const LoadedPlugin& PluginRegistry::get(const std::string& name) const {
   for (const auto& [n, p] : plugins_) names.push_back(n);
   std::vector<std::string> folders;
   for (const auto& f : searched_) folders.push_back(f.string());
-  throw std::runtime_error(fmt::format("no plugin named '{}'{}; found: {}; searched: {}", name, did_you_mean(name, names),
+  std::vector<std::string> skipped;
+  for (const auto& [file, problem] : skipped_) skipped.push_back(fmt::format("{} ({})", file.string(), problem));
+  throw std::runtime_error(fmt::format("no plugin named '{}'{}; found: {}; searched: {}{}", name, did_you_mean(name, names),
                                        names.empty() ? "none" : fmt::format("{}", fmt::join(names, ", ")),
-                                       folders.empty() ? "nothing" : fmt::format("{}", fmt::join(folders, ", "))));
+                                       folders.empty() ? "nothing" : fmt::format("{}", fmt::join(folders, ", ")),
+                                       skipped.empty() ? "" : fmt::format("; skipped: {}", fmt::join(skipped, ", "))));
 }
 
 std::vector<const LoadedPlugin*> PluginRegistry::all() const {

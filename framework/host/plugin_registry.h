@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moelab {
@@ -26,7 +27,8 @@ class PluginRegistry {
   // The folders searched by default: the one beside the runexp binary, then $MOELAB_PLUGIN_PATH (colon-separated).
   static std::vector<std::filesystem::path> default_search_path();
 
-  // Loads every moelab_*.so in each folder (missing folders are skipped).
+  // Loads every moelab_*.so in each folder (missing folders are skipped). A file that is not a whole ELF
+  // shared object (half-written, cut short) is skipped with a warning and named if its plugin is asked for.
   void scan(const std::vector<std::filesystem::path>& folders);
   // Loads one library; throws on an ABI mismatch or a name another library already uses.
   void load(const std::filesystem::path& file);
@@ -42,6 +44,7 @@ class PluginRegistry {
  private:
   std::map<std::string, LoadedPlugin> plugins_;
   std::vector<std::filesystem::path> searched_;
+  std::vector<std::pair<std::filesystem::path, std::string>> skipped_;  // file, what is wrong with it
 };
 
 }  // namespace moelab

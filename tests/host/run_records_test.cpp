@@ -1,0 +1,145 @@
+// What a run folder keeps when things go wrong: a failed stage's error in log.txt and summary.json, a lock
+// that stops a second process on the same folder, a folder of its own for every run, attempts marked in
+// metrics.jsonl after --resume; and plugin libraries that are not whole are skipped, not dlopened.
+#include "moelab/lib/files.h"
+#include "test_run.h"
+
+#include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace {
+
+namespace fs = std::filesystem;
+using moelab::test::error_of;
+using moelab::test::run_command;
+using moelab::test::runexp_binary;
+using moelab::test::TempDir;
+using testing::HasSubstr;
+
+const std::string kData = std::string(MOELAB_SOURCE_DIR) + "/configs/data";
+
+std::vector<fs::path> run_folders(const fs::path& experiment_dir) {
+  std::vector<fs::path> runs;
+  if (fs::is_directory(experiment_dir))
+    for (const auto& e : fs::directory_iterator(experiment_dir)) runs.push_back(e.path());
+  std::sort(runs.begin(), runs.end());
+  return runs;
+}
+
+std::string finetune(const std::string& id, int last_layers = 2) {
+  return "[" + id + "]\nplugin = \"finetune\"\ndataset = \"data\"\nobjective = \"task\"\nlast_layers = " + std::to_string(last_layers) +
+         "\nepochs = 1\nbatch_size = 32\n";
+}
+
+const std::string kTwoStages = "run_dir = \"runs\"\nstages = [\"first\", \"second\"]\n[data]\nplugin = \"jsonl\"\npath = \"" + kData +
+                               "/arith_train.jsonl\"\n[task]\nplugin = \"task_ce\"\n" + finetune("first") + finetune("second");
+
+TEST(RunRecords, AFailedStageWritesItsErrorToLogAndSummaryAndExitsOne) {
+  TempDir dir;
+  fs::path file = dir.write("failing.toml", "run_dir = \"runs\"\nstages = [\"first\", \"bad\"]\n[data]\nplugin = \"jsonl\"\npath = \"" + kData +
+                                                "/arith_train.jsonl\"\n[task]\nplugin = \"task_ce\"\n" + finetune("first") + finetune("bad", 7));
+  auto r = run_command(runexp_binary() + " " + file.string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  const std::string message = "[bad] last_layers = 7, but the model has 6 MoE layers";
+  EXPECT_THAT(r.output, HasSubstr(message));
+  std::vector<fs::path> runs = run_folders(dir.path() / "runs" / "failing");
+  ASSERT_EQ(runs.size(), 1u);
+  const std::string log = moelab::read_file(runs[0] / "log.txt");
+  EXPECT_THAT(log, HasSubstr("ERROR stage [bad] failed: "));
+  EXPECT_THAT(log, HasSubstr(message));
+  auto summary = nlohmann::json::parse(moelab::read_file(runs[0] / "summary.json"));
+  EXPECT_EQ(summary["status"], "failed");
+  EXPECT_EQ(summary["error"]["stage"], "bad");
+  EXPECT_THAT(summary["error"]["message"].get<std::string>(), HasSubstr(message));
+  EXPECT_TRUE(summary["stages"].contains("first"));  // the stage that finished keeps its summary
+  auto stage = nlohmann::json::parse(moelab::read_file(runs[0] / "bad" / "summary.json"));
+  EXPECT_EQ(stage["status"], "failed");
+  EXPECT_FALSE(fs::exists(runs[0] / "bad" / ".done"));
+  // The console shows the error once (the run logged it; runexp does not repeat it).
+  EXPECT_EQ(r.output.find(message), r.output.rfind(message)) << r.output;
+}
+
+TEST(RunRecords, ASecondProcessOnTheSameRunFolderFailsAtOnce) {
+  TempDir dir;
+  auto first = moelab::test::start_run(dir, "stages = []\n");
+  moelab::ResolvedExperiment again = moelab::test::resolve_text(dir, "run_dir = \"runs\"\nstages = []\n");
+  const std::string error = error_of([&] { moelab::ExperimentRun second(std::move(again), moelab::test::built_plugins(), true); });
+  EXPECT_THAT(error, HasSubstr("run folder " + first->run_dir().string() + " is in use by another runexp (pid " + std::to_string(getpid()) + ")"));
+  first.reset();  // the lock goes with the run
+  moelab::ExperimentRun resumed(moelab::test::resolve_text(dir, "run_dir = \"runs\"\nstages = []\n"), moelab::test::built_plugins(), true);
+  EXPECT_EQ(resumed.attempt(), 2);
+}
+
+TEST(RunRecords, RunsStartedTogetherNeverShareAFolder) {
+  TempDir dir;
+  fs::path file = dir.write("together.toml", "run_dir = \"runs\"\nstages = []\n");
+  std::string command;
+  for (int i = 0; i < 6; ++i) command += runexp_binary() + " " + file.string() + " > /dev/null 2>&1 & ";
+  auto r = run_command(command + "wait");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::vector<fs::path> runs = run_folders(dir.path() / "runs" / "together");
+  ASSERT_EQ(runs.size(), 6u);
+  for (const auto& run : runs) {
+    auto summary = nlohmann::json::parse(moelab::read_file(run / "summary.json"));
+    EXPECT_EQ(summary["status"], "complete") << run;
+    EXPECT_EQ(summary["run_dir"], run.string());
+  }
+}
+
+TEST(RunRecords, MetricsRowsCarryTheirAttemptAfterAResume) {
+  TempDir dir;
+  fs::path file = dir.write("two.toml", kTwoStages);
+  ASSERT_EQ(run_command(runexp_binary() + " " + file.string()).status, 0);
+  std::vector<fs::path> runs = run_folders(dir.path() / "runs" / "two");
+  ASSERT_EQ(runs.size(), 1u);
+  fs::remove(runs[0] / "second" / ".done");  // as if the first attempt had died in the second stage
+  auto r = run_command(runexp_binary() + " " + file.string() + " --resume");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("resuming run " + runs[0].string() + " (attempt 2"));
+  std::map<std::pair<std::string, int>, int> rows;  // (stage, attempt) -> rows
+  std::istringstream lines(moelab::read_file(runs[0] / "metrics.jsonl"));
+  for (std::string line; std::getline(lines, line);) {
+    auto row = nlohmann::json::parse(line);
+    ++rows[{row.value("stage", ""), row.value("attempt", 0)}];
+  }
+  EXPECT_EQ(rows.size(), 3u);
+  EXPECT_EQ((rows[{"first", 1}]), 2);
+  EXPECT_EQ((rows[{"second", 1}]), 2);
+  EXPECT_EQ((rows[{"second", 2}]), 2);
+  auto summary = nlohmann::json::parse(moelab::read_file(runs[0] / "summary.json"));
+  EXPECT_EQ(summary["attempt"], 2);
+  EXPECT_EQ(summary["status"], "complete");
+}
+
+// A plugin library cut short (as while it is being copied or built) is skipped with a warning; dlopen on
+// it would kill the process with SIGBUS.
+TEST(RunRecords, HalfWrittenPluginLibrariesAreSkippedWithAWarningNamingThem) {
+  TempDir dir;
+  const fs::path folder = dir.path() / "plugins";
+  fs::create_directories(folder);
+  const std::string whole = moelab::read_file(fs::path(MOELAB_PLUGIN_BUILD_DIR) / "moelab_plain.so");
+  std::ofstream(folder / "moelab_half.so", std::ios::binary) << whole.substr(0, whole.size() / 2);
+  std::ofstream(folder / "moelab_text.so") << std::string(100, '#') << " a text file, not a library\n";
+  moelab::PluginRegistry registry;
+  registry.scan({fs::path(MOELAB_PLUGIN_BUILD_DIR), folder});
+  EXPECT_NE(registry.find("plain"), nullptr);
+  const std::string error = error_of([&] { registry.get("half"); });
+  EXPECT_THAT(error, HasSubstr((folder / "moelab_half.so").string() + " ("));
+  EXPECT_THAT(error, HasSubstr("cut short or still being written"));
+  EXPECT_THAT(error, HasSubstr((folder / "moelab_text.so").string() + " (not an ELF file)"));
+  EXPECT_THAT(error_of([&] { moelab::PluginRegistry().load(folder / "moelab_half.so"); }),
+              HasSubstr("cannot load plugin library " + (folder / "moelab_half.so").string()));
+  // runexp itself runs with them in its path, and says which it skipped.
+  fs::path file = dir.write("ok.toml", "run_dir = \"runs\"\nstages = []\n");
+  auto r = run_command("MOELAB_PLUGIN_PATH=" + folder.string() + " " + runexp_binary() + " " + file.string());
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("skipping plugin library " + (folder / "moelab_half.so").string()));
+}
+
+}  // namespace
