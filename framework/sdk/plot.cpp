@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -21,18 +22,21 @@ std::string quoted(const std::string& text) {
   return out + "'";
 }
 
-std::string header(const std::string& png, const PlotLabels& labels) {
-  return fmt::format("set terminal pngcairo size 960,640 font 'sans,10' noenhanced\nset output {}\nset title {}\nset xlabel {}\nset ylabel {}\n",
-                     quoted(png), quoted(labels.title), quoted(labels.xlabel), quoted(labels.ylabel));
+std::string axis_labels(const PlotLabels& labels) {
+  return fmt::format("set title {}\nset xlabel {}\nset ylabel {}\n", quoted(labels.title), quoted(labels.xlabel), quoted(labels.ylabel));
+}
+
+std::string header(const std::string& png, const std::string& size) {
+  return fmt::format("set terminal pngcairo size {} font 'sans,10' noenhanced\nset output {}\n", size, quoted(png));
 }
 
 // Writes the data and script, runs gnuplot into a temporary image and renames it into place.
 nlohmann::json draw(const fs::path& dir, const std::string& name, const std::string& data, const std::string& script_body,
-                    const PlotLabels& labels, const std::string& caption) {
+                    const std::string& caption, const std::string& size = "960,640") {
   fs::create_directories(dir);
   const fs::path png = dir / (name + ".png"), partial = dir / (name + ".png.partial"), script = dir / (name + ".gp");
   write_file_atomic(dir / (name + ".dat"), data);
-  write_file_atomic(script, header(partial.filename().string(), labels) + script_body);
+  write_file_atomic(script, header(partial.filename().string(), size) + script_body);
   const fs::path errors = dir / (name + ".gnuplot.log");
   std::string command = fmt::format("cd {} && gnuplot {} > {} 2>&1", quoted(dir.string()), quoted(script.filename().string()),
                                     quoted(errors.filename().string()));
@@ -60,21 +64,49 @@ std::string column_title(const std::string& name) {
   return out + "\"";
 }
 
-}  // namespace
-
-nlohmann::json plot_heatmap(const fs::path& dir, const std::string& name, const torch::Tensor& matrix, const PlotLabels& labels,
-                            const std::string& caption) {
+// The matrix as gnuplot's `matrix` data: one line per row, NaN written as gnuplot reads it.
+std::string matrix_data(const std::string& name, const torch::Tensor& matrix) {
   torch::Tensor m = matrix.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   if (m.dim() != 2 || m.numel() == 0) throw std::runtime_error(fmt::format("plot_heatmap {}: needs a non-empty matrix", name));
   std::ostringstream data;
   const double* v = m.data_ptr<double>();
   for (long long r = 0; r < m.size(0); ++r)
-    for (long long c = 0; c < m.size(1); ++c) data << v[r * m.size(1) + c] << (c + 1 < m.size(1) ? ' ' : '\n');
-  std::string body = fmt::format(
-      "set palette defined (0 '#f7fbff', 0.5 '#6baed6', 1 '#08306b')\nset xrange [-0.5:{}]\nset yrange [-0.5:{}]\n"
-      "set tics out\nplot {} matrix with image notitle\n",
-      m.size(1) - 0.5, m.size(0) - 0.5, quoted(name + ".dat"));
-  return draw(dir, name, data.str(), body, labels, caption);
+    for (long long c = 0; c < m.size(1); ++c) {
+      const double x = v[r * m.size(1) + c];
+      if (std::isnan(x)) data << "NaN";
+      else data << x;
+      data << (c + 1 < m.size(1) ? ' ' : '\n');
+    }
+  return data.str();
+}
+
+// One colour map from data block `index` of NAME.dat, with its labels and colour box; a grey
+// background shows through NaN cells.
+std::string heatmap_body(const std::string& name, long long index, const torch::Tensor& matrix, const PlotLabels& labels) {
+  return axis_labels(labels) + fmt::format(
+      "set cblabel {}\nset rmargin 12\nset palette defined (0 '#f7fbff', 0.5 '#6baed6', 1 '#08306b')\n"
+      "set object 1 rectangle from graph 0,0 to graph 1,1 behind fillcolor rgb '#d9d9d9' fillstyle solid 1.0 noborder\n"
+      "set xrange [-0.5:{}]\nset yrange [-0.5:{}]\nset tics out\nplot {} index {} matrix with image notitle\n",
+      quoted(labels.colorbar), matrix.size(1) - 0.5, matrix.size(0) - 0.5, quoted(name + ".dat"), index);
+}
+
+}  // namespace
+
+nlohmann::json plot_heatmap(const fs::path& dir, const std::string& name, const torch::Tensor& matrix, const PlotLabels& labels,
+                            const std::string& caption) {
+  std::string data = matrix_data(name, matrix);
+  return draw(dir, name, data, heatmap_body(name, 0, matrix, labels), caption);
+}
+
+nlohmann::json plot_heatmaps(const fs::path& dir, const std::string& name, const std::string& title, const std::vector<HeatmapPanel>& panels,
+                             const std::string& caption) {
+  if (panels.empty()) throw std::runtime_error(fmt::format("plot_heatmaps {}: no panels", name));
+  std::string data, body = fmt::format("set multiplot layout 1,{} title {}\n", panels.size(), quoted(title));
+  for (std::size_t i = 0; i < panels.size(); ++i) {
+    data += (i ? "\n\n" : "") + matrix_data(name, panels[i].matrix);  // blocks apart by two blank lines: `index i`
+    body += heatmap_body(name, static_cast<long long>(i), panels[i].matrix, panels[i].labels);
+  }
+  return draw(dir, name, data, body + "unset multiplot\n", caption, fmt::format("{},600", 640 * panels.size()));
 }
 
 nlohmann::json plot_lines(const fs::path& dir, const std::string& name, const std::vector<std::pair<std::string, torch::Tensor>>& series,
@@ -98,9 +130,10 @@ nlohmann::json plot_lines(const fs::path& dir, const std::string& name, const st
     }
     data << '\n';
   }
-  std::string body = fmt::format("set key outside right\nset grid\n{}plot for [i=2:{}] {} using 1:i with linespoints pt 7 ps 0.5 title columnheader(i)\n",
+  std::string body = axis_labels(labels) +
+                     fmt::format("set key outside right\nset grid\n{}plot for [i=2:{}] {} using 1:i with linespoints pt 7 ps 0.5 title columnheader(i)\n",
                                  log_y ? "set logscale y\n" : "", series.size() + 1, quoted(name + ".dat"));
-  return draw(dir, name, data.str(), body, labels, caption);
+  return draw(dir, name, data.str(), body, caption);
 }
 
 nlohmann::json plot_bars(const fs::path& dir, const std::string& name, const std::vector<std::string>& categories,
@@ -116,11 +149,11 @@ nlohmann::json plot_bars(const fs::path& dir, const std::string& name, const std
     for (const auto& s : series) data << ' ' << (c < s.second.size() ? s.second[c] : 0.0);
     data << '\n';
   }
-  std::string body = fmt::format(
+  std::string body = axis_labels(labels) + fmt::format(
       "set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\nset key outside right\n"
       "set xtics rotate by -45\nset grid ytics\nset yrange [0:*]\nplot for [i=2:{}] {} using i:xtic(1) title columnheader(i)\n",
       series.size() + 1, quoted(name + ".dat"));
-  return draw(dir, name, data.str(), body, labels, caption);
+  return draw(dir, name, data.str(), body, caption);
 }
 
 namespace {

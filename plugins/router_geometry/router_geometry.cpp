@@ -1,5 +1,6 @@
 // Router-weight geometry across MoE layers, from the gate matrices W_l [E, hidden]: cosine similarity
-// of matched rows (expert e at l vs expert e at m), linear CKA of the gate matrices, singular-value
+// of matched rows (expert e at l vs expert e at m), linear CKA of the gate matrices with the hidden
+// dimensions as samples and the experts as features (so expert numbering does not matter), singular-value
 // spectra with effective rank (exp of the entropy of the normalized spectrum), and the principal angles
 // between the layers' router row spaces (arccos of the singular values of Q_l^T Q_m).
 #include "moelab/moelab.h"
@@ -25,7 +26,8 @@ const moelab::Options<Settings>& options() {
   return o;
 }
 
-// Linear CKA between two sets of expert vectors, with rows as samples (experts) after centering.
+// Linear CKA (Kornblith et al. 2019) of two representations of the same samples, the rows of a [n, p] and
+// b [n, q]: ||A^T B||_F^2 / (||A^T A||_F ||B^T B||_F), A and B centered over the samples.
 double linear_cka(Tensor a, Tensor b) {
   a = a - a.mean(0, true);
   b = b - b.mean(0, true);
@@ -68,6 +70,8 @@ class RouterGeometry final : public moelab::Analyzer {
     for (std::size_t l = 0; l < w.size(); ++l)
       for (std::size_t m = l + 1; m < w.size(); ++m) {
         double cosine = torch::cosine_similarity(w[l], w[m], 1).mean().item<double>();
+        // Samples: the hidden dimensions d, each represented by column d of W (what it adds to every
+        // expert's logit); invariant to any reordering or rotation of the experts and to scale.
         double cka = linear_cka(w[l].t(), w[m].t());
         Tensor sv = torch::linalg_svdvals(basis[l].t().matmul(basis[m])).clamp(-1.0, 1.0);
         Tensor angles = sv.acos() * (180.0 / M_PI);
@@ -80,11 +84,19 @@ class RouterGeometry final : public moelab::Analyzer {
       }
     moelab::write_file_atomic(out_dir / "router_spectra.csv", spectra.str());
     moelab::write_file_atomic(out_dir / "router_similarity.csv", csv.str());
+    const std::string layer_axis = "MoE layer (0 = the first MoE layer)";
     nlohmann::json figures = {
-        moelab::plot_heatmap(out_dir, "row_cosine", cosine_matrix, {"Router similarity: mean cosine of matched rows", "MoE layer index", "MoE layer index"},
-                             "Mean cosine similarity between expert e's router row at layer l and at layer m."),
-        moelab::plot_heatmap(out_dir, "cka", cka_matrix, {"Router similarity: linear CKA", "MoE layer index", "MoE layer index"},
-                             "Linear CKA between the layers' gate matrices (experts as samples)."),
+        moelab::plot_heatmap(out_dir, "row_cosine", cosine_matrix,
+                             {"Router similarity: mean cosine of matched rows", layer_axis, layer_axis, "mean over e of cos(W_l[e], W_m[e])"},
+                             "Mean cosine similarity between expert e's router row at MoE layer l and at MoE layer m (symmetric; layers "
+                             "numbered among the MoE layers, 0 = the first)."),
+        moelab::plot_heatmap(out_dir, "cka", cka_matrix,
+                             {"Router similarity: linear CKA over hidden dimensions", layer_axis, layer_axis, "linear CKA of W_l^T and W_m^T"},
+                             "Linear CKA between two MoE layers' gate matrices W [experts, hidden], computed on W^T: the samples are the "
+                             "hidden dimensions (the residual-stream coordinates both layers read) and the features are each layer's "
+                             "experts, centered over the hidden dimensions. It does not depend on how the experts are numbered (any "
+                             "rotation of the experts, and scale, leave it unchanged); 1 = the two routers' logit maps agree up to such "
+                             "a transform. Symmetric; layers numbered among the MoE layers, 0 = the first."),
         moelab::plot_lines(out_dir, "spectra", spectra_series, {"Router singular-value spectra", "index", "singular value / largest"},
                            "Singular values of each layer's gate matrix, normalized by the largest; a fast decay means a low-rank router.", true)};
     return {{"layers", layers}, {"pairs", pairs}, {"figures", figures}};

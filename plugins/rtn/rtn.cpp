@@ -1,7 +1,9 @@
 // Round-to-nearest weight quantization, applied in place as fake-quant: each row of a matching
-// weight is split into groups of `group_size` columns with an asymmetric scale and zero point.
+// weight is split into groups of `group_size` columns with an asymmetric scale and zero point, by the
+// quantize stage's INT rule (moelab/lib/quant.h: the range includes 0, the scale is float16).
 #include "moelab/moelab.h"
 #include "moelab/lib/log.h"
+#include "moelab/lib/quant.h"
 
 #include <regex>
 
@@ -14,7 +16,8 @@ struct Settings {
 
 const moelab::Options<Settings>& options() {
   static const auto o =
-      moelab::Options<Settings>("rtn", moelab::Kind::transform, "0.1.0", "round-to-nearest asymmetric INTn fake-quant, per group")
+      moelab::Options<Settings>("rtn", moelab::Kind::transform, "0.2.0",
+                                "round-to-nearest asymmetric INTn fake-quant per group, range including 0 (as the quantize stage)")
           .integer("bits", &Settings::bits, 4, "bits per weight").within(2, 8)
           .integer("group_size", &Settings::group_size, 128, "columns sharing one scale and zero point").at_least(1)
           .string("match", &Settings::match, "experts\\.", "regex over checkpoint names selecting the weights");
@@ -42,17 +45,13 @@ class RoundToNearest final : public moelab::Transform {
             {"rmse", elements ? std::sqrt(squared_error / elements) : 0.0}};
   }
 
-  // Fake-quantizes [rows, cols]; the last group of a row may be shorter.
+  // Fake-quantizes [rows, cols]. The last group of a row may be shorter: it is padded with copies of its
+  // last column, which changes neither its range nor any other element's rounding.
   torch::Tensor quantize(const torch::Tensor& w) const {
-    const long long cols = w.size(1), padded = (cols + settings_.group_size - 1) / settings_.group_size * settings_.group_size;
+    const long long cols = w.size(1), group = settings_.group_size, padded = (cols + group - 1) / group * group;
     torch::Tensor padded_w = padded == cols ? w : torch::cat({w, w.narrow(1, cols - 1, 1).expand({w.size(0), padded - cols})}, 1);
-    torch::Tensor g = padded_w.reshape({w.size(0), -1, settings_.group_size});
-    const double levels = static_cast<double>((1LL << settings_.bits) - 1);
-    torch::Tensor lo = std::get<0>(g.min(-1, true)), hi = std::get<0>(g.max(-1, true));
-    torch::Tensor scale = ((hi - lo) / levels).clamp_min(1e-12);
-    torch::Tensor zero = (-lo / scale).round().clamp(0, levels);
-    torch::Tensor codes = (g / scale + zero).round().clamp(0, levels);
-    return ((codes - zero) * scale).reshape({w.size(0), padded}).narrow(1, 0, cols);
+    const int bits = static_cast<int>(settings_.bits);
+    return moelab::fake_quantize_int(padded_w, moelab::fit_int_grids(padded_w, group, bits), bits).narrow(1, 0, cols);
   }
 
  private:

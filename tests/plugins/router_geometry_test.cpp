@@ -1,7 +1,11 @@
 // router_geometry: identical layers have similarity 1 and zero principal angles; orthogonal row
-// spaces are 90 degrees apart; the effective rank of a flat spectrum is its size.
+// spaces are 90 degrees apart; the effective rank of a flat spectrum is its size; CKA takes the hidden
+// dimensions as samples, and its figure says so.
 #include "moelab/moelab.h"
+#include "moelab/lib/files.h"
 #include "test_run.h"
+
+#include <gmock/gmock.h>
 
 namespace {
 
@@ -30,6 +34,37 @@ TEST(RouterGeometry, OrthogonalRowSpacesAreNinetyDegreesApartAndFlatSpectraHaveF
   EXPECT_NEAR(out["pairs"][0]["mean_principal_angle_deg"].get<double>(), 90.0, 1e-6);
   EXPECT_NEAR(out["pairs"][0]["mean_row_cosine"].get<double>(), 0.0, 1e-12);
   EXPECT_NEAR(out["layers"][0]["effective_rank"].get<double>(), 4.0, 1e-9);
+}
+
+// The same router with its experts renumbered: matched rows no longer match, but CKA over the hidden
+// dimensions (experts are features) is still 1. With experts as samples it would not be.
+TEST(RouterGeometry, CkaTakesHiddenDimensionsAsSamplesSoExpertOrderDoesNotMatter) {
+  moelab::test::TempDir dir;
+  torch::manual_seed(1);
+  torch::Tensor w = torch::randn({6, 32});
+  torch::Tensor renumbered = w.index_select(0, torch::tensor({3, 5, 0, 1, 4, 2}, torch::kInt64));
+  auto out = analyze(dir, {w, 2.5 * renumbered});
+  EXPECT_NEAR(out["pairs"][0]["cka"].get<double>(), 1.0, 1e-9);
+  EXPECT_LT(out["pairs"][0]["mean_row_cosine"].get<double>(), 0.5);
+  // A rotation of the hidden space is a change of the samples themselves: CKA drops.
+  torch::Tensor rotation = std::get<0>(torch::linalg_qr(torch::randn({32, 32})));
+  EXPECT_LT(analyze(dir, {w, w.matmul(rotation)})["pairs"][0]["cka"].get<double>(), 0.9);
+}
+
+TEST(RouterGeometry, CkaFigureNamesItsSamplesAndAxes) {
+  moelab::test::TempDir dir;
+  torch::manual_seed(2);
+  auto out = analyze(dir, {torch::randn({4, 16}), torch::randn({4, 16}), torch::randn({4, 16})});
+  nlohmann::json cka;
+  for (const auto& figure : out["figures"])
+    if (figure["file"] == "cka.png") cka = figure;
+  ASSERT_FALSE(cka.is_null());
+  EXPECT_THAT(cka["caption"].get<std::string>(), testing::HasSubstr("the samples are the hidden dimensions"));
+  EXPECT_THAT(cka["caption"].get<std::string>(), testing::Not(testing::HasSubstr("experts as samples")));
+  const std::string script = moelab::read_file(dir.path() / "cka.gp");
+  EXPECT_THAT(script, testing::HasSubstr("set title 'Router similarity: linear CKA over hidden dimensions'"));
+  EXPECT_THAT(script, testing::HasSubstr("set xlabel 'MoE layer (0 = the first MoE layer)'\nset ylabel 'MoE layer (0 = the first MoE layer)'"));
+  EXPECT_THAT(script, testing::HasSubstr("set cblabel 'linear CKA of W_l^T and W_m^T'"));
 }
 
 }  // namespace

@@ -15,7 +15,9 @@ namespace {
 constexpr long long kMxBlock = 32;
 
 bool is_mx(QuantFormat f) { return f == QuantFormat::mxfp4 || f == QuantFormat::mxfp8; }
-double int_levels(QuantFormat f) { return f == QuantFormat::int3 ? 7.0 : 15.0; }
+int int_bits(QuantFormat f) { return f == QuantFormat::int3 ? 3 : 4; }
+double int_levels(int bits) { return static_cast<double>((1 << bits) - 1); }
+double int_levels(QuantFormat f) { return int_levels(int_bits(f)); }
 int mx_emax(QuantFormat f) { return f == QuantFormat::mxfp4 ? 2 : 8; }  // exponent of the largest normal element
 
 // x (in units of the block scale) to the nearest E2M1 value {0, .5, 1, 1.5, 2, 3, 4, 6}, saturating.
@@ -76,30 +78,43 @@ long long QuantSpec::group(long long cols) const {
 
 QuantGrids fit_grids(const Tensor& w_in, const QuantSpec& spec) {
   Tensor w = w_in.to(torch::kFloat32);
-  Tensor g = grouped(w, spec.group(w.size(-1)));
+  const long long group = spec.group(w.size(-1));
+  if (!is_mx(spec.format)) return fit_int_grids(w, group, int_bits(spec.format));
+  Tensor amax = grouped(w, group).abs().amax(-1);
+  Tensor exponent = torch::where(amax > 0, amax.clamp_min(1e-38).log2().floor() - mx_emax(spec.format), torch::full_like(amax, -127.0));
   QuantGrids grids;
-  if (is_mx(spec.format)) {
-    Tensor amax = g.abs().amax(-1);
-    Tensor exponent = torch::where(amax > 0, amax.clamp_min(1e-38).log2().floor() - mx_emax(spec.format), torch::full_like(amax, -127.0));
-    grids.scale = torch::exp2(exponent.clamp(-127, 127));
-    return grids;
-  }
-  const double levels = int_levels(spec.format);
+  grids.scale = torch::exp2(exponent.clamp(-127, 127));
+  return grids;
+}
+
+Tensor fake_quantize(const Tensor& w_in, const QuantGrids& grids, const QuantSpec& spec) {
+  if (!is_mx(spec.format)) return fake_quantize_int(w_in, grids, int_bits(spec.format));
+  Tensor w = w_in.to(torch::kFloat32);
+  Tensor scale = per_column(grids.scale, w.size(-1));
+  if (spec.format == QuantFormat::mxfp4) return round_e2m1(w / scale) * scale;
+  return round_e4m3(w / scale) * scale;
+}
+
+QuantGrids fit_int_grids(const Tensor& w_in, long long group, int bits) {
+  if (bits < 2 || bits > 8) throw std::runtime_error(fmt::format("INT quantization takes 2 to 8 bits, got {}", bits));
+  Tensor w = w_in.to(torch::kFloat32);
+  if (group < 1 || w.size(-1) % group != 0)
+    throw std::runtime_error(fmt::format("INT quantization: a group of {} columns does not divide a matrix with {} columns", group, w.size(-1)));
+  Tensor g = grouped(w, group);
+  const double levels = int_levels(bits);
   Tensor lo = std::get<0>(g.min(-1)).clamp_max(0.0), hi = std::get<0>(g.max(-1)).clamp_min(0.0);
   Tensor scale = (hi - lo) / levels;
   scale = torch::where(scale > 0, scale, torch::ones_like(scale)).clamp_min(1e-6).to(torch::kHalf).to(torch::kFloat32);
+  QuantGrids grids;
   grids.scale = scale;
   grids.zero = (-lo / scale).round().clamp(0, levels);
   return grids;
 }
 
-Tensor fake_quantize(const Tensor& w_in, const QuantGrids& grids, const QuantSpec& spec) {
+Tensor fake_quantize_int(const Tensor& w_in, const QuantGrids& grids, int bits) {
   Tensor w = w_in.to(torch::kFloat32);
-  Tensor scale = per_column(grids.scale, w.size(-1));
-  if (spec.format == QuantFormat::mxfp4) return round_e2m1(w / scale) * scale;
-  if (spec.format == QuantFormat::mxfp8) return round_e4m3(w / scale) * scale;
-  Tensor zero = per_column(grids.zero, w.size(-1));
-  return ((w / scale).round() + zero).clamp(0, int_levels(spec.format)).sub(zero).mul(scale);
+  Tensor scale = per_column(grids.scale, w.size(-1)), zero = per_column(grids.zero, w.size(-1));
+  return ((w / scale).round() + zero).clamp(0, int_levels(bits)).sub(zero).mul(scale);
 }
 
 long long PackedMatrix::bytes() const {

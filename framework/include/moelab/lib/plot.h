@@ -16,11 +16,21 @@ namespace moelab {
 
 struct PlotLabels {
   std::string title, xlabel, ylabel;
+  std::string colorbar = "";  // heatmaps: what the colours measure, written beside the colour box
 };
 
-// A matrix [rows, cols] as a colour map; rows go up the y axis.
+// A matrix [rows, cols] as a colour map: column c at x = c, row r at y = r (row 0 at the bottom, so
+// cell [r][c] with r < c lies below the diagonal). NaN cells are grey: no value.
 nlohmann::json plot_heatmap(const std::filesystem::path& dir, const std::string& name, const torch::Tensor& matrix,
                             const PlotLabels& labels, const std::string& caption);
+// Heatmaps side by side in one figure under `title`, each drawn as plot_heatmap draws it with its own
+// colour scale and labelled colour box: for quantities that must not share one scale.
+struct HeatmapPanel {
+  torch::Tensor matrix;
+  PlotLabels labels;
+};
+nlohmann::json plot_heatmaps(const std::filesystem::path& dir, const std::string& name, const std::string& title,
+                             const std::vector<HeatmapPanel>& panels, const std::string& caption);
 // One line per named series of y values over x = 0, 1, ...
 nlohmann::json plot_lines(const std::filesystem::path& dir, const std::string& name,
                           const std::vector<std::pair<std::string, torch::Tensor>>& series, const PlotLabels& labels,

@@ -32,6 +32,13 @@ QuantGrids fit_grids(const torch::Tensor& w, const QuantSpec& spec);
 // ([..., rows, 1]) for any number of columns of that group.
 torch::Tensor fake_quantize(const torch::Tensor& w, const QuantGrids& grids, const QuantSpec& spec);
 
+// The INT formats' rule for any width of 2..8 bits (int3 and int4 are bits 3 and 4): per group of `group`
+// columns (dividing cols), lo = min(min w, 0) and hi = max(max w, 0), scale = (hi - lo) / (2^bits - 1)
+// rounded to float16, zero = round(-lo / scale); codes round(w / scale) + zero, clamped to the levels.
+// 0 is always a grid point, so a zero weight stays exactly zero.
+QuantGrids fit_int_grids(const torch::Tensor& w, long long group, int bits);
+torch::Tensor fake_quantize_int(const torch::Tensor& w, const QuantGrids& grids, int bits);
+
 // A matrix in packed form: what a checkpoint stores.
 struct PackedMatrix {
   QuantSpec spec;
