@@ -6,6 +6,7 @@
 #include "moelab/lib/log.h"
 #include "moelab/lib/quantized_checkpoint.h"
 #include "moelab/stage.h"
+#include "stage_keys.h"
 
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <fmt/chrono.h>
@@ -16,6 +17,8 @@
 
 #include <algorithm>
 #include <ctime>
+#include <optional>
+#include <sstream>
 
 namespace moelab {
 
@@ -29,15 +32,33 @@ std::string now_text(const char* format) {
   return buf;
 }
 
-fs::path find_resumable(const fs::path& experiment_dir, const std::string& config_text) {
+// The newest earlier run of this experiment (the folder names sort by start time).
+fs::path newest_run(const fs::path& experiment_dir) {
   if (!fs::is_directory(experiment_dir)) return {};
   std::vector<fs::path> runs;
   for (const auto& entry : fs::directory_iterator(experiment_dir))
     if (entry.is_directory() && fs::exists(entry.path() / "config.resolved.toml")) runs.push_back(entry.path());
-  std::sort(runs.rbegin(), runs.rend());
-  for (const auto& run : runs)
-    if (read_file(run / "config.resolved.toml") == config_text) return run;
-  return {};
+  if (runs.empty()) return {};
+  return *std::max_element(runs.begin(), runs.end());
+}
+
+// The key a finished stage was run with ("" for a stage finished before keys were recorded; no marker: not finished).
+std::optional<std::string> done_key(const fs::path& stage_dir) {
+  const fs::path marker = stage_dir / ".done";
+  if (!fs::exists(marker)) return std::nullopt;
+  const std::string text = read_file(marker);
+  const std::size_t at = text.find("key ");
+  return at == std::string::npos ? std::string() : text.substr(at + 4, text.find('\n', at) - at - 4);
+}
+
+// Copies a finished stage's folder, as hard links where the file system allows (nothing is written twice).
+void copy_stage(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::create_hard_links, ec);
+  if (ec) {
+    fs::remove_all(to);
+    fs::copy(from, to, fs::copy_options::recursive);
+  }
 }
 
 // Built-in models sit beside the binary: <bin>/../models/<name> (build tree) or <bin>/../share/moelab/models/<name>.
@@ -73,13 +94,20 @@ int earlier_attempts(const fs::path& run_dir) {
 ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume)
     : experiment_(std::move(experiment)), registry_(registry), config_text_(to_toml(experiment_.table)) {
   fs::path experiment_dir = experiment_.run.run_dir / experiment_.run.name;
-  if (resume) run_dir_ = find_resumable(experiment_dir, config_text_);
+  if (resume) {
+    fs::path earlier = newest_run(experiment_dir);
+    if (!earlier.empty() && read_file(earlier / "config.resolved.toml") == config_text_) run_dir_ = earlier;
+    else reuse_from_ = earlier;
+  }
   bool resumed = !run_dir_.empty();
   if (!resumed) run_dir_ = new_run_dir(experiment_dir);
   lock_ = std::make_unique<RunLock>(run_dir_);
   if (resumed) attempt_ = earlier_attempts(run_dir_) + 1;
   log::set_file(run_dir_ / "log.txt");
-  if (resume && !resumed) log::info("--resume: no earlier run of '{}' has this exact config; starting a new run", experiment_.run.name);
+  if (resume && !resumed && reuse_from_.empty()) log::info("--resume: no earlier run of '{}'; starting a new run", experiment_.run.name);
+  if (!reuse_from_.empty())
+    log::info("--resume: the newest run of '{}' ({}) has another config; starting a new run that reuses its stages whose config "
+              "and inputs are unchanged", experiment_.run.name, reuse_from_.string());
   if (resumed) log::info("resuming run {} (attempt {}, seed {})", run_dir_.string(), attempt_, seed());
   else log::info("starting run {} (seed {})", run_dir_.string(), seed());
   log::debug("resolved config (defaults included):\n{}", config_text_);
@@ -147,18 +175,33 @@ const Tokenizer& ExperimentRun::tokenizer() {
 }
 
 void ExperimentRun::run_stages() {
+  const std::map<std::string, StageKey> keys = stage_keys(experiment_, registry_, model_folder());
   std::size_t index = 0;
   for (const auto& id : experiment_.run.stages) {
     ++index;
+    const std::string counter = fmt::format("stage {}/{} [{}]", index, experiment_.run.stages.size(), id);
+    const StageKey& key = keys.at(id);
     fs::path stage_dir = run_dir_ / id;
-    fs::path done_marker = stage_dir / ".done";
-    if (fs::exists(done_marker)) {
-      log::info("stage {}/{} [{}]: already done in this run folder, skipped", index, experiment_.run.stages.size(), id);
+    if (std::optional<std::string> done = done_key(stage_dir); done && (done->empty() || *done == key.hash)) {
+      log::info("{}: already done in this run folder, skipped", counter);
       summary_["stages"][id] = nlohmann::json::parse(read_file(stage_dir / "summary.json"));
       continue;
+    } else if (done) {
+      log::info("{}: done before, but its inputs changed since (a model or data file); running it again", counter);
     }
+    if (!reuse_from_.empty() && done_key(reuse_from_ / id) == key.hash) {
+      fs::remove_all(stage_dir);
+      copy_stage(reuse_from_ / id, stage_dir);
+      copy_metrics_of(id, reuse_from_);
+      summary_["stages"][id] = nlohmann::json::parse(read_file(stage_dir / "summary.json"));
+      summary_["stages"][id]["reused_from"] = (reuse_from_ / id).string();
+      write_summary();
+      log::info("{}: reused from {} (same config and inputs)", counter, (reuse_from_ / id).string());
+      continue;
+    }
+    fs::remove(stage_dir / ".done");
     fs::create_directories(stage_dir);
-    log::info("stage {}/{} [{}] ({})", index, experiment_.run.stages.size(), id, experiment_.components.at(id).plugin);
+    log::info("{} ({})", counter, experiment_.components.at(id).plugin);
     auto started = std::chrono::steady_clock::now();
     nlohmann::json stage_summary = nlohmann::json::object();
     try {
@@ -170,7 +213,8 @@ void ExperimentRun::run_stages() {
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     stage_summary["seconds"] = seconds;
     write_file_atomic(stage_dir / "summary.json", stage_summary.dump(2) + "\n");
-    write_file_atomic(done_marker, "done\n");
+    write_file_atomic(stage_dir / "stage_key.toml", key.text + "\n");
+    write_file_atomic(stage_dir / ".done", "done\nkey " + key.hash + "\n");
     summary_["stages"][id] = stage_summary;
     write_summary();
     log::info("stage [{}] done in {:.1f}s", id, seconds);
@@ -179,6 +223,14 @@ void ExperimentRun::run_stages() {
   summary_["status"] = "complete";
   write_summary();
   log::info("run complete: {}", (run_dir_ / "summary.json").string());
+}
+
+void ExperimentRun::copy_metrics_of(const std::string& stage, const fs::path& from) {
+  if (!fs::exists(from / "metrics.jsonl")) return;
+  std::istringstream lines(read_file(from / "metrics.jsonl"));
+  for (std::string line; std::getline(lines, line);)
+    if (line.find("\"stage\":\"" + stage + "\"") != std::string::npos) metrics_ << line << "\n";
+  metrics_ << std::flush;
 }
 
 void ExperimentRun::record_failure(const std::string& stage, const fs::path& stage_dir, nlohmann::json stage_summary,

@@ -21,7 +21,9 @@ struct RunFailed : std::runtime_error {
 
 class ExperimentRun final : public RunContext {
  public:
-  // resume: reuse the newest run folder with the same resolved config and skip stages already done.
+  // resume: continue the newest run folder if its resolved config is the same (stages already done are
+  // skipped); otherwise start a new folder that reuses (hard-links) the newest run's finished stages
+  // whose key (stage_keys.h) is unchanged.
   // The run folder is locked while this object lives (a second process on it fails at once).
   ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume);
   ~ExperimentRun() override;
@@ -43,6 +45,7 @@ class ExperimentRun final : public RunContext {
 
  private:
   void write_summary();
+  void copy_metrics_of(const std::string& stage, const std::filesystem::path& from);
   void record_failure(const std::string& stage, const std::filesystem::path& stage_dir, nlohmann::json stage_summary,
                       const std::string& message);
 
@@ -50,6 +53,7 @@ class ExperimentRun final : public RunContext {
   const PluginRegistry& registry_;
   std::string config_text_;
   std::filesystem::path run_dir_;
+  std::filesystem::path reuse_from_;  // --resume with a changed config: the earlier run whose stages may be reused
   std::unique_ptr<RunLock> lock_;
   int attempt_ = 1;
   std::ofstream metrics_;

@@ -142,4 +142,50 @@ TEST(RunRecords, HalfWrittenPluginLibrariesAreSkippedWithAWarningNamingThem) {
   EXPECT_THAT(r.output, HasSubstr("skipping plugin library " + (folder / "moelab_half.so").string()));
 }
 
+// --resume with a changed config starts a new folder and reuses each finished stage whose own tables,
+// model and inputs are unchanged; a stage reading a rerun stage's outputs runs again too.
+TEST(RunRecords, ResumeReusesExactlyTheStagesWhoseConfigAndInputsAreUnchanged) {
+  TempDir dir;
+  const std::string experiment = "run_dir = \"runs\"\nstages = [\"first\", \"other\", \"eval\"]\n[data]\nplugin = \"jsonl\"\npath = \"" +
+                                 kData + "/arith_train.jsonl\"\n[task]\nplugin = \"task_ce\"\n" + finetune("first") + finetune("other") +
+                                 "[eval]\nplugin = \"evaluate\"\ndataset = \"data\"\nrouters = \"@first/routers.safetensors\"\n";
+  fs::path file = dir.write("keyed.toml", experiment);
+  ASSERT_EQ(run_command(runexp_binary() + " " + file.string()).status, 0);
+  const fs::path first_run = run_folders(dir.path() / "runs" / "keyed").at(0);
+
+  // An evaluation-only key: training is reused, evaluation runs again, in a new folder.
+  auto r = run_command(runexp_binary() + " " + file.string() + " --resume --set eval.batch_size=3");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::vector<fs::path> runs = run_folders(dir.path() / "runs" / "keyed");
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_THAT(r.output, HasSubstr("[first]: reused from " + (first_run / "first").string()));
+  EXPECT_THAT(r.output, HasSubstr("[other]: reused from"));
+  EXPECT_THAT(r.output, HasSubstr("stage 3/3 [eval] (evaluate)"));
+  EXPECT_EQ(moelab::read_file(runs[1] / "first" / "routers.safetensors"), moelab::read_file(first_run / "first" / "routers.safetensors"));
+  auto summary = nlohmann::json::parse(moelab::read_file(runs[1] / "summary.json"));
+  EXPECT_EQ(summary["stages"]["first"]["reused_from"], (first_run / "first").string());
+  EXPECT_EQ(summary["status"], "complete");
+
+  // A key of the first stage: it runs again, and so does the evaluation that reads its routers; the other does not.
+  r = run_command(runexp_binary() + " " + file.string() + " --resume --set eval.batch_size=3 --set first.lr=0.02");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("stage 1/3 [first] (finetune)"));
+  EXPECT_THAT(r.output, HasSubstr("[other]: reused from"));
+  EXPECT_THAT(r.output, HasSubstr("stage 3/3 [eval] (evaluate)"));
+
+  // The same config again resumes in place; a changed data file makes every stage that reads it run again.
+  r = run_command(runexp_binary() + " " + file.string() + " --resume --set eval.batch_size=3 --set first.lr=0.02");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[eval]: already done"));
+  const fs::path copy = dir.path() / "arith.jsonl";
+  fs::copy_file(kData + "/arith_train.jsonl", copy);
+  fs::path moved = dir.write("moved.toml", experiment);
+  ASSERT_EQ(run_command(runexp_binary() + " " + moved.string()).status, 0);
+  ASSERT_EQ(run_command(runexp_binary() + " " + moved.string() + " --resume --set data.path=" + copy.string()).status, 0);
+  std::ofstream(copy, std::ios::app) << "\n";
+  r = run_command(runexp_binary() + " " + moved.string() + " --resume --set data.path=" + copy.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[first]: done before, but its inputs changed since"));
+}
+
 }  // namespace

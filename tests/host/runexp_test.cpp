@@ -65,7 +65,8 @@ TEST(Runexp, RunsWritesRunFolderAndResumeSkipsFinishedStages) {
 
   auto changed = run_command(base + " --resume --set neighbours.k=2");
   ASSERT_EQ(changed.status, 0) << changed.output;
-  EXPECT_THAT(changed.output, HasSubstr("no earlier run"));
+  EXPECT_THAT(changed.output, HasSubstr("has another config; starting a new run"));
+  EXPECT_THAT(changed.output, testing::Not(HasSubstr("reused from")));  // k changes the only stage
 }
 
 TEST(Runexp, ConfigErrorsExitNonZeroWithLocation) {
