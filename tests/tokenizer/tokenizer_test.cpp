@@ -1,6 +1,7 @@
 // The tokenizer against HF `tokenizers` (ids and decoded text from tests/fixtures/tokenizers/
 // make_expected.py) on a varied corpus, for four real files, and clear errors on malformed files.
 #include "moelab/lib/files.h"
+#include "moelab/lib/vocab_check.h"
 #include "moelab/tokenizer.h"
 #include "test_run.h"
 
@@ -165,6 +166,100 @@ TEST(Tokenizer, MalformedFilesNameTheComponent) {
               HasSubstr("a single text's template must hold sequence A once"));
   fs::path broken = dir.write("broken.json", "{\"model\": ");
   EXPECT_THAT(error_of([&] { moelab::Tokenizer::from_file(broken); }), AllOf(HasSubstr("broken.json"), HasSubstr("not valid JSON")));
+}
+
+// Wrong JSON types were raw nlohmann messages naming nothing; now the file and the key path.
+TEST(Tokenizer, WrongTypesNameTheFileAndKeyPath) {
+  moelab::test::TempDir dir;
+  auto base = nlohmann::json::parse(moelab::read_file(tokenizer_file("gpt_neox")));
+  fs::path file;
+  auto error_for = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = base;
+    edit(j);
+    file = dir.write("tokenizer.json", j.dump());
+    return error_of([&] { moelab::Tokenizer::from_file(file); });
+  };
+  auto expect = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& message) {
+    const std::string error = error_for(edit);
+    EXPECT_THAT(error, HasSubstr(file.string() + ": " + message));
+  };
+  expect([](auto& j) { j["model"]["vocab"]["abc"] = "x"; }, "model.vocab[\"abc\"]: expected an integer, found string \"x\"");
+  expect([](auto& j) { j["model"]["vocab"]["abc"] = 2.5; }, "model.vocab[\"abc\"]: expected an integer, found number 2.5");
+  expect([](auto& j) { j["model"]["vocab"]["abc"] = -3; }, "model.vocab[\"abc\"]: negative token id -3");
+  expect([](auto& j) { j["model"]["vocab"]["abc"] = 4000000000LL; }, "model.vocab[\"abc\"]: token id 4000000000 is beyond any vocabulary");
+  expect([](auto& j) { j["model"]["merges"][3] = nlohmann::json::array({1, 2}); }, "model.merges[3][0]: expected a string, found number 1");
+  expect([](auto& j) { j["model"]["byte_fallback"] = "yes"; }, "model.byte_fallback: expected true or false, found string \"yes\"");
+  expect([](auto& j) { j["model"]["unk_token"] = 7; }, "model.unk_token: expected a string, found number 7");
+  expect([](auto& j) { j["added_tokens"][0]["id"] = "zero"; }, "added_tokens[0].id: expected an integer, found string \"zero\"");
+  expect([](auto& j) { j["added_tokens"][1]["content"] = 5; }, "added_tokens[1].content: expected a string, found number 5");
+  expect([](auto& j) { j["added_tokens"] = {{"content", "x"}}; }, "added_tokens: expected a list, found object");
+  expect([](auto& j) { j["added_tokens"][0].erase("id"); }, "added_tokens[0]: missing \"id\"");
+  expect([](auto& j) { j["normalizer"] = {{"type", "Prepend"}, {"prepend", 1}}; }, "normalizer.prepend: expected a string, found number 1");
+  expect([](auto& j) { j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "Prepend"}}}}}; },
+         "normalizer.normalizers[0]: missing \"prepend\"");
+  expect([](auto& j) { j["pre_tokenizer"] = "ByteLevel"; }, "pre_tokenizer: expected an object, found string \"ByteLevel\"");
+  expect([](auto& j) { j["pre_tokenizer"] = {{"type", "Split"}, {"behavior", "Isolated"}}; },
+         "pre_tokenizer.Split: only Regex patterns are supported, found null");
+  expect([](auto& j) { j["decoder"] = {{"type", "Strip"}, {"content", " "}, {"start", -1}}; }, "decoder.Strip: start -1 and stop 0 must not be negative");
+  expect([](auto& j) { j["post_processor"] = {{"type", "BertProcessing"}, {"cls", {"[CLS]", -1}}, {"sep", {"[SEP]", 4}}}; },
+         "post_processor.cls[1]: negative token id -1");
+  expect([](auto& j) {
+    j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+                           {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {"1"}}, {"tokens", {"<s>"}}}}}}};
+  }, "post_processor.special_tokens[\"<s>\"].ids[0]: expected an integer, found string \"1\"");
+  // WordPiece files go through the same reader.
+  nlohmann::json wordpiece = {{"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"vocab", {{"[UNK]", 0}, {"a", "one"}}}}},
+                              {"pre_tokenizer", {{"type", "BertPreTokenizer"}}}};
+  file = dir.write("wordpiece.json", wordpiece.dump());
+  EXPECT_THAT(error_of([&] { moelab::Tokenizer::from_file(file); }),
+              HasSubstr(file.string() + ": model.vocab[\"a\"]: expected an integer, found string \"one\""));
+}
+
+// 100,000 nested brackets were a stack overflow; now an error naming the file, the line and the column.
+TEST(Tokenizer, DeepNestingIsAnErrorNotACrash) {
+  moelab::test::TempDir dir;
+  fs::path file = dir.write("tokenizer.json", "{\"model\":\n" + std::string(100000, '[') + std::string(100000, ']') + "}");
+  EXPECT_THAT(error_of([&] { moelab::Tokenizer::from_file(file); }),
+              HasSubstr(file.string() + ": not valid JSON: nesting deeper than 512 levels at line 2, column 512"));
+  // Brackets inside strings are text, not nesting.
+  auto base = nlohmann::json::parse(moelab::read_file(tokenizer_file("gpt_neox")));
+  base["added_tokens"].push_back({{"id", 1000}, {"content", std::string(600, '[')}, {"special", true}});
+  file = dir.write("brackets.json", base.dump());
+  EXPECT_EQ(moelab::Tokenizer::from_file(file)->token_id(std::string(600, '[')), 1000);
+}
+
+// The regex engine is told the text is valid UTF-8; a stray byte is an error, not undefined behaviour.
+TEST(Tokenizer, TextThatIsNotUtf8IsRefused) {
+  auto tokenizer = moelab::Tokenizer::from_file(tokenizer_file("gpt_neox"));
+  EXPECT_THAT(error_of([&] { tokenizer->encode("ok \xff then"); }), HasSubstr("not valid UTF-8: byte 0xFF at offset 3"));
+  EXPECT_THAT(error_of([&] { tokenizer->encode("cut \xe2\x82"); }), HasSubstr("byte 0xE2 at offset 4"));
+  EXPECT_FALSE(tokenizer->encode("caf\xc3\xa9 \xe2\x82\xac").empty());
+}
+
+// largest_token_id covers the vocabulary, added tokens beyond it and the post_processor's specials; a
+// WordPiece added token outside the vocabulary counts too (and decodes, as in HF).
+TEST(Tokenizer, LargestTokenIdCoversAddedAndSpecialTokens) {
+  moelab::test::TempDir dir;
+  auto base = nlohmann::json::parse(moelab::read_file(tokenizer_file("gpt_neox")));
+  EXPECT_EQ(moelab::largest_token_id(*moelab::Tokenizer::from_file(tokenizer_file("gpt_neox"))), 999);
+  nlohmann::json j = base;
+  j["post_processor"] = {{"type", "BertProcessing"}, {"cls", {"[CLS]", 1500}}, {"sep", {"[SEP]", 4}}};
+  EXPECT_EQ(moelab::largest_token_id(*moelab::Tokenizer::from_file(dir.write("special.json", j.dump()))), 1500);
+  j = base;
+  j["added_tokens"].push_back({{"id", 1200}, {"content", "<extra>"}, {"special", true}});
+  EXPECT_EQ(moelab::largest_token_id(*moelab::Tokenizer::from_file(dir.write("added.json", j.dump()))), 1200);
+  nlohmann::json wordpiece = {{"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"vocab", {{"[UNK]", 0}, {"a", 1}}}}},
+                              {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+                              {"added_tokens", {{{"id", 7}, {"content", "[MASK]"}, {"special", true}}}}};
+  auto wp = moelab::Tokenizer::from_file(dir.write("wordpiece.json", wordpiece.dump()));
+  EXPECT_EQ(moelab::largest_token_id(*wp), 7);
+  EXPECT_EQ(wp->decode({1, 7}), "a [MASK]");
+  moelab::ModelInfo model;
+  model.vocab_size = 7;
+  EXPECT_THAT(error_of([&] { moelab::check_tokenizer_fits_model(*wp, "wordpiece.json", model, "/models/m"); }),
+              HasSubstr("wordpiece.json: token id 7 (\"[MASK]\") is outside the model's vocabulary: /models/m/config.json has vocab_size = 7"));
+  model.vocab_size = 8;
+  EXPECT_NO_THROW(moelab::check_tokenizer_fits_model(*wp, "wordpiece.json", model, "/models/m"));
 }
 
 }  // namespace

@@ -3,7 +3,7 @@
 // ByteLevel, which adds none, and a Sequence of these). Pair templates are not read.
 #pragma once
 
-#include <nlohmann/json.hpp>
+#include "moelab/lib/json_read.h"
 
 #include <cstdint>
 #include <string>
@@ -17,7 +17,7 @@ struct SpecialTokens {
 };
 
 // `post_processor` may be null (nothing added). Types or templates it does not implement are errors
-// naming `file` and the component.
-SpecialTokens read_post_processor(const nlohmann::json& post_processor, const std::string& file);
+// naming its file and the component.
+SpecialTokens read_post_processor(const JsonValue& post_processor);
 
 }  // namespace moelab

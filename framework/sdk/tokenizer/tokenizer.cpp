@@ -1,7 +1,9 @@
 #include "moelab/tokenizer.h"
 
-#include "moelab/lib/files.h"
+#include "moelab/lib/json_read.h"
+#include "moelab/lib/utf8.h"
 #include "post_processor.h"
+#include "token_id.h"
 #include "unicode.h"
 #include "wordpiece.h"
 
@@ -24,6 +26,10 @@ namespace moelab {
 Tokenizer::~Tokenizer() = default;
 
 std::vector<std::int64_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  // The regex engine is told the text is valid UTF-8 (no per-match check); invalid bytes would be undefined behaviour.
+  if (std::size_t bad = first_invalid_utf8(text); bad != std::string_view::npos)
+    throw std::runtime_error(fmt::format("tokenizer: the text is not valid UTF-8: byte 0x{:02X} at offset {} starts no UTF-8 character",
+                                         static_cast<unsigned char>(text[bad]), bad));
   std::vector<std::int64_t> ids = encode_text(text);
   if (!add_special_tokens) return ids;
   ids.insert(ids.begin(), special_prefix_.begin(), special_prefix_.end());
@@ -141,13 +147,13 @@ std::string describe(const json& j) { return j.dump().substr(0, 160); }
 
 class BpeTokenizer final : public Tokenizer {
  public:
-  BpeTokenizer(std::string file, const json& j) : file_(std::move(file)) {
-    if (!j.is_object() || !j.contains("model")) fail("top level", "expected an object with a \"model\"");
-    read_model(j["model"]);
-    read_normalizer(j.value("normalizer", json()));
-    read_pre_tokenizer(j.value("pre_tokenizer", json()));
-    read_decoder(j.value("decoder", json()));
-    read_added_tokens(j.value("added_tokens", json::array()));
+  explicit BpeTokenizer(const JsonValue& j) : file_(j.origin()) {
+    if (!j.json().is_object() || !j.has("model")) fail("top level", "expected an object with a \"model\"");
+    read_model(j["model"].expect_object());
+    read_normalizer(j.optional("normalizer"));
+    read_pre_tokenizer(j.optional("pre_tokenizer"));
+    read_decoder(j.optional("decoder"));
+    read_added_tokens(j.optional("added_tokens"));
   }
 
   std::vector<Id> encode_text(std::string_view text) const override {
@@ -192,86 +198,89 @@ class BpeTokenizer final : public Tokenizer {
     throw std::runtime_error(fmt::format("{}: {}: {}", file_, component, what));
   }
 
-  void read_model(const json& m) {
-    std::string type = m.value("type", "");
+  void read_model(const JsonValue& m) {
+    std::string type = m.get_or<std::string>("type", "");
     if (type != "BPE") fail("model", fmt::format("type \"{}\" is not supported (BPE, WordPiece)", type));
-    byte_fallback_ = m.value("byte_fallback", false);
-    fuse_unk_ = m.value("fuse_unk", false);
+    byte_fallback_ = m.get_or("byte_fallback", false);
+    fuse_unk_ = m.get_or("fuse_unk", false);
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
-      if (m.contains(key) && !m[key].is_null() && m[key] != "") fail("model", fmt::format("{} is not supported", key));
-    if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() > 0) fail("model", "BPE dropout is not supported");
-    ignore_merges_ = m.value("ignore_merges", false);
-    if (!m.contains("vocab") || !m["vocab"].is_object()) fail("model", "needs a \"vocab\" object");
-    for (const auto& [token, id] : m["vocab"].items()) add_token(token, id.get<Id>());
-    if (m.contains("unk_token") && m["unk_token"].is_string()) {
-      unk_ = token_id(m["unk_token"].get<std::string>());
-      if (unk_ < 0) fail("model", fmt::format("unk_token \"{}\" is not in the vocab", m["unk_token"].get<std::string>()));
+      if (m.get_or<std::string>(key, "") != "") fail("model", fmt::format("{} is not supported", key));
+    if (m.get_or("dropout", 0.0) > 0) fail("model", "BPE dropout is not supported");
+    ignore_merges_ = m.get_or("ignore_merges", false);
+    if (!m.has("vocab") || !m.json()["vocab"].is_object()) fail("model", "needs a \"vocab\" object");
+    const JsonValue vocab = m["vocab"];
+    for (const auto& [token, id] : vocab.json().items()) add_token(token, checked_token_id(id, [&] { return vocab.entry(token); }));
+    if (m.has("unk_token")) {
+      const std::string unk = m["unk_token"].get<std::string>();
+      unk_ = token_id(unk);
+      if (unk_ < 0) fail("model", fmt::format("unk_token \"{}\" is not in the vocab", unk));
     }
     Id rank = 0;
-    for (const auto& merge : m.value("merges", json::array())) {
+    for (const JsonValue& merge : m.optional("merges").elements()) {
       std::string left, right;
-      if (merge.is_string()) {
+      if (merge.json().is_string()) {
         std::string s = merge.get<std::string>();
         auto space = s.find(' ');
         if (space == std::string::npos) fail("model.merges", fmt::format("merge \"{}\" is not \"left right\"", s));
         left = s.substr(0, space);
         right = s.substr(space + 1);
-      } else if (merge.is_array() && merge.size() == 2) {
+      } else if (merge.json().is_array() && merge.size() == 2) {
         left = merge[0].get<std::string>();
         right = merge[1].get<std::string>();
       } else {
-        fail("model.merges", "each merge must be \"left right\" or [left, right], found " + describe(merge));
+        fail("model.merges", "each merge must be \"left right\" or [left, right], found " + describe(merge.json()));
       }
       Id a = token_id(left), b = token_id(right), merged = token_id(left + right);
-      if (a < 0 || b < 0 || merged < 0) fail("model.merges", fmt::format("merge {} uses tokens missing from the vocab", describe(merge)));
+      if (a < 0 || b < 0 || merged < 0) fail("model.merges", fmt::format("merge {} uses tokens missing from the vocab", describe(merge.json())));
       merges_.emplace(pair_key(a, b), std::make_pair(rank++, merged));
     }
   }
 
   void add_token(const std::string& token, Id id) {
-    if (id < 0) fail("vocab", fmt::format("negative id for \"{}\"", token));
     vocab_[token] = id;
     if (static_cast<std::size_t>(id) >= id_to_token_.size()) id_to_token_.resize(id + 1, nullptr);
     id_to_token_[id] = &vocab_.find(token)->first;
   }
 
-  void read_normalizer(const json& n) {
+  void read_normalizer(const JsonValue& n) {
     if (n.is_null()) return;
-    std::string type = n.value("type", "");
+    std::string type = n.expect_object().get_or<std::string>("type", "");
     if (type == "Sequence") {
-      for (const auto& child : n.value("normalizers", json::array())) read_normalizer(child);
+      for (const JsonValue& child : n.optional("normalizers").elements()) read_normalizer(child);
     } else if (type == "NFC") {
       normalizers_.push_back({Normalizer::Kind::nfc, "", ""});
     } else if (type == "Prepend") {
-      normalizers_.push_back({Normalizer::Kind::prepend, n.at("prepend").get<std::string>(), ""});
+      normalizers_.push_back({Normalizer::Kind::prepend, n["prepend"].get<std::string>(), ""});
     } else if (type == "Replace") {
-      if (!n.contains("pattern") || !n["pattern"].contains("String"))
-        fail("normalizer.Replace", "only String patterns are supported, found " + describe(n.value("pattern", json())));
-      normalizers_.push_back({Normalizer::Kind::replace, n["pattern"]["String"].get<std::string>(), n.at("content").get<std::string>()});
+      if (!n.has("pattern") || !n["pattern"].has("String"))
+        fail("normalizer.Replace", "only String patterns are supported, found " + describe(n.optional("pattern").json()));
+      normalizers_.push_back({Normalizer::Kind::replace, n["pattern"]["String"].get<std::string>(), n["content"].get<std::string>()});
     } else {
       fail("normalizer", fmt::format("type \"{}\" is not supported (NFC, Prepend, Replace, Sequence)", type));
     }
   }
 
-  void read_pre_tokenizer(const json& p) {
+  void read_pre_tokenizer(const JsonValue& p) {
     if (p.is_null()) return;  // SentencePiece-style files: the normalized text is one piece
-    std::string type = p.value("type", "");
+    std::string type = p.expect_object().get_or<std::string>("type", "");
     if (type == "Sequence") {
-      for (const auto& child : p.value("pretokenizers", json::array())) read_pre_tokenizer(child);
+      for (const JsonValue& child : p.optional("pretokenizers").elements()) read_pre_tokenizer(child);
     } else if (type == "Split") {
-      if (p.value("behavior", "") != "Isolated") fail("pre_tokenizer.Split", fmt::format("behavior \"{}\" is not supported (Isolated)", p.value("behavior", "")));
-      if (p.value("invert", false)) fail("pre_tokenizer.Split", "invert is not supported");
-      const json& pattern = p["pattern"];
-      std::string regex;
-      if (pattern.contains("Regex")) regex = pattern["Regex"].get<std::string>();
-      else fail("pre_tokenizer.Split", "only Regex patterns are supported, found " + describe(pattern));
+      const std::string behavior = p.get_or<std::string>("behavior", "");
+      if (behavior != "Isolated") fail("pre_tokenizer.Split", fmt::format("behavior \"{}\" is not supported (Isolated)", behavior));
+      if (p.get_or("invert", false)) fail("pre_tokenizer.Split", "invert is not supported");
+      if (!p.has("pattern") || !p["pattern"].has("Regex"))
+        fail("pre_tokenizer.Split", "only Regex patterns are supported, found " + describe(p.optional("pattern").json()));
+      const std::string regex = p["pattern"]["Regex"].get<std::string>();
       steps_.push_back({Step::Kind::split, std::make_unique<Regex>(regex, file_ + ": pre_tokenizer.Split"), false});
     } else if (type == "ByteLevel") {
-      Step step{Step::Kind::byte_level, nullptr, p.value("add_prefix_space", false)};
-      if (p.value("use_regex", true)) step.regex = std::make_unique<Regex>(kGpt2Pattern, file_ + ": pre_tokenizer.ByteLevel");
+      Step step{Step::Kind::byte_level, nullptr, p.get_or("add_prefix_space", false)};
+      if (p.get_or("use_regex", true)) step.regex = std::make_unique<Regex>(kGpt2Pattern, file_ + ": pre_tokenizer.ByteLevel");
       steps_.push_back(std::move(step));
     } else if (type == "Metaspace") {
-      Step step{Step::Kind::metaspace, nullptr, false, p.value("replacement", "\u2581"), p.value("prepend_scheme", "always"), p.value("split", true)};
+      Step step{Step::Kind::metaspace, nullptr, false, p.get_or<std::string>("replacement", "\u2581"),
+                p.get_or<std::string>("prepend_scheme", "always"), p.get_or("split", true)};
+      if (step.replacement.empty()) fail("pre_tokenizer.Metaspace", "replacement is empty");
       if (step.prepend_scheme != "always" && step.prepend_scheme != "first" && step.prepend_scheme != "never")
         fail("pre_tokenizer.Metaspace", fmt::format("prepend_scheme \"{}\" is not one of always, first, never", step.prepend_scheme));
       steps_.push_back(std::move(step));
@@ -280,10 +289,10 @@ class BpeTokenizer final : public Tokenizer {
     }
   }
 
-  void read_decoder(const json& d) {
-    std::string type = d.is_null() ? "" : d.value("type", "");
+  void read_decoder(const JsonValue& d) {
+    std::string type = d.is_null() ? "" : d.expect_object().get_or<std::string>("type", "");
     if (type == "Sequence") {
-      for (const auto& child : d.value("decoders", json::array())) read_decoder(child);
+      for (const JsonValue& child : d.optional("decoders").elements()) read_decoder(child);
     } else if (type == "ByteLevel") {
       decoders_.push_back({Decoder::Kind::byte_level});
     } else if (type == "ByteFallback") {
@@ -291,25 +300,29 @@ class BpeTokenizer final : public Tokenizer {
     } else if (type == "Fuse") {
       decoders_.push_back({Decoder::Kind::fuse});
     } else if (type == "Metaspace") {  // replacement -> space; the first token loses its replacements unless prepend_scheme is never
-      decoders_.push_back({Decoder::Kind::metaspace, d.value("replacement", "\u2581"), d.value("prepend_scheme", "always") == "never" ? "keep" : ""});
+      decoders_.push_back({Decoder::Kind::metaspace, d.get_or<std::string>("replacement", "\u2581"),
+                           d.get_or<std::string>("prepend_scheme", "always") == "never" ? "keep" : ""});
     } else if (type == "Replace") {
-      if (!d.contains("pattern") || !d["pattern"].contains("String"))
-        fail("decoder.Replace", "only String patterns are supported, found " + describe(d.value("pattern", json())));
-      decoders_.push_back({Decoder::Kind::replace, d["pattern"]["String"].get<std::string>(), d.at("content").get<std::string>()});
+      if (!d.has("pattern") || !d["pattern"].has("String"))
+        fail("decoder.Replace", "only String patterns are supported, found " + describe(d.optional("pattern").json()));
+      decoders_.push_back({Decoder::Kind::replace, d["pattern"]["String"].get<std::string>(), d["content"].get<std::string>()});
     } else if (type == "Strip") {
-      decoders_.push_back({Decoder::Kind::strip, d.at("content").get<std::string>(), "", d.value("start", 0), d.value("stop", 0)});
+      const int start = d.get_or("start", 0), stop = d.get_or("stop", 0);
+      if (start < 0 || stop < 0) fail("decoder.Strip", fmt::format("start {} and stop {} must not be negative", start, stop));
+      decoders_.push_back({Decoder::Kind::strip, d["content"].get<std::string>(), "", start, stop});
     } else {
       fail("decoder", fmt::format("type \"{}\" is not supported (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, Sequence)", type));
     }
   }
 
-  void read_added_tokens(const json& tokens) {
-    for (const auto& t : tokens) {
+  void read_added_tokens(const JsonValue& tokens) {
+    for (const JsonValue& t : tokens.elements()) {
+      const std::string content = t.expect_object()["content"].get<std::string>();
       for (const char* flag : {"lstrip", "rstrip", "single_word"})
-        if (t.value(flag, false)) fail("added_tokens", fmt::format("\"{}\" sets {}, which is not supported", t.value("content", ""), flag));
-      if (t.value("normalized", false) && !normalizers_.empty())
-        fail("added_tokens", fmt::format("\"{}\" is normalized, with a normalizer: not supported", t.value("content", "")));
-      AddedToken token{t.at("content").get<std::string>(), t.at("id").get<Id>(), t.value("special", false)};
+        if (t.get_or(flag, false)) fail("added_tokens", fmt::format("\"{}\" sets {}, which is not supported", content, flag));
+      if (t.get_or("normalized", false) && !normalizers_.empty())
+        fail("added_tokens", fmt::format("\"{}\" is normalized, with a normalizer: not supported", content));
+      AddedToken token{content, checked_token_id(t["id"].json(), [&] { return t["id"]; }), t.get_or("special", false)};
       if (token.content.empty()) fail("added_tokens", "an added token is empty");
       add_token(token.content, token.id);
       if (token.special) special_ids_[token.id] = true;
@@ -567,17 +580,11 @@ class BpeTokenizer final : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::filesystem::path& tokenizer_json) {
-  json j;
-  try {
-    j = json::parse(read_file(tokenizer_json));
-  } catch (const json::exception& e) {
-    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", tokenizer_json.string(), e.what()));
-  }
-  const std::string file = tokenizer_json.string();
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (j.is_object() && j.contains("model") && j["model"].value("type", "") == "WordPiece") tokenizer = make_wordpiece_tokenizer(file, j);
-  else tokenizer = std::make_unique<BpeTokenizer>(file, j);
-  SpecialTokens special = read_post_processor(j.value("post_processor", json()), file);
+  const json j = read_json_file(tokenizer_json);
+  const JsonValue root(j, tokenizer_json.string());
+  const bool wordpiece = j.is_object() && j.contains("model") && j["model"].is_object() && j["model"].value("type", json()) == "WordPiece";
+  std::unique_ptr<Tokenizer> tokenizer = wordpiece ? make_wordpiece_tokenizer(root) : std::make_unique<BpeTokenizer>(root);
+  SpecialTokens special = read_post_processor(root.optional("post_processor"));
   tokenizer->special_prefix_ = std::move(special.prefix);
   tokenizer->special_suffix_ = std::move(special.suffix);
   tokenizer->special_description_ = std::move(special.description);

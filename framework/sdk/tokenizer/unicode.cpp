@@ -1,5 +1,7 @@
 #include "unicode.h"
 
+#include "moelab/lib/utf8.h"
+
 #include <unicode/normalizer2.h>
 #include <unicode/unistr.h>
 
@@ -151,3 +153,20 @@ std::string nfc(std::string_view text) {
 }
 
 }  // namespace moelab::unicode
+
+namespace moelab {
+
+std::size_t first_invalid_utf8(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    if (static_cast<unsigned char>(text[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    const std::size_t n = unicode::valid_sequence(text, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace moelab

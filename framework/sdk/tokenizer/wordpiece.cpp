@@ -1,5 +1,6 @@
 #include "wordpiece.h"
 
+#include "token_id.h"
 #include "unicode.h"
 
 #include <fmt/format.h>
@@ -48,41 +49,42 @@ std::vector<char32_t> code_points(std::string_view text) {
 
 class WordPieceTokenizer final : public Tokenizer {
  public:
-  WordPieceTokenizer(const std::string& file, const json& j) : file_(file) {
-    const json& m = j["model"];
-    if (!m.contains("unk_token") || !m["unk_token"].is_string()) fail("model", "WordPiece needs an unk_token");
-    if (!m.contains("vocab") || !m["vocab"].is_object()) fail("model", "WordPiece needs a \"vocab\" object");
-    for (const auto& [token, id] : m["vocab"].items()) {
-      if (!id.is_number_integer() || id.get<Id>() < 0) fail("model.vocab", fmt::format("\"{}\" has no valid id", token));
-      vocab_[token] = id.get<Id>();
-      if (static_cast<std::size_t>(id.get<Id>()) >= tokens_.size()) tokens_.resize(id.get<Id>() + 1);
-      tokens_[id.get<Id>()] = token;
-    }
-    prefix_ = m.contains("continuing_subword_prefix") && m["continuing_subword_prefix"].is_string() ? m["continuing_subword_prefix"].get<std::string>() : "##";
-    max_chars_ = m.contains("max_input_chars_per_word") && m["max_input_chars_per_word"].is_number_integer() ? m["max_input_chars_per_word"].get<std::size_t>() : 100;
+  explicit WordPieceTokenizer(const JsonValue& j) : file_(j.origin()) {
+    const JsonValue m = j["model"];
+    if (!m.has("unk_token") || !m.json()["unk_token"].is_string()) fail("model", "WordPiece needs an unk_token");
+    if (!m.has("vocab") || !m.json()["vocab"].is_object()) fail("model", "WordPiece needs a \"vocab\" object");
+    const JsonValue vocab = m["vocab"];
+    for (const auto& [token, value] : vocab.json().items()) add(token, checked_token_id(value, [&] { return vocab.entry(token); }));
+    prefix_ = m.get_or<std::string>("continuing_subword_prefix", "##");
+    max_chars_ = m.get_or<std::size_t>("max_input_chars_per_word", 100);
     unk_ = token_id(m["unk_token"].get<std::string>());
     if (unk_ < 0) fail("model", "unk_token is not in the vocab");
-    const json& n = j.value("normalizer", json());
+    const JsonValue n = j.optional("normalizer");
     if (!n.is_null()) {
-      if (n.value("type", "") != "BertNormalizer") fail("normalizer", fmt::format("type \"{}\" is not supported (BertNormalizer)", n.value("type", "")));
-      clean_text_ = n.value("clean_text", true);
-      chinese_ = n.value("handle_chinese_chars", true);
-      lowercase_ = n.value("lowercase", true);
-      strip_accents_ = n.contains("strip_accents") && !n["strip_accents"].is_null() ? n["strip_accents"].get<bool>() : lowercase_;
+      const std::string type = n.expect_object().get_or<std::string>("type", "");
+      if (type != "BertNormalizer") fail("normalizer", fmt::format("type \"{}\" is not supported (BertNormalizer)", type));
+      clean_text_ = n.get_or("clean_text", true);
+      chinese_ = n.get_or("handle_chinese_chars", true);
+      lowercase_ = n.get_or("lowercase", true);
+      strip_accents_ = n.get_or("strip_accents", lowercase_);
     } else {
       clean_text_ = chinese_ = lowercase_ = strip_accents_ = false;
     }
-    const json& p = j.value("pre_tokenizer", json());
-    if (p.is_null() || p.value("type", "") != "BertPreTokenizer")
-      fail("pre_tokenizer", fmt::format("{} is not supported with WordPiece (BertPreTokenizer)", p.is_null() ? "none" : p.value("type", "")));
-    const json& d = j.value("decoder", json());
-    if (!d.is_null() && d.value("type", "") != "WordPiece") fail("decoder", fmt::format("type \"{}\" is not supported (WordPiece)", d.value("type", "")));
-    cleanup_ = d.is_null() ? true : d.value("cleanup", true);
-    for (const auto& t : j.value("added_tokens", json::array())) {
-      if (t.value("normalized", false)) fail("added_tokens", fmt::format("\"{}\" is normalized: not supported", t.value("content", "")));
-      added_.emplace_back(t.at("content").get<std::string>(), t.at("id").get<Id>());
-      vocab_[added_.back().first] = added_.back().second;
-      special_[added_.back().second] = t.value("special", false);
+    const JsonValue p = j.optional("pre_tokenizer");
+    const std::string pre_tokenizer = p.is_null() ? "none" : p.expect_object().get_or<std::string>("type", "");
+    if (pre_tokenizer != "BertPreTokenizer") fail("pre_tokenizer", fmt::format("{} is not supported with WordPiece (BertPreTokenizer)", pre_tokenizer));
+    const JsonValue d = j.optional("decoder");
+    const std::string decoder = d.is_null() ? "WordPiece" : d.expect_object().get_or<std::string>("type", "");
+    if (decoder != "WordPiece") fail("decoder", fmt::format("type \"{}\" is not supported (WordPiece)", decoder));
+    cleanup_ = d.is_null() ? true : d.get_or("cleanup", true);
+    for (const JsonValue& t : j.optional("added_tokens").elements()) {
+      const std::string content = t.expect_object()["content"].get<std::string>();
+      if (t.get_or("normalized", false)) fail("added_tokens", fmt::format("\"{}\" is normalized: not supported", content));
+      if (content.empty()) fail("added_tokens", "an added token is empty");
+      const Id id = checked_token_id(t["id"].json(), [&] { return t["id"]; });
+      added_.emplace_back(content, id);
+      add(content, id);
+      special_[id] = t.get_or("special", false);
     }
   }
 
@@ -131,6 +133,12 @@ class WordPieceTokenizer final : public Tokenizer {
   std::size_t vocab_size() const override { return tokens_.size(); }
 
  private:
+  void add(const std::string& token, Id id) {
+    vocab_[token] = id;
+    if (static_cast<std::size_t>(id) >= tokens_.size()) tokens_.resize(id + 1);
+    tokens_[id] = token;
+  }
+
   [[noreturn]] void fail(const std::string& component, const std::string& what) const {
     throw std::runtime_error(fmt::format("{}: {}: {}", file_, component, what));
   }
@@ -226,8 +234,8 @@ class WordPieceTokenizer final : public Tokenizer {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> make_wordpiece_tokenizer(const std::string& file, const json& tokenizer_json) {
-  return std::make_unique<WordPieceTokenizer>(file, tokenizer_json);
+std::unique_ptr<Tokenizer> make_wordpiece_tokenizer(const JsonValue& tokenizer_json) {
+  return std::make_unique<WordPieceTokenizer>(tokenizer_json);
 }
 
 }  // namespace moelab

@@ -2,15 +2,15 @@
 // BertPreTokenizer, greedy longest-match WordPiece and the WordPiece decoder.
 #pragma once
 
+#include "moelab/lib/json_read.h"
 #include "moelab/tokenizer.h"
-
-#include <nlohmann/json.hpp>
 
 #include <memory>
 #include <string>
 
 namespace moelab {
 
-std::unique_ptr<Tokenizer> make_wordpiece_tokenizer(const std::string& file, const nlohmann::json& tokenizer_json);
+// Errors name tokenizer_json's origin (the file) and the key.
+std::unique_ptr<Tokenizer> make_wordpiece_tokenizer(const JsonValue& tokenizer_json);
 
 }  // namespace moelab
