@@ -41,6 +41,7 @@ struct ModelConfig {
   Architecture arch;
   int64_t vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, head_dim;
   int64_t intermediate_size, expert_intermediate_size, shared_intermediate_size = 0, num_experts;
+  std::string num_experts_key;  // the config.json spelling that gave num_experts, for messages
   RouterSpec router;  // without the bias, which is a per-layer tensor
   int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
   double rms_eps, clip_qkv = 0;
@@ -52,6 +53,9 @@ struct ModelConfig {
   int64_t sliding_window = 0;     // a query in a sliding layer sees only the last sliding_window keys
   std::vector<bool> sliding_layer;  // no layer unless the hook says otherwise
   int64_t pad_token_id = -1, eos_token_id = -1;
+  // Layers stored after the decoder's that the causal LM never runs (DeepSeek-V3's multi-token
+  // prediction layers, num_nextn_predict_layers): their tensors are allowed and not loaded.
+  int64_t unused_stored_layers = 0;
   std::set<std::string> keys_read;  // every config.json key the readers asked about
 };
 

@@ -1,7 +1,10 @@
 // Reading config.json: typed values whose errors name the file and key. A null value counts as absent,
-// so the caller's fallback (transformers' default) applies. Every key asked about is recorded, so the
-// caller can refuse the keys nothing read (see read_model_config).
+// so the caller's fallback (transformers' default) applies. Types are strict (3.5 is no layer count)
+// and sizes are range-checked where they are read. Every key asked about is recorded, so the caller can
+// refuse the keys nothing read (see read_model_config).
 #pragma once
+
+#include "moelab/lib/json_read.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -26,20 +29,27 @@ class ConfigKeys {
   template <class T>
   T get(const std::string& key) const {
     if (!has(key)) throw error(fmt::format("missing key \"{}\"", key));
-    try {
-      return j_[key].get<T>();
-    } catch (const nlohmann::json::exception&) {
-      throw error(fmt::format("key \"{}\" has the wrong type ({})", key, j_[key].dump()));
-    }
+    return JsonValue(j_[key], file_, key).get<T>();
   }
   template <class T>
   T get_or(const std::string& key, T fallback) const { return has(key) ? get<T>(key) : fallback; }
-  // The first of several spellings that is present (configs rename keys across versions).
-  template <class T>
-  T first_of(std::initializer_list<const char*> keys, T fallback) const {
+  // The first of several spellings that is present (configs rename keys across versions), or "".
+  std::string first_present(std::initializer_list<const char*> keys) const {
     for (const char* k : keys)
-      if (has(k)) return get<T>(k);
-    return fallback;
+      if (has(k)) return k;
+    return "";
+  }
+  // An integer of at least `min` (1 for counts and sizes), required or with a fallback.
+  int64_t at_least(const std::string& key, int64_t min) const { return checked_min(key, get<int64_t>(key), min); }
+  int64_t at_least_or(const std::string& key, int64_t min, int64_t fallback) const {
+    return has(key) ? at_least(key, min) : fallback;
+  }
+  // A number greater than 0 (epsilons, rope theta, scaling factors), or the fallback when absent.
+  double positive_or(const std::string& key, double fallback) const {
+    if (!has(key)) return fallback;
+    const double value = get<double>(key);
+    if (!(value > 0)) throw error(fmt::format("{} = {}, expected a number > 0", key, j_[key].dump()));
+    return value;
   }
   // A string setting moelab implements only some values of: the value (or fallback), else an error.
   std::string one_of(const std::string& key, const std::string& fallback, std::initializer_list<const char*> supported) const {
@@ -56,6 +66,11 @@ class ConfigKeys {
   std::runtime_error error(const std::string& what) const { return std::runtime_error(fmt::format("{}: {}", file_, what)); }
 
  private:
+  int64_t checked_min(const std::string& key, int64_t value, int64_t min) const {
+    if (value < min) throw error(fmt::format("{} = {}, expected an integer >= {}", key, value, min));
+    return value;
+  }
+
   const nlohmann::json& j_;
   std::string file_;
   mutable std::set<std::string> read_;

@@ -1,5 +1,6 @@
 #include "moe_model.h"
 
+#include "checkpoint_check.h"
 #include "route.h"
 #include "moelab/lib/compat.h"
 #include "moelab/lib/log.h"
@@ -10,6 +11,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <optional>
 
 namespace moelab {
 
@@ -343,13 +345,9 @@ class MoeModel final : public Model {
 
   void load(const std::filesystem::path& folder) {
     Checkpoint ckpt(folder);
-    std::vector<std::string> missing;
-    auto take = [&](const std::string& name, bool required = true, torch::ScalarType dtype = torch::kFloat32, bool keep_dtype = false) {
-      if (!ckpt.contains(name)) {
-        if (required) missing.push_back(name);
-        return Tensor();
-      }
-      Tensor t = ckpt.get(name).to(device_, keep_dtype ? dtype : dtype_).contiguous();
+    check_checkpoint(c_, ckpt, folder);  // every tensor taken below is present with its shape
+    auto take = [&](const std::string& name, std::optional<torch::ScalarType> dtype = std::nullopt) {
+      Tensor t = ckpt.get(name).to(device_, dtype.value_or(dtype_)).contiguous();
       named_.emplace_back(name, t);
       return t;
     };
@@ -396,9 +394,9 @@ class MoeModel final : public Model {
       } else {
         std::string m = p + a.moe_module + ".";
         const torch::ScalarType router_dtype = dtype_ == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-        L.router = take(m + a.router + ".weight", true, router_dtype, true);
+        L.router = take(m + a.router + ".weight", router_dtype);
         L.routing = c_.router;
-        if (!a.router_bias.empty()) L.routing.bias = take(m + a.router + "." + a.router_bias, true, router_dtype, true);
+        if (!a.router_bias.empty()) L.routing.bias = take(m + a.router + "." + a.router_bias, router_dtype);
         std::vector<Tensor> g, u, d;
         for (int64_t e = 0; e < c_.num_experts; ++e) {
           std::string ep = fmt::format("{}experts.{}.", m, e);
@@ -406,13 +404,11 @@ class MoeModel final : public Model {
           u.push_back(take(ep + a.expert_names[1] + ".weight"));
           d.push_back(take(ep + a.expert_names[2] + ".weight"));
         }
-        if (missing.empty()) {
-          // Stacked copies for dispatch; the per-expert tensors in named_ become views of them.
-          L.expert_gate = torch::stack(g);
-          L.expert_up = torch::stack(u);
-          L.expert_down = torch::stack(d);
-          rebind_experts(m, a, L);
-        }
+        // Stacked copies for dispatch; the per-expert tensors in named_ become views of them.
+        L.expert_gate = torch::stack(g);
+        L.expert_up = torch::stack(u);
+        L.expert_down = torch::stack(d);
+        rebind_experts(m, a, L);
         if (!a.shared_expert.empty() && c_.shared_intermediate_size > 0) {
           std::string s = m + a.shared_expert + ".";
           L.shared = {take(s + "gate_proj.weight"), take(s + "up_proj.weight"), take(s + "down_proj.weight")};
@@ -420,12 +416,6 @@ class MoeModel final : public Model {
         }
       }
       layers_.push_back(std::move(L));
-    }
-    if (!missing.empty()) {
-      std::size_t shown = std::min<std::size_t>(missing.size(), 12);
-      throw std::runtime_error(fmt::format("{}: checkpoint lacks {} tensor(s) that {} needs: {}{}", folder.string(), missing.size(),
-                                           c_.arch.model_type, fmt::join(missing.begin(), missing.begin() + shown, ", "),
-                                           missing.size() > shown ? ", ..." : ""));
     }
   }
 

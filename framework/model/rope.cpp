@@ -61,8 +61,8 @@ double yarn_mscale(double factor, double mscale) { return factor <= 1 ? 1.0 : 0.
 
 RopeConfig read_rope(const ConfigKeys& k) {
   RopeConfig r;
-  r.theta = k.get_or<double>("rope_theta", 10000.0);
-  r.max_positions = k.get_or<int64_t>("max_position_embeddings", 0);
+  r.theta = k.positive_or("rope_theta", 10000.0);
+  r.max_positions = k.at_least_or("max_position_embeddings", 0, 0);
   const bool scaling = k.has("rope_scaling"), parameters = k.has("rope_parameters");
   if (!scaling && !parameters) return r;
   const char* table = scaling ? "rope_scaling" : "rope_parameters";
@@ -72,7 +72,7 @@ RopeConfig read_rope(const ConfigKeys& k) {
   auto keys = kTypeKeys.find(r.type);
   if (keys == kTypeKeys.end())
     throw s.error(fmt::format("rope_type \"{}\" is not supported (supported: default, linear, dynamic, yarn, llama3)", r.type));
-  r.theta = s.get_or<double>("rope_theta", r.theta);
+  r.theta = s.positive_or("rope_theta", r.theta);
   if (s.get_or<double>("partial_rotary_factor", 1.0) != 1.0) throw s.error("partial_rotary_factor other than 1 is not supported");
   for (const auto& [key, value] : s.json().items()) {
     bool known = s.keys_read().count(key) > 0 || value.is_null();
@@ -81,27 +81,33 @@ RopeConfig read_rope(const ConfigKeys& k) {
   }
   if (r.type == "default") return r;
   // yarn and llama3 take the pretraining length from a top-level key first, as transformers does.
-  r.original_max_positions = k.get_or<int64_t>("original_max_position_embeddings",
-                                               s.get_or<int64_t>("original_max_position_embeddings", r.max_positions));
+  r.original_max_positions = k.at_least_or("original_max_position_embeddings", 0,
+                                           s.at_least_or("original_max_position_embeddings", 0, r.max_positions));
+  if ((r.type == "yarn" || r.type == "llama3") && r.original_max_positions <= 0)
+    throw s.error(fmt::format("{} needs original_max_position_embeddings (or max_position_embeddings)", r.type));
   if (r.type == "yarn") {
-    if (r.original_max_positions <= 0) throw s.error("yarn needs original_max_position_embeddings (or max_position_embeddings)");
-    r.factor = s.has("factor") ? s.get<double>("factor") : static_cast<double>(r.max_positions) / r.original_max_positions;
-    r.beta_fast = s.get_or<double>("beta_fast", 32.0);
-    r.beta_slow = s.get_or<double>("beta_slow", 1.0);
+    r.factor = s.has("factor") ? s.positive_or("factor", 1.0) : static_cast<double>(r.max_positions) / r.original_max_positions;
+    if (!(r.factor > 0)) throw s.error(fmt::format("yarn needs a factor > 0 (or max_position_embeddings > 0), found {}", r.factor));
+    r.beta_fast = s.positive_or("beta_fast", 32.0);
+    r.beta_slow = s.positive_or("beta_slow", 1.0);
     r.truncate = s.get_or<bool>("truncate", true);
     const double mscale = s.get_or<double>("mscale", 0.0);
     r.mscale_all_dim = s.get_or<double>("mscale_all_dim", 0.0);
-    r.attention_factor = s.has("attention_factor") ? s.get<double>("attention_factor")
+    r.attention_factor = s.has("attention_factor") ? s.positive_or("attention_factor", 1.0)
                          : mscale != 0 && r.mscale_all_dim != 0
                              ? yarn_mscale(r.factor, mscale) / yarn_mscale(r.factor, r.mscale_all_dim)
                              : yarn_mscale(r.factor);
     return r;
   }
-  r.factor = s.get<double>("factor");
+  if (!s.has("factor")) throw s.error(fmt::format("rope_type \"{}\" needs a factor", r.type));
+  r.factor = s.positive_or("factor", 1.0);
   if (r.type == "dynamic" && r.max_positions <= 0) throw k.error("rope_type \"dynamic\" needs max_position_embeddings");
   if (r.type == "llama3") {
-    r.low_freq_factor = s.get<double>("low_freq_factor");
-    r.high_freq_factor = s.get<double>("high_freq_factor");
+    if (!s.has("low_freq_factor") || !s.has("high_freq_factor")) throw s.error("llama3 needs low_freq_factor and high_freq_factor");
+    r.low_freq_factor = s.positive_or("low_freq_factor", 1.0);
+    r.high_freq_factor = s.positive_or("high_freq_factor", 4.0);
+    if (r.high_freq_factor <= r.low_freq_factor)
+      throw s.error(fmt::format("llama3 needs high_freq_factor ({}) > low_freq_factor ({})", r.high_freq_factor, r.low_freq_factor));
   }
   return r;
 }

@@ -1,6 +1,7 @@
 #include "moelab/lib/safetensors.h"
 
 #include "moelab/lib/files.h"
+#include "moelab/lib/json_read.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 
 namespace moelab {
@@ -70,8 +72,8 @@ SafetensorsFile::SafetensorsFile(const fs::path& file) : path_(file), mapping_(s
                           mapping_->size));
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_size);
-  } catch (const nlohmann::json::exception& e) {
+    header = parse_json(std::string_view(reinterpret_cast<const char*>(bytes + 8), header_size), "header", /*max_depth=*/8);
+  } catch (const std::runtime_error& e) {
     bad(file, fmt::format("header is not JSON ({})", e.what()));
   }
   if (!header.is_object()) bad(file, "header is not a JSON object");
@@ -97,11 +99,14 @@ SafetensorsFile::SafetensorsFile(const fs::path& file) : path_(file), mapping_(s
     if (known == dtype_table().end()) where(fmt::format("dtype '{}' is not supported by this build", dtype));
     entry.dtype = known->second;
     std::uint64_t elements = 1;
+    bool overflow = false;
     if (!info["shape"].is_array()) where("shape is not an array");
     for (const auto& d : info["shape"]) {
       if (!d.is_number_unsigned()) where("shape has a negative or non-integer dimension");
+      if (d.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<int64_t>::max()))
+        where(fmt::format("shape {} has a dimension beyond 2^63", info["shape"].dump()));
       entry.shape.push_back(d.get<int64_t>());
-      elements *= d.get<std::uint64_t>();
+      overflow = __builtin_mul_overflow(elements, d.get<std::uint64_t>(), &elements) || overflow;
     }
     const auto& offsets = info["data_offsets"];
     if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
@@ -110,7 +115,10 @@ SafetensorsFile::SafetensorsFile(const fs::path& file) : path_(file), mapping_(s
     entry.end = offsets[1].get<std::size_t>();
     if (entry.begin > entry.end || entry.end > data_size)
       where(fmt::format("data_offsets [{}, {}] lie outside the {} data bytes (truncated file?)", entry.begin, entry.end, data_size));
-    std::uint64_t expected = elements * c10::elementSize(entry.dtype);
+    std::uint64_t expected = 0;
+    overflow = __builtin_mul_overflow(elements, static_cast<std::uint64_t>(c10::elementSize(entry.dtype)), &expected) || overflow;
+    overflow = overflow || expected > static_cast<std::uint64_t>(std::numeric_limits<int64_t>::max());
+    if (overflow) where(fmt::format("{} {} holds more bytes than 2^63 (corrupt header?)", dtype, info["shape"].dump()));
     if (entry.end - entry.begin != expected)
       where(fmt::format("holds {} bytes, but {} {} needs {}", entry.end - entry.begin, dtype, info["shape"].dump(), expected));
     starts.emplace_back(entry.begin, name);
@@ -130,10 +138,14 @@ std::vector<std::string> SafetensorsFile::names() const {
   return out;
 }
 
-torch::Tensor SafetensorsFile::get(const std::string& name) const {
+const SafetensorsFile::Entry& SafetensorsFile::entry(const std::string& name) const {
   auto it = entries_.find(name);
   if (it == entries_.end()) throw std::runtime_error(fmt::format("{}: no tensor '{}'", path_.string(), name));
-  const Entry& e = it->second;
+  return it->second;
+}
+
+torch::Tensor SafetensorsFile::get(const std::string& name) const {
+  const Entry& e = entry(name);
   void* at = const_cast<std::uint8_t*>(data_ + e.begin);
   auto keep = mapping_;
   return torch::from_blob(at, e.shape, [keep](void*) {}, torch::TensorOptions().dtype(e.dtype));
@@ -143,17 +155,13 @@ Checkpoint::Checkpoint(const fs::path& folder) : folder_(folder) {
   fs::path single = folder / "model.safetensors", index = folder / "model.safetensors.index.json";
   std::vector<fs::path> shards;
   if (fs::exists(index)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(index));
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(fmt::format("{}: not valid JSON ({})", index.string(), e.what()));
-    }
-    if (!j.contains("weight_map") || !j["weight_map"].is_object())
+    const nlohmann::json j = read_json_file(index);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw std::runtime_error(fmt::format("{}: needs a \"weight_map\" object", index.string()));
+    const JsonValue weight_map = JsonValue(j, index.string())["weight_map"];
     std::map<std::string, const SafetensorsFile*> by_file;
     for (const auto& [tensor, shard] : j["weight_map"].items()) {
-      std::string shard_name = shard.get<std::string>();
+      const std::string shard_name = weight_map.entry(tensor).get<std::string>();
       if (!by_file.count(shard_name)) {
         files_.push_back(std::make_unique<SafetensorsFile>(folder / shard_name));
         by_file[shard_name] = files_.back().get();
@@ -174,6 +182,12 @@ torch::Tensor Checkpoint::get(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) throw std::runtime_error(fmt::format("checkpoint {} has no tensor '{}'", folder_.string(), name));
   return it->second->get(name);
+}
+
+const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) throw std::runtime_error(fmt::format("checkpoint {} has no tensor '{}'", folder_.string(), name));
+  return *it->second;
 }
 
 std::vector<std::string> Checkpoint::names() const {

@@ -48,6 +48,11 @@ TEST(Safetensors, ShardedCheckpointsFollowTheIndex) {
   EXPECT_THAT(error_of([&] { ckpt.get("c"); }), HasSubstr("has no tensor 'c'"));
   dir.write("model.safetensors.index.json", R"({"weight_map": {"a": "model-00002-of-00002.safetensors"}})");
   EXPECT_THAT(error_of([&] { moelab::Checkpoint again(dir.path()); }), HasSubstr("maps 'a' to model-00002-of-00002.safetensors"));
+  dir.write("model.safetensors.index.json", R"({"weight_map": {"a": 1}})");
+  EXPECT_THAT(error_of([&] { moelab::Checkpoint again(dir.path()); }),
+              HasSubstr("model.safetensors.index.json: weight_map[\"a\"]: expected a string, found number 1"));
+  EXPECT_EQ(ckpt.file_of("b").shape("b"), std::vector<int64_t>({3}));
+  EXPECT_EQ(ckpt.file_of("a").dtype("a"), torch::kFloat32);
 }
 
 TEST(Safetensors, DamagedFilesGiveErrorsNamingFileAndTensor) {
@@ -73,6 +78,12 @@ TEST(Safetensors, DamagedFilesGiveErrorsNamingFileAndTensor) {
         "tensors 'a' and 'b' overlap");
   check("negative.safetensors", header_file(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4), "negative");
   check("missing_fields.safetensors", header_file(R"({"w": {"dtype": "F32"}})", 0), "needs dtype, shape and data_offsets");
+  // Shape products that wrap around 2^64 (here to 0 bytes) and dimensions beyond int64 are refused, not mapped.
+  check("overflow.safetensors", header_file(R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 0]}})", 0),
+        "tensor 'w': F32 [4294967296,4294967296,16] holds more bytes than 2^63");
+  check("huge_dim.safetensors", header_file(R"({"w": {"dtype": "U8", "shape": [18446744073709551615], "data_offsets": [0, 0]}})", 0),
+        "tensor 'w': shape [18446744073709551615] has a dimension beyond 2^63");
+  check("deep.safetensors", header_file(std::string(100000, '[') + std::string(100000, ']'), 0), "nesting deeper than 8 levels");
   EXPECT_THAT(error_of([&] { moelab::SafetensorsFile f(dir.path() / "absent.safetensors"); }), HasSubstr("cannot open"));
 }
 

@@ -14,10 +14,10 @@ Architecture deepseek_v2() {
     read_deepseek_layout(k, c, /*default_shared_experts=*/2, /*default_first_dense=*/0);
     c.rope_interleaved = true;
     k.one_of("scoring_func", "softmax", {"softmax"});
-    c.router.scale = k.get_or<double>("routed_scaling_factor", 1.0);
+    c.router.scale = k.positive_or("routed_scaling_factor", 1.0);
     if (k.one_of("topk_method", "greedy", {"greedy", "group_limited_greedy"}) == "group_limited_greedy") {
-      c.router.groups = k.get<int64_t>("n_group");
-      c.router.groups_kept = k.get<int64_t>("topk_group");
+      c.router.groups = k.at_least("n_group", 1);
+      c.router.groups_kept = k.at_least("topk_group", 1);
     } else {
       k.has("n_group"), k.has("topk_group");  // greedy ignores them: known keys without effect
     }

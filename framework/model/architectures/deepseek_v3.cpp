@@ -19,10 +19,11 @@ Architecture deepseek_v3() {
     k.one_of("topk_method", "noaux_tc", {"noaux_tc"});
     c.router.scoring = Scoring::sigmoid;
     c.router.group_score = GroupScore::top2_sum;
-    c.router.groups = k.get_or<int64_t>("n_group", 8);
-    c.router.groups_kept = k.get_or<int64_t>("topk_group", 4);
+    c.router.groups = k.at_least_or("n_group", 1, 8);
+    c.router.groups_kept = k.at_least_or("topk_group", 1, 4);
     c.router.renormalize = k.get_or<bool>("norm_topk_prob", true);
-    c.router.scale = k.get_or<double>("routed_scaling_factor", 2.5);
+    c.router.scale = k.positive_or("routed_scaling_factor", 2.5);
+    c.unused_stored_layers = k.at_least_or("num_nextn_predict_layers", 0, 0);
   };
   return a;
 }

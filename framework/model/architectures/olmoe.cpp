@@ -9,6 +9,7 @@ Architecture olmoe() {
   a.qk_norm = QkNorm::full_width;
   a.read_config = [](const ConfigKeys& k, ModelConfig& c) {
     c.clip_qkv = k.get_or<double>("clip_qkv", 0.0);
+    if (c.clip_qkv < 0) throw k.error(fmt::format("clip_qkv = {}, expected a number >= 0 (0 or null: no clipping)", c.clip_qkv));
     read_attention_bias(k, c);
     read_softmax_topk(k, c);
   };

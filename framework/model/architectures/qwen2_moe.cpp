@@ -11,7 +11,7 @@ namespace {
 
 void read_sliding_layers(const ConfigKeys& k, ModelConfig& c) {
   const bool used = k.get_or<bool>("use_sliding_window", false);
-  const int64_t max_window_layers = k.get_or<int64_t>("max_window_layers", 28);
+  const int64_t max_window_layers = k.at_least_or("max_window_layers", 0, 28);
   std::vector<std::string> types;
   for (int64_t i = 0; i < c.num_layers; ++i)
     types.push_back(used && i % 2 == 0 && i < max_window_layers ? "sliding_attention" : "full_attention");
@@ -38,7 +38,7 @@ Architecture qwen2_moe() {
   a.shared_expert_gate = "shared_expert_gate";
   a.read_config = [](const ConfigKeys& k, ModelConfig& c) {
     c.qkv_bias = k.get_or<bool>("qkv_bias", true);
-    c.shared_intermediate_size = k.get<int64_t>("shared_expert_intermediate_size");
+    c.shared_intermediate_size = k.at_least("shared_expert_intermediate_size", 0);
     read_sliding_layers(k, c);
     k.has("sliding_window");  // unused without sliding layers, as in transformers
     read_softmax_topk(k, c);

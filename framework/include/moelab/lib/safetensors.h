@@ -1,5 +1,6 @@
 // Safetensors files: a memory-mapped reader that checks the header strictly (offsets inside the file,
-// no overlaps, byte counts that match shapes) and an atomic writer. Errors name the file and tensor.
+// no overlaps, byte counts that match shapes without overflow) and an atomic writer. Errors name the
+// file and tensor.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -23,6 +24,9 @@ class SafetensorsFile {
   bool contains(const std::string& name) const { return entries_.count(name) > 0; }
   // A CPU tensor over the mapped bytes (copy-on-write: writing never touches the file).
   torch::Tensor get(const std::string& name) const;
+  // From the header, without touching the data; throw naming the file when the tensor is absent.
+  torch::ScalarType dtype(const std::string& name) const { return entry(name).dtype; }
+  const std::vector<int64_t>& shape(const std::string& name) const { return entry(name).shape; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
@@ -32,6 +36,7 @@ class SafetensorsFile {
     std::size_t begin, end;
   };
   struct Mapping;
+  const Entry& entry(const std::string& name) const;
 
   std::filesystem::path path_;
   std::shared_ptr<Mapping> mapping_;
@@ -47,6 +52,8 @@ class Checkpoint {
   bool contains(const std::string& name) const { return where_.count(name) > 0; }
   torch::Tensor get(const std::string& name) const;  // throws naming the folder and the tensor
   std::vector<std::string> names() const;
+  // The file that holds `name` (its shape and dtype, without reading data).
+  const SafetensorsFile& file_of(const std::string& name) const;
 
  private:
   std::filesystem::path folder_;
