@@ -1,6 +1,7 @@
 #include "moelab/lib/routing_results.h"
 
 #include "moelab/lib/files.h"
+#include "moelab/lib/json_read.h"
 
 #include <fmt/format.h>
 
@@ -16,44 +17,36 @@ std::string optional_string(const nlohmann::json& object, const char* field) {
 }  // namespace
 
 std::vector<RoutingResult> read_routing_results(const std::filesystem::path& file) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(file));
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", file.string(), e.what()));
-  }
+  const nlohmann::json j = read_json_file(file);
   if (!j.is_object()) throw std::runtime_error(fmt::format("{}: expected a JSON object keyed by question id", file.string()));
   std::vector<RoutingResult> out;
-  for (const auto& [key, entry] : j.items()) {
+  for (const auto& [key, value] : j.items()) {
     RoutingResult r;
     r.key = key;
     r.origin = fmt::format("{} [\"{}\"]", file.string(), key);
-    try {
-      for (const char* field : {"input_text", "correct_answer", "last_token_routing"})
-        if (!entry.contains(field)) throw std::runtime_error(fmt::format("missing \"{}\"", field));
-      r.input_text = entry["input_text"].get<std::string>();
-      r.correct_answer = entry["correct_answer"].get<std::string>();
-      r.is_correct = entry.value("is_correct", false);
-      const nlohmann::json& last = entry["last_token_routing"];
-      r.model_answer = optional_string(entry, "model_answer");
-      r.set = optional_string(entry, "set");
-      r.token_text = optional_string(last, "token_text");
-      if (last.contains("token_id") && last["token_id"].is_number_integer()) r.token_id = last["token_id"].get<std::int64_t>();
-      r.letters = entry.contains("choice_letters") ? entry["choice_letters"].get<std::vector<std::string>>()
-                                                    : std::vector<std::string>{"A", "B", "C", "D"};
-      for (const auto& layer : last.at("layers")) {
-        std::vector<double>& dense = r.routing[layer.at("layer").get<int>()];
-        for (const auto& [name, w] : layer.at("routing_weights").items()) {
-          if (name.rfind("expert_", 0) != 0) throw std::runtime_error(fmt::format("routing key \"{}\" is not expert_<e>", name));
-          std::size_t e = std::stoul(name.substr(7));
-          if (dense.size() <= e) dense.resize(e + 1, 0.0);
-          dense[e] = w.get<double>();
-        }
-      }
-    } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("{}: {}", r.origin, e.what()));
+    const JsonValue entry(value, r.origin);  // errors: file ["key"]: path inside the entry: what
+    entry.expect_object();
+    r.input_text = entry["input_text"].get<std::string>();
+    r.correct_answer = entry["correct_answer"].get<std::string>();
+    r.is_correct = entry.get_or("is_correct", false);
+    const JsonValue last = entry["last_token_routing"].expect_object();
+    r.model_answer = optional_string(value, "model_answer");
+    r.set = optional_string(value, "set");
+    r.token_text = optional_string(last.json(), "token_text");
+    if (last.has("token_id") && last.json()["token_id"].is_number_integer()) r.token_id = last["token_id"].get<std::int64_t>();
+    r.letters = entry.has("choice_letters") ? entry["choice_letters"].get<std::vector<std::string>>() : std::vector<std::string>{"A", "B", "C", "D"};
+    for (const JsonValue& layer : last["layers"].expect_list().elements()) {
+      std::vector<double>& dense = r.routing[layer.expect_object()["layer"].get<int>()];
+      layer["routing_weights"].for_each_member([&](const std::string& name, const JsonValue& w) {
+        const std::string digits = name.rfind("expert_", 0) == 0 ? name.substr(7) : "";
+        if (digits.empty() || digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string::npos)
+          throw std::runtime_error(fmt::format("{}: routing key \"{}\" is not expert_<e> ({})", r.origin, name, w.path()));
+        const std::size_t e = std::stoul(digits);
+        if (dense.size() <= e) dense.resize(e + 1, 0.0);
+        dense[e] = w.get<double>();
+      });
     }
-    r.entry = entry;
+    r.entry = value;
     out.push_back(std::move(r));
   }
   if (out.empty()) throw std::runtime_error(fmt::format("{}: no entries", file.string()));

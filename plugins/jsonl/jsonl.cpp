@@ -11,6 +11,7 @@
 // {"text","label"} objects, and answers a letter, a 0-based index, or a numeric key "1".."N" (ARC's
 // numeric items, shown as A..N as lm-eval does).
 #include "moelab/moelab.h"
+#include "moelab/lib/json_read.h"
 #include "moelab/lib/python_str.h"
 
 #include <fstream>
@@ -19,6 +20,7 @@
 namespace {
 
 using moelab::Example;
+using moelab::JsonValue;
 using nlohmann::json;
 
 enum class Form { automatic, arc, openbookqa, sciq, hellaswag, winogrande, piqa, fields };
@@ -72,13 +74,9 @@ class JsonlDataset final : public moelab::Dataset {
     for (long long number = 1; std::getline(in, line); ++number) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       std::string origin = fmt::format("{}:{}", path.string(), number);
-      json record;
-      try {
-        record = json::parse(line);
-      } catch (const json::parse_error& e) {
-        throw std::runtime_error(fmt::format("{}: not valid JSON: {}", origin, e.what()));
-      }
-      examples_.push_back(to_example(normalized(record, origin), settings_, origin, examples_.size()));
+      const json record = moelab::parse_json(line, origin);
+      const json prepared = normalized(JsonValue(record, origin));
+      examples_.push_back(to_example(JsonValue(prepared, origin), settings_, examples_.size()));
       if (limit > 0 && static_cast<long long>(examples_.size()) >= limit) break;
     }
     if (examples_.empty()) throw std::runtime_error(fmt::format("{}: no records", path.string()));
@@ -89,26 +87,29 @@ class JsonlDataset final : public moelab::Dataset {
 
  private:
   // Rewrites a record of a known form into the ARC form the field defaults read, with its lm-eval
-  // requests in record["lm_eval"]; others pass as they are.
-  json normalized(const json& record, const std::string& origin) const {
+  // requests in record["lm_eval"]; others pass as they are. Errors name the line and the key.
+  json normalized(const JsonValue& r) const {
+    const json& record = r.json();
     if (settings_.form == Form::fields || !record.is_object()) return record;
     auto has = [&](const char* key) { return record.contains(key); };
     auto may_be = [&](Form form) { return settings_.form == Form::automatic || settings_.form == form; };
-    if (has("endings") && has("ctx_a") && may_be(Form::hellaswag)) return hellaswag(record, origin);
-    if (has("sentence") && has("option1") && has("option2") && may_be(Form::winogrande)) return winogrande(record, origin);
-    if (has("goal") && has("sol1") && has("sol2") && may_be(Form::piqa)) return piqa(record, origin);
+    if (has("endings") && has("ctx_a") && may_be(Form::hellaswag)) return hellaswag(r);
+    if (has("sentence") && has("option1") && has("option2") && may_be(Form::winogrande)) return winogrande(r);
+    if (has("goal") && has("sol1") && has("sol2") && may_be(Form::piqa)) return piqa(r);
     json arc = record;
     if (has("question_stem") && may_be(Form::openbookqa)) {
-      arc["question"] = {{"stem", record["question_stem"]}, {"choices", record.at("choices")}};
+      arc["question"] = {{"stem", record["question_stem"]}, {"choices", r["choices"].json()}};
       if (has("answerKey") && record["answerKey"].is_string()) arc["answerKey"] = std::string(moelab::py::lstrip(record["answerKey"].get<std::string>()));
-      arc["lm_eval"] = shared_context("openbookqa", record["question_stem"].get<std::string>(), arc["question"]["choices"], kLetterOrLoglik);
+      arc["lm_eval"] = shared_context("openbookqa", r["question_stem"].get<std::string>(), r["choices"], kLetterOrLoglik);
     } else if (has("correct_answer") && has("distractor1") && may_be(Form::sciq)) {
       std::vector<json> options = {record["correct_answer"]};
       for (const char* d : {"distractor1", "distractor2", "distractor3"})
         if (has(d)) options.push_back(record[d]);
       std::vector<std::size_t> order(options.size());
       for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-      std::mt19937_64 rng(shuffle_seed_ ^ std::hash<std::string>{}(record.value("id", record.value("question", origin))));
+      const std::string question = r["question"].get<std::string>();
+      const std::string key = !has("id") ? question : record["id"].is_string() ? record["id"].get<std::string>() : record["id"].dump();
+      std::mt19937_64 rng(shuffle_seed_ ^ std::hash<std::string>{}(key));
       std::shuffle(order.begin(), order.end(), rng);
       json choices = json::array();
       std::string gold;
@@ -117,19 +118,27 @@ class JsonlDataset final : public moelab::Dataset {
         choices.push_back({{"text", options[order[i]]}, {"label", letter}});
         if (order[i] == 0) gold = letter;
       }
-      arc["question"] = {{"stem", record.at("question")}, {"choices", choices}};
+      arc["question"] = {{"stem", question}, {"choices", choices}};
       arc["answerKey"] = gold;
-      const std::string support(moelab::py::lstrip(record.value("support", "")));
-      arc["lm_eval"] = shared_context("sciq", support + "\nQuestion: " + record["question"].get<std::string>() + "\nAnswer:", choices, kLetterOrLoglik);
+      const std::string support(moelab::py::lstrip(r.get_or<std::string>("support", "")));
+      arc["lm_eval"] = shared_context("sciq", support + "\nQuestion: " + question + "\nAnswer:", JsonValue(choices, r.origin(), "choices"),
+                                      kLetterOrLoglik);
     } else if (has("question") && record["question"].is_object() && record["question"].contains("stem") && may_be(Form::arc)) {
-      arc["lm_eval"] = shared_context("arc", "Question: " + record["question"]["stem"].get<std::string>() + "\nAnswer:",
-                                      record["question"].value("choices", json::array()), kLetterOrLoglik);
+      const JsonValue question = r["question"];
+      const json no_choices = json::array();
+      arc["lm_eval"] = shared_context("arc", "Question: " + question["stem"].get<std::string>() + "\nAnswer:",
+                                      question.has("choices") ? question["choices"] : JsonValue(no_choices, r.origin()), kLetterOrLoglik);
     } else if (has("question") && record["question"].is_string() && has("choices") && may_be(Form::arc)) {
       const json& c = record["choices"];
       json choices = json::array();
       if (c.is_object() && c.contains("text")) {  // Hugging Face ARC: parallel text and label lists
-        for (std::size_t i = 0; i < c["text"].size(); ++i)
-          choices.push_back({{"text", c["text"][i]}, {"label", c.contains("label") ? c["label"][i] : json(std::string(1, 'A' + i))}});
+        const std::vector<JsonValue> texts = r["choices"]["text"].expect_list().elements();
+        const bool labelled = c.contains("label");
+        if (labelled && (!c["label"].is_array() || c["label"].size() != texts.size()))
+          throw r["choices"]["label"].error(fmt::format("expected a list of {} labels, one per choices.text, found {}", texts.size(),
+                                                        JsonValue::describe(c["label"])));
+        for (std::size_t i = 0; i < texts.size(); ++i)
+          choices.push_back({{"text", texts[i].json()}, {"label", labelled ? c["label"][i] : json(std::string(1, 'A' + i))}});
       } else if (c.is_array()) {  // the seed form: "A) text"
         for (std::size_t i = 0; i < c.size(); ++i) {
           std::string text = c[i].is_string() ? c[i].get<std::string>() : c[i].dump();
@@ -144,7 +153,8 @@ class JsonlDataset final : public moelab::Dataset {
         if (answer.is_string() && answer.get<std::string>().size() > 1) answer = answer.get<std::string>().substr(0, 1);  // "B) ..." -> "B"
         arc["answerKey"] = answer;
       }
-      arc["lm_eval"] = shared_context("arc", "Question: " + record["question"].get<std::string>() + "\nAnswer:", choices, kLetterOrLoglik);
+      arc["lm_eval"] = shared_context("arc", "Question: " + record["question"].get<std::string>() + "\nAnswer:",
+                                      JsonValue(choices, r.origin(), "choices"), kLetterOrLoglik);
     }
     return arc;
   }
@@ -153,11 +163,11 @@ class JsonlDataset final : public moelab::Dataset {
   static inline const json kLetterOrLoglik = json::array({"letter", "loglik"}), kLoglikOnly = json::array({"loglik"});
 
   // lm-eval's multiple-choice requests with one context: each choice's text after target_delimiter " ".
-  static json shared_context(const std::string& task, const std::string& context, const json& choices, const json& scorings) {
+  static json shared_context(const std::string& task, const std::string& context, const JsonValue& choices, const json& scorings) {
     json requests = json::array();
-    const json& texts = choices.is_object() && choices.contains("text") ? choices["text"] : choices;
-    for (const json& c : texts) {
-      const json& text = c.is_object() ? c.at("text") : c;
+    const JsonValue texts = choices.json().is_object() && choices.json().contains("text") ? choices["text"] : choices;
+    for (const JsonValue& c : texts.expect_list().elements()) {
+      const json& text = c.json().is_object() ? c["text"].json() : c.json();
       requests.push_back({{"context", context}, {"continuation", " " + (text.is_string() ? text.get<std::string>() : text.dump())}});
     }
     return {{"task", task}, {"requests", requests}, {"metrics", json::array({"acc", "acc_norm"})}, {"scorings", scorings}};
@@ -183,64 +193,73 @@ class JsonlDataset final : public moelab::Dataset {
 
   // lm-eval's HellaSwag: query "<activity_label>: <ctx_a> <ctx_b.capitalize()>", preprocessed, as the
   // context of every preprocessed ending.
-  static json hellaswag(const json& record, const std::string& origin) {
+  static json hellaswag(const JsonValue& r) {
+    const json& record = r.json();
     auto text = [&](const char* key) {
       if (!record.contains(key) || !record[key].is_string())
-        throw std::runtime_error(fmt::format("{}: hellaswag record needs the string \"{}\"", origin, key));
+        throw std::runtime_error(fmt::format("{}: hellaswag record needs the string \"{}\"", r.origin(), key));
       return record[key].get<std::string>();
     };
     const std::string ctx = text("ctx_a") + " " + moelab::py::capitalize(text("ctx_b"));
     const std::string query = hellaswag_preprocess(text("activity_label") + ": " + ctx);
+    const std::vector<std::string> endings = r["endings"].get<std::vector<std::string>>();
     json choices = json::array();
-    for (std::size_t i = 0; i < record["endings"].size(); ++i)
-      choices.push_back({{"text", hellaswag_preprocess(record["endings"][i].get<std::string>())}, {"label", std::string(1, static_cast<char>('A' + i))}});
-    const json& label = record.at("label");
+    for (std::size_t i = 0; i < endings.size(); ++i)
+      choices.push_back({{"text", hellaswag_preprocess(endings[i])}, {"label", std::string(1, static_cast<char>('A' + i))}});
+    const json& label = r["label"].json();
     long long gold = -1;
     try {
-      gold = label.is_string() ? std::stoll(label.get<std::string>()) : label.get<long long>();
+      gold = label.is_string() ? std::stoll(label.get<std::string>()) : label.is_number_integer() ? label.get<long long>() : -1;
     } catch (const std::exception&) {
-      throw std::runtime_error(fmt::format("{}: hellaswag label must be an ending's index, found {}", origin, label.dump()));
     }
+    if (gold < 0 || gold >= static_cast<long long>(endings.size()))
+      throw std::runtime_error(fmt::format("{}: hellaswag label must be the index of one of the {} endings, found {}", r.origin(), endings.size(), label.dump()));
     json arc = record;
     arc["question"] = {{"stem", query}, {"choices", choices}};
     arc["answerKey"] = std::string(1, static_cast<char>('A' + gold));
-    arc["lm_eval"] = shared_context("hellaswag", query, choices, kLoglikOnly);
+    arc["lm_eval"] = shared_context("hellaswag", query, JsonValue(choices, r.origin(), "endings"), kLoglikOnly);
     return arc;
   }
 
   // lm-eval's Winogrande (partial scoring): each option fills the blank in its own context, and the
   // rest of the sentence after "_", stripped, is the one continuation scored after every context; acc only.
-  static json winogrande(const json& record, const std::string& origin) {
-    const std::string sentence = record["sentence"].get<std::string>();
+  static json winogrande(const JsonValue& r) {
+    const json& record = r.json();
+    const std::string sentence = r["sentence"].get<std::string>();
     const std::size_t blank = sentence.find('_');
-    if (blank == std::string::npos) throw std::runtime_error(fmt::format("{}: winogrande sentence has no \"_\" blank", origin));
+    if (blank == std::string::npos) throw std::runtime_error(fmt::format("{}: winogrande sentence has no \"_\" blank", r.origin()));
     const std::string continuation = " " + std::string(moelab::py::strip(std::string_view(sentence).substr(blank + 1)));
     json arc = record;
-    json options = {record["option1"], record["option2"]};
+    const std::vector<std::string> options = {r["option1"].get<std::string>(), r["option2"].get<std::string>()};
     arc["question"] = {{"stem", sentence}, {"choices", {{{"text", options[0]}, {"label", "A"}}, {{"text", options[1]}, {"label", "B"}}}}};
-    std::string answer = record.at("answer").is_string() ? record["answer"].get<std::string>() : record["answer"].dump();
-    if (answer != "1" && answer != "2") throw std::runtime_error(fmt::format("{}: winogrande answer must be \"1\" or \"2\", found {}", origin, answer));
+    const json& answer_json = r["answer"].json();
+    std::string answer = answer_json.is_string() ? answer_json.get<std::string>() : answer_json.dump();
+    if (answer != "1" && answer != "2") throw std::runtime_error(fmt::format("{}: winogrande answer must be \"1\" or \"2\", found {}", r.origin(), answer));
     arc["answerKey"] = answer == "1" ? "A" : "B";
     json requests = json::array();
-    for (const json& option : options) requests.push_back({{"context", sentence.substr(0, blank) + option.get<std::string>()}, {"continuation", continuation}});
+    for (const std::string& option : options) requests.push_back({{"context", sentence.substr(0, blank) + option}, {"continuation", continuation}});
     arc["lm_eval"] = {{"task", "winogrande"}, {"requests", requests}, {"metrics", json::array({"acc"})}, {"scorings", kLoglikOnly}};
     return arc;
   }
 
   // lm-eval's PIQA: "Question: <goal>\nAnswer:" with the two solutions as choices.
-  static json piqa(const json& record, const std::string& origin) {
+  static json piqa(const JsonValue& r) {
+    const json& record = r.json();
     json arc = record;
-    json choices = {{{"text", record["sol1"]}, {"label", "A"}}, {{"text", record["sol2"]}, {"label", "B"}}};
-    const json& label = record.value("label", json());
+    json choices = {{{"text", r["sol1"].get<std::string>()}, {"label", "A"}}, {{"text", r["sol2"].get<std::string>()}, {"label", "B"}}};
+    const json label = record.contains("label") ? record["label"] : json();
     if (!label.is_number_integer() || (label.get<long long>() != 0 && label.get<long long>() != 1))
-      throw std::runtime_error(fmt::format("{}: piqa label must be 0 or 1, found {}", origin, label.dump()));
-    arc["question"] = {{"stem", record["goal"]}, {"choices", choices}};
+      throw std::runtime_error(fmt::format("{}: piqa label must be 0 or 1, found {}", r.origin(), label.dump()));
+    const std::string goal = r["goal"].get<std::string>();
+    arc["question"] = {{"stem", goal}, {"choices", choices}};
     arc["answerKey"] = label.get<long long>() == 0 ? "A" : "B";
-    arc["lm_eval"] = shared_context("piqa", "Question: " + record["goal"].get<std::string>() + "\nAnswer:", choices, kLoglikOnly);
+    arc["lm_eval"] = shared_context("piqa", "Question: " + goal + "\nAnswer:", JsonValue(choices, r.origin(), "choices"), kLoglikOnly);
     return arc;
   }
 
-  static Example to_example(const json& record, const Settings& settings, const std::string& origin, std::size_t row) {
+  static Example to_example(const JsonValue& r, const Settings& settings, std::size_t row) {
+    const json& record = r.json();
+    const std::string& origin = r.origin();
     Example ex;
     ex.origin = origin;
     ex.record = record;
@@ -252,16 +271,21 @@ class JsonlDataset final : public moelab::Dataset {
     ex.id = !id ? std::to_string(row) : id->is_string() ? id->get<std::string>() : id->dump();
     const json* choices = lookup(record, settings.choices_field);
     if (!choices) return ex;
-    if (choices->is_object() && choices->contains("text")) choices = &(*choices)["text"];  // {"text": [...], "label": [...]}
+    std::string choices_path = settings.choices_field;
+    if (choices->is_object() && choices->contains("text")) {  // {"text": [...], "label": [...]}
+      choices = &(*choices)["text"];
+      choices_path += ".text";
+    }
     if (!choices->is_array()) throw std::runtime_error(fmt::format("{}: choices must be an array", origin));
+    const JsonValue listed(*choices, origin, choices_path);
     for (std::size_t i = 0; i < choices->size(); ++i) {
       const json& c = (*choices)[i];
       if (c.is_string()) {
         ex.choices.push_back(c.get<std::string>());
         ex.letters.push_back(std::string(1, static_cast<char>('A' + i)));
       } else if (c.is_object() && c.contains("text")) {
-        ex.choices.push_back(c["text"].get<std::string>());
-        ex.letters.push_back(c.contains("label") ? c["label"].get<std::string>() : std::string(1, static_cast<char>('A' + i)));
+        ex.choices.push_back(listed[i]["text"].get<std::string>());
+        ex.letters.push_back(c.contains("label") ? listed[i]["label"].get<std::string>() : std::string(1, static_cast<char>('A' + i)));
       } else {
         throw std::runtime_error(fmt::format("{}: choice {} is neither a string nor {{\"text\", \"label\"}}", origin, i));
       }

@@ -1,6 +1,8 @@
 // Dataset of raw text documents from a UTF-8 file: split into paragraphs (blank-line separated), into
-// lines, or kept whole. For routing studies and for calibration and perplexity text.
+// lines, or kept whole; a byte that is not UTF-8 is an error naming the line. For routing studies and
+// for calibration and perplexity text.
 #include "moelab/moelab.h"
+#include "moelab/lib/utf8.h"
 
 #include <fstream>
 #include <sstream>
@@ -44,6 +46,9 @@ class TextDataset final : public moelab::Dataset {
     while (std::getline(in, line) && (limit <= 0 || static_cast<long long>(examples_.size()) < limit)) {
       ++line_number;
       if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (std::size_t bad = moelab::first_invalid_utf8(line); bad != std::string::npos)
+        throw std::runtime_error(fmt::format("[{}] {}:{}: not UTF-8 text: byte 0x{:02X} at column {} starts no UTF-8 character", config.id(),
+                                             path.string(), line_number, static_cast<unsigned char>(line[bad]), bad + 1));
       const bool blank = line.find_first_not_of(" \t") == std::string::npos;
       if (split == Split::line) {
         current = line;
