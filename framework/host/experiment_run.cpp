@@ -123,6 +123,7 @@ ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry
               {"status", "running"},
               {"versions", {{"moelab", kPluginAbiVersion}, {"libtorch", TORCH_VERSION}}},
               {"stages", nlohmann::json::object()}};
+  write_summary();
 }
 
 ExperimentRun::~ExperimentRun() { log::set_file({}); }
@@ -144,10 +145,13 @@ std::shared_ptr<Plugin> ExperimentRun::make_component(const std::string& id, Kin
   return registry_.create(it->second.plugin, Config(it->second.config), *this);
 }
 
+fs::path resolve_model_folder(const ResolvedExperiment& experiment) {
+  const std::string path = experiment.model.path.string();
+  return path.rfind("builtin:", 0) == 0 ? builtin_model_folder(path.substr(8), Config(experiment.model_table).where("path")) : path;
+}
+
 const fs::path& ExperimentRun::model_folder() {
-  if (!model_folder_.empty()) return model_folder_;
-  const std::string path = experiment_.model.path.string();
-  model_folder_ = path.rfind("builtin:", 0) == 0 ? builtin_model_folder(path.substr(8), Config(experiment_.model_table).where("path")) : path;
+  if (model_folder_.empty()) model_folder_ = resolve_model_folder(experiment_);
   return model_folder_;
 }
 
@@ -162,6 +166,7 @@ Model& ExperimentRun::model() {
   model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU),
                       m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32);
   if (!m.quantized.empty()) apply_quantized_checkpoint(run_path(m.quantized), *model_);
+  model_files_state_ = file_state(path);
   return *model_;
 }
 
@@ -205,7 +210,9 @@ void ExperimentRun::run_stages() {
     auto started = std::chrono::steady_clock::now();
     nlohmann::json stage_summary = nlohmann::json::object();
     try {
+      check_model_unchanged();
       std::dynamic_pointer_cast<Stage>(make_component(id, Kind::stage))->run(stage_dir, stage_summary);
+      check_model_unchanged();
     } catch (const std::exception& e) {
       record_failure(id, stage_dir, stage_summary, e.what());
       throw RunFailed(e.what());
@@ -223,6 +230,14 @@ void ExperimentRun::run_stages() {
   summary_["status"] = "complete";
   write_summary();
   log::info("run complete: {}", (run_dir_ / "summary.json").string());
+}
+
+void ExperimentRun::check_model_unchanged() const {
+  if (!model_) return;
+  if (std::string now = file_state(model_folder_); now != model_files_state_)
+    throw std::runtime_error(fmt::format("the model files in {} changed while this run used them (size@mtime was {}, now {}): its "
+                                         "results would mix two models; start the run again", model_folder_.string(),
+                                         model_files_state_, now));
 }
 
 void ExperimentRun::copy_metrics_of(const std::string& stage, const fs::path& from) {

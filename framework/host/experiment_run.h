@@ -14,6 +14,9 @@
 
 namespace moelab {
 
+// [model] path as a folder (built-in models sit beside the runexp binary).
+std::filesystem::path resolve_model_folder(const ResolvedExperiment& experiment);
+
 // A stage failed: its error is already in log.txt and summary.json (status "failed"); runexp exits 1.
 struct RunFailed : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -45,6 +48,8 @@ class ExperimentRun final : public RunContext {
 
  private:
   void write_summary();
+  // Throws when the loaded model's files changed size or modification time since they were read.
+  void check_model_unchanged() const;
   void copy_metrics_of(const std::string& stage, const std::filesystem::path& from);
   void record_failure(const std::string& stage, const std::filesystem::path& stage_dir, nlohmann::json stage_summary,
                       const std::string& message);
@@ -60,6 +65,7 @@ class ExperimentRun final : public RunContext {
   nlohmann::json summary_;
   std::unique_ptr<Model> model_;
   std::filesystem::path model_folder_;
+  std::string model_files_state_;  // file_state of model_folder_ when the model was loaded
   std::unique_ptr<Tokenizer> tokenizer_;
 };
 

@@ -1,6 +1,7 @@
 // runexp: runs an experiment file. See `runexp --help`.
 #include "experiment_file.h"
 #include "experiment_run.h"
+#include "input_check.h"
 #include "objective_check.h"
 #include "moelab/lib/log.h"
 #include "plugin_registry.h"
@@ -30,7 +31,8 @@ constexpr const char* kUsage = R"(usage:
                   prints single-thread throughput (the same measurement as HF's in benchmarks/)
 
   --set k=v       override a key; the value is parsed as TOML (a bare word is a string)
-  --dry-run       validate and print the resolved config (defaults included), run nothing
+  --dry-run       validate, open every input (model config, tokenizer, data files), print the resolved
+                  config (defaults included), run nothing
   --resume        continue the newest run with the same resolved config, skipping finished stages
   --plugin-path   also search DIR for plugin libraries (also: $MOELAB_PLUGIN_PATH, plugin_path in the file)
   -v              debug output on the console
@@ -154,6 +156,7 @@ int main(int argc, char** argv) {
     registry.scan(folders);
     moelab::ResolvedExperiment experiment = moelab::resolve_experiment(merged, file, registry);
     moelab::check_objective_needs(experiment, registry);
+    moelab::check_inputs(experiment, registry, moelab::resolve_model_folder(experiment));
     if (o.dry_run) {
       std::cout << moelab::to_toml(experiment.table);
       return 0;

@@ -20,7 +20,8 @@ std::string fnv1a(const std::string& text) {
   return fmt::format("{:016x}", h);
 }
 
-// "size@mtime" of a file, or of each file directly inside a folder.
+}  // namespace
+
 std::string file_state(const fs::path& path) {
   auto one = [](const fs::path& file) {
     std::error_code ec;
@@ -38,6 +39,8 @@ std::string file_state(const fs::path& path) {
   for (const auto& f : files) out += f + ";";
   return out;
 }
+
+namespace {
 
 const toml::table* table_at(const toml::table& root, const std::string& id) {
   const toml::table* t = &root;
@@ -65,6 +68,33 @@ void stage_references(const toml::node& node, std::set<std::string>& out) {
 
 }  // namespace
 
+std::vector<std::string> tables_reached(const ResolvedExperiment& experiment, const PluginRegistry& registry, const std::string& stage) {
+  std::vector<std::string> order;
+  std::set<std::string> seen;
+  std::function<void(const std::string&)> visit = [&](const std::string& id) {
+    if (!seen.insert(id).second) return;
+    const toml::table* table = table_at(experiment.table, id);
+    auto component = experiment.components.find(id);
+    if (!table || component == experiment.components.end()) return;
+    order.push_back(id);
+    const LoadedPlugin* plugin = registry.find(component->second.plugin);
+    if (!plugin) return;
+    for (const ConfigKey& key : plugin->descriptor->keys) {
+      const toml::node* value = table->get(key.name);
+      if (!value) continue;
+      if (key.type == KeyType::component) {
+        if (auto s = value->as_string()) visit(s->get());
+      } else if (key.type == KeyType::component_list) {
+        if (auto a = value->as_array())
+          for (const auto& item : *a)
+            if (auto s = item.as_string()) visit(s->get());
+      }
+    }
+  };
+  visit(stage);
+  return order;
+}
+
 std::map<std::string, StageKey> stage_keys(const ResolvedExperiment& experiment, const PluginRegistry& registry,
                                            const fs::path& model_folder) {
   std::map<std::string, StageKey> keys;
@@ -75,30 +105,13 @@ std::map<std::string, StageKey> stage_keys(const ResolvedExperiment& experiment,
     toml::table files;
     files.insert("model", file_state(model_folder));
     toml::table tables;
-    std::set<std::string> seen;
-    std::function<void(const std::string&)> visit = [&](const std::string& id) {
-      if (!seen.insert(id).second) return;
-      const toml::table* table = table_at(experiment.table, id);
-      auto component = experiment.components.find(id);
-      if (!table || component == experiment.components.end()) return;
-      tables.insert(id, *table);
-      const LoadedPlugin* plugin = registry.find(component->second.plugin);
-      if (!plugin) return;
-      for (const ConfigKey& key : plugin->descriptor->keys) {
-        const toml::node* value = table->get(key.name);
-        if (!value) continue;
-        if (key.type == KeyType::component) {
-          if (auto s = value->as_string()) visit(s->get());
-        } else if (key.type == KeyType::component_list) {
-          if (auto a = value->as_array())
-            for (const auto& item : *a)
-              if (auto s = item.as_string()) visit(s->get());
-        } else if (key.type == KeyType::path) {
+    for (const std::string& id : tables_reached(experiment, registry, stage)) {
+      const toml::table& table = *table_at(experiment.table, id);
+      tables.insert(id, table);
+      for (const ConfigKey& key : registry.get(experiment.components.at(id).plugin).descriptor->keys)
+        if (const toml::node* value = table.get(key.name); value && key.type == KeyType::path)
           if (auto s = value->as_string(); s && !s->get().empty() && s->get()[0] != '@') files.insert(id + "." + key.name, file_state(s->get()));
-        }
-      }
-    };
-    visit(stage);
+    }
     hashed.insert("tables", tables);
     hashed.insert("files", files);
     std::set<std::string> inputs;
@@ -113,5 +126,7 @@ std::map<std::string, StageKey> stage_keys(const ResolvedExperiment& experiment,
   }
   return keys;
 }
+
+const toml::table* component_table(const ResolvedExperiment& experiment, const std::string& id) { return table_at(experiment.table, id); }
 
 }  // namespace moelab

@@ -3,10 +3,15 @@
 #include "moelab/lib/files.h"
 #include "moelab/lib/log.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 
 namespace moelab {
@@ -30,6 +35,29 @@ std::string header(const std::string& png, const std::string& size) {
   return fmt::format("set terminal pngcairo size {} font 'sans,10' noenhanced\nset output {}\n", size, quoted(png));
 }
 
+constexpr int kNoGnuplot = 127;
+
+// Runs `gnuplot SCRIPT` in `dir` with its output in `log`, without a shell (a run folder whose path holds a
+// quote or a space needs no quoting): the exit status, kNoGnuplot when it cannot be started. Between fork
+// and exec the child only calls async-signal-safe functions, as a process with LibTorch's threads must.
+int run_gnuplot(const fs::path& dir, const std::string& script, const std::string& log) {
+  const std::string dir_text = dir.string();
+  const char* argv[] = {"gnuplot", script.c_str(), nullptr};
+  const pid_t child = ::fork();
+  if (child < 0) throw std::runtime_error(fmt::format("cannot start gnuplot: {}", std::strerror(errno)));
+  if (child == 0) {
+    if (::chdir(dir_text.c_str()) != 0) ::_exit(126);
+    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) ::_exit(126);
+    ::execvp("gnuplot", const_cast<char* const*>(argv));
+    ::_exit(kNoGnuplot);
+  }
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0)
+    if (errno != EINTR) throw std::runtime_error(fmt::format("waiting for gnuplot: {}", std::strerror(errno)));
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 // Writes the data and script, runs gnuplot into a temporary image and renames it into place.
 nlohmann::json draw(const fs::path& dir, const std::string& name, const std::string& data, const std::string& script_body,
                     const std::string& caption, const std::string& size = "960,640") {
@@ -38,12 +66,10 @@ nlohmann::json draw(const fs::path& dir, const std::string& name, const std::str
   write_file_atomic(dir / (name + ".dat"), data);
   write_file_atomic(script, header(partial.filename().string(), size) + script_body);
   const fs::path errors = dir / (name + ".gnuplot.log");
-  std::string command = fmt::format("cd {} && gnuplot {} > {} 2>&1", quoted(dir.string()), quoted(script.filename().string()),
-                                    quoted(errors.filename().string()));
-  int status = std::system(command.c_str());
+  const int status = run_gnuplot(dir, script.filename().string(), errors.filename().string());
   if (status != 0 || !fs::exists(partial)) {
     std::string log = fs::exists(errors) ? read_file(errors) : "";
-    if (log.find("not found") != std::string::npos || status == 127 << 8) {
+    if (status == kNoGnuplot) {
       // Numbers matter more than pictures: without gnuplot the run goes on and keeps each figure's data and script.
       static bool warned = false;
       if (!warned) log::warn("gnuplot not found (Debian: gnuplot-nox): figures are left as .dat/.gp files; render them with `gnuplot NAME.gp`");

@@ -188,4 +188,48 @@ TEST(RunRecords, ResumeReusesExactlyTheStagesWhoseConfigAndInputsAreUnchanged) {
   EXPECT_THAT(r.output, HasSubstr("[first]: done before, but its inputs changed since"));
 }
 
+// What the run will read is opened before anything runs: a missing evaluation file fails at --dry-run
+// (and at the start of a run), not after collection and training.
+TEST(RunRecords, DryRunOpensEveryInputAndChecksStageReferences) {
+  TempDir dir;
+  const std::string base = "run_dir = \"runs\"\nstages = [\"first\", \"eval\"]\n[data]\nplugin = \"jsonl\"\npath = \"" + kData +
+                           "/arith_train.jsonl\"\n[data_eval]\nplugin = \"jsonl\"\npath = \"missing_eval.jsonl\"\n[task]\nplugin = \"task_ce\"\n" +
+                           finetune("first") + "[eval]\nplugin = \"evaluate\"\ndataset = \"data_eval\"\nrouters = \"@first/routers.safetensors\"\n";
+  fs::path file = dir.write("inputs.toml", base);
+  for (const std::string& flag : {" --dry-run", ""}) {
+    auto r = run_command(runexp_binary() + " " + file.string() + flag);
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("[data_eval] path = \"" + (dir.path() / "missing_eval.jsonl").string() + "\" (" + file.string() +
+                                    ":8): no such file or folder"));
+  }
+  EXPECT_TRUE(run_folders(dir.path() / "runs" / "inputs").empty());  // nothing ran
+  dir.write("missing_eval.jsonl", moelab::read_file(kData + "/arith_eval.jsonl"));
+  EXPECT_EQ(run_command(runexp_binary() + " " + file.string() + " --dry-run").status, 0);
+  auto r = run_command(runexp_binary() + " " + file.string() + " --dry-run --set 'stages=[\"eval\"]'");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("[eval] routers = \"@first/routers.safetensors\" (" + file.string() +
+                                  ":21): reads the output of stage [first], which does not run before [eval] (stages = [eval])"));
+  // The model's config.json is read too.
+  fs::create_directories(dir.path() / "model");
+  dir.write("model/config.json", "{\"model_type\": \"olmoe\"");
+  r = run_command(runexp_binary() + " " + file.string() + " --dry-run --set model.path=" + (dir.path() / "model").string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr((dir.path() / "model" / "config.json").string()));
+}
+
+// The model file is read once; a file changed under a running run (overwritten in place, truncated)
+// ends it with an error at the next stage boundary instead of mixing two models in one result.
+TEST(RunRecords, AModelFileChangedDuringTheRunIsAnError) {
+  TempDir dir;
+  const fs::path model = dir.path() / "model";
+  fs::copy(fs::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe", model, fs::copy_options::recursive);
+  auto run = moelab::test::start_run(dir, "stages = [\"first\"]\n[model]\npath = \"" + model.string() + "\"\n[data]\nplugin = \"jsonl\"\n"
+                                          "path = \"" + kData + "/arith_train.jsonl\"\n[task]\nplugin = \"task_ce\"\n" + finetune("first"));
+  run->model();
+  std::ofstream(model / "model.safetensors", std::ios::app) << "appended";
+  const std::string error = error_of([&] { run->run_stages(); });
+  EXPECT_THAT(error, HasSubstr("the model files in " + model.string() + " changed while this run used them"));
+  EXPECT_EQ(nlohmann::json::parse(moelab::read_file(run->run_dir() / "summary.json"))["status"], "failed");
+}
+
 }  // namespace

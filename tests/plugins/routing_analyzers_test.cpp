@@ -150,4 +150,14 @@ TEST(RoutingFigures, WithoutGnuplotTheDataAndScriptStayAndTheFigureSaysItWasNotR
   EXPECT_THAT(moelab::read_file(dir.path() / "index.html"), testing::HasSubstr("not rendered"));
 }
 
+// gnuplot starts without a shell: a run folder named with a quote, a space or a $ needs no quoting.
+TEST(RoutingFigures, RenderInAFolderWhosePathHasAQuoteASpaceAndADollar) {
+  TempDir dir;
+  const fs::path folder = dir.path() / "it's a $HOME run";
+  nlohmann::json figure = moelab::plot_heatmap(folder, "m", torch::eye(3), {"t", "x", "y"}, "caption");
+  EXPECT_TRUE(figure.value("rendered", true)) << figure;
+  EXPECT_GT(fs::file_size(folder / "m.png"), 100u);
+  EXPECT_FALSE(fs::exists(folder / "m.gnuplot.log"));
+}
+
 }  // namespace
