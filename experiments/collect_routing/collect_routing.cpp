@@ -2,6 +2,7 @@
 // question the prompt, the routing at its last prompt token in every MoE layer (full softmax by
 // default, as the public files record it), the model's answer and whether it is correct.
 #include "moelab/moelab.h"
+#include "moelab/lib/finite.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/multiple_choice.h"
 #include "moelab/lib/routing_results.h"
@@ -28,7 +29,7 @@ const moelab::Options<Settings>& options() {
 class CollectRouting final : public moelab::Stage {
  public:
   CollectRouting(const moelab::Config& config, moelab::RunContext& context)
-      : settings_(options().read(config)), dataset_(context.make<moelab::Dataset>(settings_.dataset)), context_(context) {}
+      : id_(config.id()), settings_(options().read(config)), dataset_(context.make<moelab::Dataset>(settings_.dataset)), context_(context) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     moelab::Model& model = context_.model();
@@ -45,7 +46,11 @@ class CollectRouting final : public moelab::Stage {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
-      torch::Tensor last_logits = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0).cpu();
+      torch::Tensor last_logits = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0);
+      // NaN routing would be written as null and marked done: refuse it, naming the layer.
+      moelab::require_finite_forward(model, batch.attention_mask, last_logits,
+                                     fmt::format("[{}] questions {}-{} of {}", id_, start + 1, start + rows.size(), items.size()));
+      last_logits = last_logits.cpu();
       torch::Tensor last = moelab::last_positions(batch.attention_mask);
       const long long width = batch.input_ids.size(1);
       std::vector<torch::Tensor> probs;  // per MoE layer [B, E] at the last token
@@ -92,6 +97,7 @@ class CollectRouting final : public moelab::Stage {
   }
 
  private:
+  std::string id_;
   Settings settings_;
   std::shared_ptr<moelab::Dataset> dataset_;
   moelab::RunContext& context_;

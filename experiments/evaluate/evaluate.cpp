@@ -10,6 +10,7 @@
 // each question's predictions and, for loglik, each choice's loglik and is_greedy.
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
+#include "moelab/lib/finite.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/loglik.h"
 #include "moelab/lib/multiple_choice.h"
@@ -237,6 +238,7 @@ class Evaluate final : public moelab::Stage {
       }
     }
     std::vector<moelab::LoglikResult> results = moelab::score_requests(model, requests, settings_.batch_size, settings_.prompt.max_len);
+    require_finite_logliks(model, requests, results, first);
     Scored out;
     std::vector<long long> acc, norm;
     for (std::size_t i = 0; i < questions.size(); ++i) {
@@ -251,6 +253,26 @@ class Evaluate final : public moelab::Stage {
     return out;
   }
 
+  // A NaN log-likelihood would silently lose every comparison: refuse it, naming the MoE layer where the
+  // NaN/Inf starts (the request's forward again, alone: only on this failure).
+  void require_finite_logliks(moelab::Model& model, const std::vector<moelab::LoglikRequest>& requests,
+                              const std::vector<moelab::LoglikResult>& results, const std::vector<std::size_t>& first) const {
+    for (std::size_t q = 0; q + 1 < first.size(); ++q)
+      for (std::size_t r = first[q]; r < first[q + 1]; ++r) {
+        if (std::isfinite(results[r].loglik)) continue;
+        const std::string where =
+            fmt::format("[{}] question {} ({}), choice {}: log-likelihood {}", config_.id(), q + 1, dataset_->at(q).origin, r - first[q] + 1,
+                        results[r].loglik);
+        std::vector<std::int64_t> ids = requests[r].context;
+        ids.insert(ids.end(), requests[r].continuation.begin(), requests[r].continuation.end() - 1);
+        if (ids.size() > settings_.prompt.max_len) ids.erase(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(settings_.prompt.max_len));
+        torch::NoGradGuard no_grad;
+        torch::Tensor input = torch::tensor(ids, torch::kInt64).unsqueeze(0).to(model.device());
+        moelab::require_finite_forward(model, {}, model.forward(input, torch::ones_like(input)), where);
+        throw std::runtime_error(fmt::format("{}, although the forward of this request alone is finite", where));
+      }
+  }
+
   Scores score_letters(moelab::Model& model, const std::vector<Question>& questions) {
     torch::NoGradGuard no_grad;
     const std::vector<moelab::McItem>& items = letter_items_;
@@ -260,7 +282,10 @@ class Evaluate final : public moelab::Stage {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
-      torch::Tensor last = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0).cpu();
+      torch::Tensor last = model.forward(batch.input_ids, batch.attention_mask, nullptr, /*last_only=*/true).select(1, 0);
+      moelab::require_finite_forward(model, batch.attention_mask, last,
+                                     fmt::format("[{}] questions {}-{} of {}", config_.id(), start + 1, start + rows.size(), items.size()));
+      last = last.cpu();
       torch::Tensor options = last.gather(1, batch.letter_ids.clamp_min(0)).masked_fill(batch.letter_ids.lt(0), -INFINITY);
       torch::Tensor predicted = options.argmax(1);
       for (std::size_t r = 0; r < rows.size(); ++r) predicted_all.push_back(predicted[static_cast<long long>(r)].item<int64_t>());

@@ -1,6 +1,7 @@
 // Router-only finetuning on multiple-choice data with an objective plugin's loss (task_ce, roma, ...),
-// by the shared RouterTrainer: routers.safetensors, per-step metrics and per-epoch means. Its batches
-// (left-padded prompts) can give an objective everything it may ask for.
+// by the shared RouterTrainer: routers.safetensors, per-step metrics and per-epoch means, the NaN guard
+// and resume/ after an interrupt. Its batches (left-padded prompts) can give an objective everything it
+// may ask for.
 #include "moelab/moelab.h"
 #include "moelab/lib/multiple_choice.h"
 #include "moelab/lib/router_trainer.h"
@@ -14,7 +15,7 @@ struct Settings {
 };
 
 const moelab::Options<Settings>& options() {
-  static const auto o = moelab::Options<Settings>("finetune", moelab::Kind::stage, "0.2.0", "router-only finetuning with an objective plugin")
+  static const auto o = moelab::Options<Settings>("finetune", moelab::Kind::stage, "0.3.0", "router-only finetuning with an objective plugin")
                             .component("dataset", &Settings::dataset, moelab::Kind::dataset, "training questions")
                             .include(&Settings::training, moelab::router_training_options({/*last_layers=*/5, /*epochs=*/3, /*batch_size=*/32,
                                                                                             /*warmup_steps=*/2000, /*lr=*/7e-5, /*weight_decay=*/0.01}))

@@ -1,9 +1,11 @@
 // Router-only finetuning on raw calibration text (recovery after quantization) with an objective
 // plugin's loss (lm_ce) on `nsamples` seeded random windows of `seqlen` tokens, by the shared
-// RouterTrainer. Given the quantize stage's checkpoint it also writes recovered.safetensors: the packed
-// experts, plan and config plus the finetuned routers and the training hyper-parameters.
+// RouterTrainer (NaN guard, resume/ after an interrupt). Given the quantize stage's checkpoint it also
+// writes recovered.safetensors: the packed experts, plan and config plus the finetuned routers and the
+// training hyper-parameters.
 #include "moelab/moelab.h"
 #include "moelab/lib/calibration.h"
+#include "moelab/lib/log.h"
 #include "moelab/lib/objective_batch.h"
 #include "moelab/lib/quantized_checkpoint.h"
 #include "moelab/lib/router_trainer.h"
@@ -20,7 +22,7 @@ struct Settings {
 
 const moelab::Options<Settings>& options() {
   static const auto o =
-      moelab::Options<Settings>("finetune_lm", moelab::Kind::stage, "0.2.0", "router-only finetuning with a next-token loss on calibration text")
+      moelab::Options<Settings>("finetune_lm", moelab::Kind::stage, "0.3.0", "router-only finetuning with a next-token loss on calibration text")
           .component("dataset", &Settings::dataset, moelab::Kind::dataset, "raw calibration text")
           .include(&Settings::training, moelab::router_training_options({/*last_layers=*/0, /*epochs=*/1, /*batch_size=*/1,
                                                                           /*warmup_steps=*/0, /*lr=*/1e-4, /*weight_decay=*/1e-4}))
@@ -45,6 +47,9 @@ class FinetuneLm final : public moelab::Stage {
                                         settings_.nsamples, settings_.seqlen, context.seed_for(id_ + ".windows"), fmt::format("[{}] dataset", id_))) {}
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
+    // Left by an unfinished earlier attempt: a later stage must not load it if this one fails.
+    if (std::filesystem::remove(out_dir / "recovered.safetensors"))
+      moelab::log::warn("[{}] removed recovered.safetensors, left by an unfinished earlier attempt of this stage", id_);
     moelab::RouterTrainer trainer(settings_.training, context_, id_, kBatchesHold, id_ + ".order");
     auto batch = [&](const std::vector<std::size_t>& rows, const moelab::ObjectiveNeeds& needs) {
       torch::Tensor ids = windows_.index_select(0, torch::tensor(std::vector<int64_t>(rows.begin(), rows.end())));

@@ -24,6 +24,13 @@ std::string model_fingerprint(const Model& model) {
                      fmt::join(i.moe_layers, ","));
 }
 
+std::string router_tensor_name(Model& model, int layer) {
+  torch::Tensor gate = model.router_weight(layer);
+  for (const auto& [name, weight] : model.named_weights())
+    if (weight.is_same(gate)) return name;
+  return fmt::format("the router of layer {}", layer);
+}
+
 void save_router_checkpoint(const std::filesystem::path& file, Model& model, const std::vector<int>& layers,
                             const std::map<int, torch::Tensor>& base_routers, std::map<std::string, std::string> metadata) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
@@ -70,6 +77,8 @@ std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file,
     int layer = std::stoi(name.substr(name.find('.') + 1));
     torch::Tensor gate = model.router_weight(layer);
     torch::Tensor trained = ckpt.get(name).to(gate.device(), gate.scalar_type());
+    if (!torch::isfinite(trained).all().item<bool>())
+      throw std::runtime_error(fmt::format("{}: {} (layer {}) holds NaN/Inf; a router checkpoint with them is never applied", file.string(), name, layer));
     change[layer] = ((trained - gate).norm() / gate.norm().clamp_min(1e-30)).item<double>();
     gate.copy_(trained);
     log::info("router checkpoint {}: layer {} moved {:.3e} relative to the current gate", file.filename().string(), layer, change[layer]);

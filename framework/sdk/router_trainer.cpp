@@ -1,24 +1,117 @@
 #include "moelab/lib/router_trainer.h"
 
+#include "moelab/lib/finite.h"
+#include "moelab/lib/interrupted.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/router_checkpoint.h"
+#include "moelab/lib/safetensors.h"
 #include "moelab/lib/schedule.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <torch/optim/adamw.h>
+#include <torch/serialize.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cmath>
+#include <csignal>
+#include <mutex>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 
 namespace moelab {
 
 namespace fs = std::filesystem;
 
+// The one interrupt flag of the process: set by the signal handler or request_interrupt(), read by the
+// trainer between steps. (Defined here, in the SDK library, so that plugins, host and tests share it.)
 namespace {
+std::atomic<bool> interrupt_flag{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the interrupt flag is set from a signal handler");
+}  // namespace
+
+Interrupted::Interrupted(const std::string& message) : std::runtime_error(message) {}
+Interrupted::~Interrupted() = default;
+void request_interrupt() noexcept { interrupt_flag.store(true); }
+bool interrupt_requested() noexcept { return interrupt_flag.load(); }
+
+namespace {
+
+// SIGINT/SIGTERM only raise the flag (the step in progress finishes and is saved); a second one while
+// the flag is up takes the signal's default action at once.
+void on_interrupt_signal(int signal) {
+  if (interrupt_flag.exchange(true)) {
+    struct sigaction fallback {};
+    fallback.sa_handler = SIG_DFL;
+    sigemptyset(&fallback.sa_mask);
+    sigaction(signal, &fallback, nullptr);
+    raise(signal);
+    return;
+  }
+  static const char kNote[] = "\nmoelab: interrupt received: finishing the current training step and saving it (once more to stop at once)\n";
+  [[maybe_unused]] ssize_t written = ::write(STDERR_FILENO, kNote, sizeof kNote - 1);
+}
+
+// The handlers live only while train() runs; the previous ones come back after.
+class InterruptHandlers {
+ public:
+  InterruptHandlers() {
+    struct sigaction handler {};
+    handler.sa_handler = on_interrupt_signal;
+    sigemptyset(&handler.sa_mask);
+    handler.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &handler, &previous_int_);
+    sigaction(SIGTERM, &handler, &previous_term_);
+  }
+  ~InterruptHandlers() {
+    sigaction(SIGINT, &previous_int_, nullptr);
+    sigaction(SIGTERM, &previous_term_, nullptr);
+  }
+  InterruptHandlers(const InterruptHandlers&) = delete;
+  InterruptHandlers& operator=(const InterruptHandlers&) = delete;
+
+ private:
+  struct sigaction previous_int_ {}, previous_term_ {};
+};
+
+// Not fs::remove_all: pip's libtorch.so exports a broken copy of it (see tests/support/test_run.cpp).
+void remove_tree(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_directory(fs::symlink_status(path, ec)))
+    for (const auto& entry : fs::directory_iterator(path, ec)) remove_tree(entry.path());
+  fs::remove(path, ec);
+}
+
+void fsync_file(const fs::path& file) {
+  int fd = ::open(file.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot open {} to sync it", file.string()));
+  const bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) throw std::runtime_error(fmt::format("writing {} failed (disk full?)", file.string()));
+}
+
+// Metrics fields that are not loss terms (not summed into the epoch means, not in the step's loss list).
+bool is_bookkeeping(const std::string& name) {
+  return name == "stage" || name == "epoch" || name == "step" || name == "attempt" || name == "skipped";
+}
+
+// "model.layers.12.mlp.gate.weight" -> 12; -1 when the name has no layer.
+long long layer_of(const std::string& name) {
+  const std::size_t at = name.find("layers.");
+  if (at == std::string::npos) return -1;
+  try {
+    return std::stoll(name.substr(at + 7));
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
 
 // One rule for every stage: an explicit `layers` list wins, else the last `last_layers` MoE layers (0: all).
 std::vector<int> select_layers(const RouterTraining& settings, const ModelInfo& info, const std::string& stage) {
@@ -45,7 +138,7 @@ double grad_norm(const torch::Tensor& term, const std::vector<torch::Tensor>& pa
 void log_step(const std::string& stage, const nlohmann::json& row, long long total_steps) {
   std::string terms;
   for (const auto& [name, value] : row.items())
-    if (name != "stage" && name != "epoch" && name != "step" && value.is_number()) terms += fmt::format(" {} {:.5g}", name, value.get<double>());
+    if (!is_bookkeeping(name) && value.is_number()) terms += fmt::format(" {} {:.5g}", name, value.get<double>());
   log::info("[{}] step {}/{} epoch {}:{}", stage, row["step"].get<long long>() + 1, total_steps, row["epoch"].get<long long>(), terms);
   if (row.contains("reg_grad_norm") && row.contains("lambda") && row["lambda"].get<double>() > 0 && row["reg_grad_norm"].get<double>() == 0.0)
     log::warn("!!! step {}: the regularizer has no gradient on the routers (reg {:.5g} is a constant); it is not training anything",
@@ -75,8 +168,31 @@ Options<RouterTraining> router_training_options(const RouterTrainingDefaults& d)
       .real("grad_clip", &RouterTraining::grad_clip, 0.0, "clip the routers' gradient norm to this (0: off)").at_least(0)
       .integer("reg_grad_every", &RouterTraining::reg_grad_every, 1,
                "log the routers' gradient norm from the objective's reg term alone every N steps (it costs a partial backward)")
-      .at_least(1);
+      .at_least(1)
+      .choice("on_nonfinite", &RouterTraining::on_nonfinite, OnNonfinite::stop,
+              {{"stop", OnNonfinite::stop}, {"skip_step", OnNonfinite::skip_step}},
+              "a NaN/Inf loss or router gradient: stop with an error naming the step and tensor, or skip that step's update")
+      .integer("max_skipped_steps", &RouterTraining::max_skipped_steps, 10, "skip_step: stop with an error after more skipped steps than this")
+      .at_least(0)
+      .integer("checkpoint_every", &RouterTraining::checkpoint_every, 200,
+               "save a resumable checkpoint (<stage>/resume/) every N steps (0: only when interrupted)")
+      .at_least(0);
 }
+
+
+// Where training stands between two steps: everything resume/ holds besides routers and AdamW state.
+struct RouterTrainer::State {
+  long long step = 0, total_steps = 0, epoch = 0;
+  std::size_t start = 0;             // the next batch's first position in `order`; 0: the epoch's shuffle is still to come
+  std::vector<std::size_t> order;    // this epoch's shuffled rows
+  std::mt19937_64 rng;               // the shuffles' generator, as it stands after this epoch's shuffle
+  std::map<std::string, double> sums;  // this epoch's loss terms over its applied steps
+  long long counted = 0;             // this epoch's applied (not skipped) steps
+  nlohmann::json epoch_means = nlohmann::json::array();
+  nlohmann::json skipped_steps = nlohmann::json::array();
+  long long tokens = 0;
+  long long attempt = 1;
+};
 
 RouterTrainer::RouterTrainer(const RouterTraining& settings, RunContext& context, std::string stage, const ObjectiveNeeds& stage_gives,
                              const std::string& order_stream)
@@ -90,6 +206,7 @@ RouterTrainer::RouterTrainer(const RouterTraining& settings, RunContext& context
     torch::Tensor gate = model.router_weight(l);
     base_[l] = gate.detach().clone();
     params_.push_back(gate.requires_grad_(true));
+    param_names_.push_back(router_tensor_name(model, l));
   }
   log::info("[{}] training the routers of layers {} only ({} parameters) with objective [{}]", stage_, fmt::join(layers_, ", "),
             std::accumulate(params_.begin(), params_.end(), 0LL, [](long long a, const torch::Tensor& t) { return a + t.numel(); }),
@@ -106,72 +223,268 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
   Model& model = context_.model();
   const auto batch_size = static_cast<std::size_t>(settings_.batch_size);
   const long long steps_per_epoch = static_cast<long long>((data.size + batch_size - 1) / batch_size);
-  const long long total_steps = steps_per_epoch * settings_.epochs;
   const LinearWarmup lr_schedule(settings_.lr, settings_.warmup_steps);
   torch::optim::AdamW optimizer(params_, torch::optim::AdamWOptions(settings_.lr).weight_decay(settings_.weight_decay));
-  std::mt19937_64 rng(context_.seed_for(order_stream_));
-  std::vector<std::size_t> order(data.size);
-  std::iota(order.begin(), order.end(), 0);
-  long long step_index = 0, tokens = 0;
-  nlohmann::json epoch_means = nlohmann::json::array();
-  Progress progress(stage_, total_steps, "tokens");
+  const fs::path checkpoint = out_dir / "routers.safetensors";
+  // This stage is not done, so a checkpoint here is an unfinished attempt's: no later stage may apply it.
+  if (fs::exists(checkpoint)) {
+    log::warn("[{}] removing {}, left by an unfinished earlier attempt of this stage", stage_, checkpoint.string());
+    fs::remove(checkpoint);
+  }
+  State at;
+  at.total_steps = steps_per_epoch * settings_.epochs;
+  at.order.resize(data.size);
+  std::iota(at.order.begin(), at.order.end(), 0);
+  at.rng.seed(context_.seed_for(order_stream_));
+  const nlohmann::json id = identity(data);
+  load_resume(out_dir, at, id, optimizer);
+  const long long first_step = at.step, tokens_before = at.tokens;
+
+  InterruptHandlers handlers;
+  Progress progress(stage_, at.total_steps - at.step, "tokens");
   const auto started = std::chrono::steady_clock::now();
-  for (long long epoch = 0; epoch < settings_.epochs; ++epoch) {
-    std::shuffle(order.begin(), order.end(), rng);
-    std::map<std::string, double> sums;
-    for (std::size_t start = 0; start < order.size(); start += batch_size, ++step_index) {
-      std::vector<std::size_t> rows(order.begin() + start, order.begin() + std::min(order.size(), start + batch_size));
-      ObjectiveBatch batch = data.batch(rows, objective_->needs());
-      const long long batch_tokens = batch.attention_mask.sum().item<int64_t>();
-      nlohmann::json row = step(std::move(batch), optimizer, lr_schedule.at(step_index), epoch, step_index, total_steps);
+  while (at.step < at.total_steps) {
+    if (at.start == 0) std::shuffle(at.order.begin(), at.order.end(), at.rng);
+    std::vector<std::size_t> rows(at.order.begin() + static_cast<std::ptrdiff_t>(at.start),
+                                  at.order.begin() + static_cast<std::ptrdiff_t>(std::min(at.order.size(), at.start + batch_size)));
+    ObjectiveBatch batch = data.batch(rows, objective_->needs());
+    const long long batch_tokens = batch.attention_mask.sum().item<int64_t>();
+    nlohmann::json row;
+    if (step(std::move(batch), optimizer, lr_schedule.at(at.step), at, row)) {
       for (const auto& [name, value] : row.items())
-        if (name != "stage" && name != "epoch" && name != "step" && name != "lr" && name != "reg_grad_norm") sums[name] += value.get<double>();
-      tokens += batch_tokens;
-      progress.advance(batch_tokens, fmt::format("epoch {} loss {:.4f}{}", epoch, row["loss"].get<double>(),
-                                                 row.contains("reg") ? fmt::format(" reg {:.5f}", row["reg"].get<double>()) : ""));
+        if (!is_bookkeeping(name) && name != "lr" && name != "reg_grad_norm") at.sums[name] += value.get<double>();
+      ++at.counted;
     }
-    nlohmann::json means = {{"epoch", epoch}};
-    for (const auto& [name, total] : sums) means[name] = total / static_cast<double>(steps_per_epoch);
-    log::info("[{}] epoch {}: {}", stage_, epoch, means.dump());
-    epoch_means.push_back(means);
+    at.tokens += batch_tokens;
+    progress.advance(batch_tokens, fmt::format("epoch {} loss {:.4f}{}", at.epoch, row["loss"].get<double>(),
+                                               row.contains("reg") ? fmt::format(" reg {:.5f}", row["reg"].get<double>()) : ""));
+    ++at.step;
+    at.start += batch_size;
+    if (at.start >= at.order.size()) {
+      nlohmann::json means = {{"epoch", at.epoch}};
+      for (const auto& [name, total] : at.sums) means[name] = total / static_cast<double>(std::max<long long>(at.counted, 1));
+      log::info("[{}] epoch {}: {}", stage_, at.epoch, means.dump());
+      at.epoch_means.push_back(means);
+      ++at.epoch;
+      at.start = 0;
+      at.sums.clear();
+      at.counted = 0;
+    }
+    if (at.step == at.total_steps) break;  // a request now is left for whoever runs next: this training is complete
+    if (interrupt_flag.exchange(false)) {
+      save_resume(out_dir, at, id, optimizer);
+      throw Interrupted(fmt::format("[{}] interrupted after step {}/{}; {} holds the routers, AdamW state and data position: "
+                                    "run the same command with --resume to continue from step {}",
+                                    stage_, at.step, at.total_steps, (out_dir / "resume").string(), at.step + 1));
+    }
+    if (settings_.checkpoint_every > 0 && at.step % settings_.checkpoint_every == 0) save_resume(out_dir, at, id, optimizer);
   }
   progress.finish();
+  if (static_cast<long long>(at.skipped_steps.size()) == at.total_steps)
+    throw std::runtime_error(fmt::format("[{}] every one of the {} steps was skipped (NaN/Inf loss or gradient), nothing trained; "
+                                         "no routers.safetensors written", stage_, at.total_steps));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  require_finite_routers(fmt::format("after step {}/{}", at.step, at.total_steps));
 
   nlohmann::json hyper = {{"objective", settings_.objective}, {"layers", layers_},          {"epochs", settings_.epochs},
                           {"batch_size", settings_.batch_size}, {"lr", settings_.lr},       {"weight_decay", settings_.weight_decay},
-                          {"warmup_steps", settings_.warmup_steps}, {"grad_clip", settings_.grad_clip}, {"steps", step_index},
+                          {"warmup_steps", settings_.warmup_steps}, {"grad_clip", settings_.grad_clip}, {"steps", at.step},
                           {"seed", context_.seed()}};
   hyper.update(stage_settings);
-  const fs::path checkpoint = out_dir / "routers.safetensors";
   save_router_checkpoint(checkpoint, model, layers_, base_, as_metadata(hyper));
+  remove_tree(out_dir / "resume");
   nlohmann::json moved = nlohmann::json::object();
   torch::NoGradGuard no_grad;
   for (int l : layers_) moved[std::to_string(l)] = ((model.router_weight(l) - base_[l]).norm() / base_[l].norm()).item<double>();
-  return {{"steps", step_index},         {"seconds", seconds},           {"steps_per_second", step_index / seconds},
-          {"tokens_per_second", tokens / seconds}, {"epochs", epoch_means}, {"target_layers", layers_},
-          {"relative_router_change", moved},       {"checkpoint", checkpoint.string()}, {"router_finetuning", hyper}};
+  const double steps_run = static_cast<double>(at.step - first_step);
+  nlohmann::json summary = {{"steps", at.step},
+                            {"seconds", seconds},
+                            {"steps_per_second", steps_run / seconds},
+                            {"tokens_per_second", static_cast<double>(at.tokens - tokens_before) / seconds},
+                            {"epochs", at.epoch_means},
+                            {"target_layers", layers_},
+                            {"relative_router_change", moved},
+                            {"checkpoint", checkpoint.string()},
+                            {"router_finetuning", hyper},
+                            {"skipped_steps", at.skipped_steps},
+                            {"attempts", at.attempt}};
+  if (first_step > 0) summary["resumed_from_step"] = first_step;
+  return summary;
 }
 
-nlohmann::json RouterTrainer::step(ObjectiveBatch batch, torch::optim::Optimizer& optimizer, double lr, long long epoch, long long index,
-                                   long long total_steps) {
+bool RouterTrainer::step(ObjectiveBatch batch, torch::optim::Optimizer& optimizer, double lr, State& at, nlohmann::json& row) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
   batch.trained_layers = layers_;
   batch.top_k = context_.model().info().top_k;
-  batch.step = index;
+  batch.step = at.step;
   LossTerms loss = objective_->compute(batch);
-  nlohmann::json row = {{"stage", stage_}, {"epoch", epoch}, {"step", index}, {"lr", lr}, {"loss", loss.total.item<double>()}};
+  row = {{"stage", stage_}, {"epoch", at.epoch}, {"step", at.step}, {"attempt", at.attempt}, {"lr", lr}, {"loss", loss.total.item<double>()}};
   for (const auto& [name, value] : loss.parts) {
     row[name] = value.item<double>();
-    if (name == "reg" && index % settings_.reg_grad_every == 0) row["reg_grad_norm"] = grad_norm(value, params_);
+    if (name == "reg" && at.step % settings_.reg_grad_every == 0) row["reg_grad_norm"] = grad_norm(value, params_);
   }
   optimizer.zero_grad();
   loss.total.backward();
   if (settings_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(params_, settings_.grad_clip);
+  // One read per step: the loss, each router's gradient, and each router as the last step left it, all finite.
+  std::vector<torch::Tensor> finite{torch::isfinite(loss.total.detach()).reshape({1})};
+  for (const auto& p : params_) {
+    finite.push_back(torch::isfinite(p.detach()).all().reshape({1}));
+    if (p.grad().defined()) finite.push_back(torch::isfinite(p.grad()).all().reshape({1}));
+  }
+  if (!torch::cat(finite).all().item<bool>()) {
+    require_finite_routers(at.step == 0 ? std::string("before the first step") : fmt::format("after step {}/{}", at.step, at.total_steps));
+    const std::string report = nonfinite_report(at, row);
+    if (settings_.on_nonfinite == OnNonfinite::stop)
+      throw std::runtime_error(report + "; training stopped (on_nonfinite = \"stop\"), no routers.safetensors written");
+    at.skipped_steps.push_back(at.step);
+    const auto skipped = static_cast<long long>(at.skipped_steps.size());
+    if (skipped > settings_.max_skipped_steps)
+      throw std::runtime_error(fmt::format("{}; training stopped: {} steps skipped, more than max_skipped_steps = {} (steps {}), "
+                                           "no routers.safetensors written",
+                                           report, skipped, settings_.max_skipped_steps, at.skipped_steps.dump()));
+    optimizer.zero_grad();  // the update is not applied and AdamW's moments and step count stay as they were
+    log::warn("!!! {}; step skipped, its update not applied ({} of at most {} skipped steps)", report, skipped, settings_.max_skipped_steps);
+    row["skipped"] = true;
+    context_.record_metrics(row);
+    return false;
+  }
   optimizer.step();
   context_.record_metrics(row);
-  log_step(stage_, row, total_steps);
-  return row;
+  log_step(stage_, row, at.total_steps);
+  return true;
+}
+
+void RouterTrainer::require_finite_routers(const std::string& when) const {
+  std::vector<torch::Tensor> finite;
+  for (const auto& p : params_) finite.push_back(torch::isfinite(p.detach()).all().reshape({1}));
+  torch::Tensor flags = torch::cat(finite).cpu();
+  if (flags.all().item<bool>()) return;
+  std::vector<std::string> bad;
+  for (std::size_t i = 0; i < params_.size(); ++i)
+    if (!flags[static_cast<long long>(i)].item<bool>()) bad.push_back(fmt::format("{} (layer {})", param_names_[i], layers_[i]));
+  throw std::runtime_error(fmt::format("[{}] {}: the trained router weight{} {} hold{} NaN/Inf; training stopped, no routers.safetensors "
+                                       "written (lr = {:g}: is the learning rate too high?)",
+                                       stage_, when, bad.size() > 1 ? "s" : "", fmt::join(bad, ", "), bad.size() > 1 ? "" : "s", settings_.lr));
+}
+
+// Names what is not finite in this step: the loss and its parts, the routers' gradients, the first MoE
+// layer whose routing is not finite in the last forward, and the model weights that hold NaN/Inf.
+std::string RouterTrainer::nonfinite_report(const State& at, const nlohmann::json& row) const {
+  std::vector<std::string> found;
+  const double total = row["loss"].get<double>();
+  if (!std::isfinite(total)) {
+    std::vector<std::string> parts;
+    for (const auto& [name, value] : row.items())
+      if (!is_bookkeeping(name) && name != "loss" && name != "lr" && value.is_number() && !std::isfinite(value.get<double>()))
+        parts.push_back(fmt::format("{} = {}", name, value.get<double>()));
+    found.push_back(fmt::format("the loss is {}{}", total, parts.empty() ? "" : fmt::format(" ({})", fmt::join(parts, ", "))));
+  }
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const torch::Tensor& grad = params_[i].grad();
+    if (grad.defined() && !torch::isfinite(grad).all().item<bool>())
+      found.push_back(fmt::format("the gradient of {} (layer {}) holds NaN/Inf", param_names_[i], layers_[i]));
+  }
+  Model& model = context_.model();
+  std::string routing = "every MoE layer routed finitely in the last forward";
+  for (const RouterTrace& trace : model.routing())
+    if (!torch::isfinite(trace.logits.detach()).all().item<bool>()) {
+      routing = fmt::format("the first MoE layer whose router logits hold NaN/Inf in the last forward is layer {} ({})", trace.layer,
+                            router_tensor_name(model, trace.layer));
+      break;
+    }
+  return fmt::format("[{}] step {}/{} (epoch {}): {}; {}; {}", stage_, at.step + 1, at.total_steps, at.epoch, fmt::join(found, ", "), routing,
+                     describe_nonfinite_weights(model));
+}
+
+nlohmann::json RouterTrainer::identity(const TrainingData& data) const {
+  return {{"objective", settings_.objective}, {"layers", layers_},          {"epochs", settings_.epochs},
+          {"batch_size", settings_.batch_size}, {"lr", settings_.lr},       {"weight_decay", settings_.weight_decay},
+          {"warmup_steps", settings_.warmup_steps}, {"grad_clip", settings_.grad_clip}, {"examples", data.size},
+          {"seed", context_.seed_for(order_stream_)}, {"model", model_fingerprint(context_.model())}};
+}
+
+// resume/: state.safetensors (the routers, the base routers they started from, this epoch's order, the
+// CPU generator's state; metadata: the State and the identity) and optimizer.pt (AdamW). Written
+// into resume.tmp/, then renamed over resume/ (the previous one is resume.old/ in between).
+void RouterTrainer::save_resume(const fs::path& out_dir, const State& at, const nlohmann::json& identity,
+                                torch::optim::Optimizer& optimizer) const {
+  require_finite_routers(fmt::format("after step {}/{}", at.step, at.total_steps));
+  const fs::path dir = out_dir / "resume", tmp = out_dir / "resume.tmp", old = out_dir / "resume.old";
+  remove_tree(tmp);
+  fs::create_directories(tmp);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    tensors.emplace_back(fmt::format("router.{}", layers_[i]), params_[i].detach());
+    tensors.emplace_back(fmt::format("base.{}", layers_[i]), base_.at(layers_[i]));
+  }
+  tensors.emplace_back("order", torch::tensor(std::vector<int64_t>(at.order.begin(), at.order.end()), torch::kInt64));
+  {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    tensors.emplace_back("cpu_rng_state", generator.get_state());
+  }
+  std::ostringstream rng;
+  rng << at.rng;
+  const nlohmann::json state = {{"step", at.step},   {"epoch", at.epoch},     {"start", at.start},   {"rng", rng.str()},
+                                {"sums", at.sums},   {"counted", at.counted}, {"epoch_means", at.epoch_means},
+                                {"skipped_steps", at.skipped_steps}, {"tokens", at.tokens}, {"attempt", at.attempt}};
+  write_safetensors(tmp / "state.safetensors", tensors,
+                    {{"moelab.kind", "router_training_resume"}, {"state", state.dump()}, {"identity", identity.dump()}});
+  torch::save(optimizer, (tmp / "optimizer.pt").string());
+  fsync_file(tmp / "optimizer.pt");
+  remove_tree(old);
+  if (fs::exists(dir)) fs::rename(dir, old);
+  fs::rename(tmp, dir);
+  remove_tree(old);
+  log::info("[{}] saved a resumable checkpoint after step {}/{} in {}", stage_, at.step, at.total_steps, dir.string());
+}
+
+bool RouterTrainer::load_resume(const fs::path& out_dir, State& at, const nlohmann::json& identity, torch::optim::Optimizer& optimizer) {
+  remove_tree(out_dir / "resume.tmp");  // an unfinished save
+  fs::path dir = out_dir / "resume";
+  if (!fs::exists(dir / "state.safetensors")) dir = out_dir / "resume.old";  // stopped between the two renames of a save
+  if (!fs::exists(dir / "state.safetensors")) return false;
+  SafetensorsFile file(dir / "state.safetensors");
+  auto refuse = [&](const std::string& why) {
+    return std::runtime_error(fmt::format("[{}] {} was saved by another training: {}; remove that folder to train this stage from step 1",
+                                          stage_, dir.string(), why));
+  };
+  const auto meta = file.metadata();
+  if (!meta.count("state") || !meta.count("identity")) throw refuse("it has no state/identity metadata");
+  const nlohmann::json saved = nlohmann::json::parse(meta.at("identity"));
+  for (const auto& [key, value] : identity.items())
+    if (saved.value(key, nlohmann::json()) != value) throw refuse(fmt::format("{} was {}, now {}", key, saved.value(key, nlohmann::json()).dump(), value.dump()));
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const int l = layers_[i];
+    if (!torch::equal(file.get(fmt::format("base.{}", l)).to(base_.at(l).device(), base_.at(l).scalar_type()), base_.at(l)))
+      throw refuse(fmt::format("it started from other base routers of layer {} than this model's", l));
+    params_[i].copy_(file.get(fmt::format("router.{}", l)));
+  }
+  torch::load(optimizer, (dir / "optimizer.pt").string(), context_.model().device());
+  const nlohmann::json state = nlohmann::json::parse(meta.at("state"));
+  at.step = state.at("step");
+  at.epoch = state.at("epoch");
+  at.start = state.at("start");
+  std::istringstream rng(state.at("rng").get<std::string>());
+  rng >> at.rng;
+  at.sums = state.at("sums").get<std::map<std::string, double>>();
+  at.counted = state.at("counted");
+  at.epoch_means = state.at("epoch_means");
+  at.skipped_steps = state.at("skipped_steps");
+  at.tokens = state.at("tokens");
+  at.attempt = state.at("attempt").get<long long>() + 1;
+  torch::Tensor order = file.get("order").to(torch::kCPU, torch::kInt64).contiguous();
+  if (order.numel() != static_cast<long long>(at.order.size())) throw refuse(fmt::format("its data order has {} rows", order.numel()));
+  for (std::size_t i = 0; i < at.order.size(); ++i) at.order[i] = static_cast<std::size_t>(order.data_ptr<int64_t>()[i]);
+  {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(file.get("cpu_rng_state").clone());
+  }
+  log::info("[{}] resuming from {}: step {}/{} (epoch {}), attempt {}", stage_, dir.string(), at.step + 1, at.total_steps, at.epoch, at.attempt);
+  return true;
 }
 
 }  // namespace moelab

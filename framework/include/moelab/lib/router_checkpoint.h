@@ -16,10 +16,14 @@ namespace moelab {
 // A fingerprint of the model (type, sizes, MoE layers) that a checkpoint must match.
 std::string model_fingerprint(const Model& model);
 
+// The checkpoint name of a MoE layer's router tensor ("model.layers.5.mlp.gate.weight"), for messages.
+std::string router_tensor_name(Model& model, int layer);
+
 void save_router_checkpoint(const std::filesystem::path& file, Model& model, const std::vector<int>& layers,
                             const std::map<int, torch::Tensor>& base_routers, std::map<std::string, std::string> metadata);
 
-// Copies the checkpoint's gates into the model; returns the relative change ||W_ft - W_base|| / ||W_base|| per layer.
+// Copies the checkpoint's gates into the model, refusing NaN/Inf gates; returns the relative change
+// ||W_ft - W_base|| / ||W_base|| per layer.
 std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file, Model& model);
 
 // Host copies of the model's routers (and, with `experts`, of every routed expert weight), written back

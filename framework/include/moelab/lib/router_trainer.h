@@ -2,6 +2,8 @@
 // (finetune on multiple-choice data, finetune_lm on calibration text). Only the chosen routers train
 // (AdamW, linear lr warmup, optional gradient clipping); each step writes a metrics row and a log line,
 // each epoch its means, and the end routers.safetensors with the same metadata for every stage.
+// A NaN/Inf loss, router gradient or router weight stops training with an error (or skips the step);
+// an interrupt (moelab/lib/interrupted.h) saves <stage>/resume/, from which train() continues.
 #pragma once
 
 #include "moelab/context.h"
@@ -20,6 +22,9 @@
 
 namespace moelab {
 
+// What a NaN/Inf loss or router gradient does: stop training with an error, or skip that step's update.
+enum class OnNonfinite { stop, skip_step };
+
 struct RouterTraining {
   std::string objective;          // the objective's table
   std::vector<long long> layers;  // decoder layers whose routers train; empty: the last `last_layers` MoE layers
@@ -30,6 +35,9 @@ struct RouterTraining {
   long long warmup_steps = 0;
   double grad_clip = 0;           // 0: off
   long long reg_grad_every = 1;   // log the routers' gradient norm from a "reg" loss part alone every N steps
+  OnNonfinite on_nonfinite = OnNonfinite::stop;
+  long long max_skipped_steps = 10;  // skip_step: more skipped steps than this stop training
+  long long checkpoint_every = 200;  // save <stage>/resume/ every N steps (0: only when interrupted)
 };
 
 // The defaults a stage gives the training keys.
@@ -38,7 +46,7 @@ struct RouterTrainingDefaults {
   double lr, weight_decay;
 };
 // The keys of RouterTraining (objective, layers, last_layers, epochs, batch_size, lr, weight_decay,
-// warmup_steps, grad_clip, reg_grad_every), for Options::include.
+// warmup_steps, grad_clip, reg_grad_every, on_nonfinite, max_skipped_steps, checkpoint_every), for Options::include.
 Options<RouterTraining> router_training_options(const RouterTrainingDefaults& defaults);
 
 // What a stage trains on: `size` examples, and `batch`, one forward of the model over some of them
@@ -65,11 +73,25 @@ class RouterTrainer {
   // Trains `epochs` passes over `data`, writes out_dir/routers.safetensors and returns the stage's summary;
   // its "router_finetuning" holds the hyper-parameters, `stage_settings` included. The model keeps the
   // trained routers until the trainer dies.
+  // - NaN/Inf: throws std::runtime_error naming the stage, step, loss part or router tensor and layer, and
+  //   writes no routers.safetensors (one left by an unfinished earlier attempt is removed at the start).
+  // - SIGINT/SIGTERM (handlers installed only while train() runs) or request_interrupt(): the current step
+  //   finishes, out_dir/resume/ is saved and Interrupted is thrown. When out_dir/resume/ exists, train()
+  //   continues from it (routers, AdamW state, step, data order, epoch sums) to the same routers as an
+  //   uninterrupted run; metrics rows carry "attempt" (1, 2, ...). resume/ is removed once routers.safetensors is written.
   nlohmann::json train(const TrainingData& data, const std::filesystem::path& out_dir, const nlohmann::json& stage_settings);
 
  private:
-  nlohmann::json step(ObjectiveBatch batch, torch::optim::Optimizer& optimizer, double lr, long long epoch, long long index,
-                      long long total_steps);
+  struct State;  // where training stands: step, data order, epoch sums (what resume/ holds)
+  // Runs one step into `row`; false when its update was skipped (NaN/Inf loss or gradient under skip_step).
+  bool step(ObjectiveBatch batch, torch::optim::Optimizer& optimizer, double lr, State& at, nlohmann::json& row);
+  // Throws, naming the tensors, unless every trained router weight is finite; `when` says which step left them.
+  void require_finite_routers(const std::string& when) const;
+  std::string nonfinite_report(const State& at, const nlohmann::json& row) const;
+  nlohmann::json identity(const TrainingData& data) const;  // what a resume/ folder must have been saved by
+  void save_resume(const std::filesystem::path& out_dir, const State& at, const nlohmann::json& identity,
+                   torch::optim::Optimizer& optimizer) const;
+  bool load_resume(const std::filesystem::path& out_dir, State& at, const nlohmann::json& identity, torch::optim::Optimizer& optimizer);
 
   RouterTraining settings_;
   RunContext& context_;
@@ -78,6 +100,7 @@ class RouterTrainer {
   std::vector<int> layers_;
   std::map<int, torch::Tensor> base_;
   std::vector<torch::Tensor> params_;
+  std::vector<std::string> param_names_;  // checkpoint names of params_ ("model.layers.5.mlp.gate.weight")
 };
 
 }  // namespace moelab
