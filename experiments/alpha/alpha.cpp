@@ -1,6 +1,7 @@
 // Heavy-tailed self-regularization metrics of the expert weights (and, optionally, attention): for
-// each matrix the power-law exponent alpha of its eigenvalue tail (moelab/spectral.h), written to
-// alpha.csv / alpha.json with a per-layer summary and a figure. A bit plan ranks matrices by it.
+// each matrix the power-law exponent alpha of its eigenvalue tail (moelab/spectral.h; the Hill estimator
+// by default, as the public pipeline; KS-chosen maximum likelihood as an option), written to alpha.csv /
+// alpha.json with a per-layer summary and a figure. A bit plan ranks matrices by it.
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/log.h"
@@ -20,8 +21,9 @@ struct Settings {
 const moelab::Options<Settings>& options() {
   static const auto o =
       moelab::Options<Settings>("alpha", moelab::Kind::stage, "0.1.0", "power-law alpha of every expert matrix's eigenvalue tail (WeightWatcher)")
-          .choice("method", &Settings::method, "ks", {"ks", "hill"},
-                  "ks: MLE with xmin by Kolmogorov-Smirnov (WeightWatcher); hill: the public script's Hill estimator")
+          .choice("method", &Settings::method, "hill", {"hill", "ks"},
+                  "hill: the public script's estimator, 1 + k / sum ln(lambda_i / lambda_(n-k)) over the k = max(10, n/10) largest "
+                  "eigenvalues; ks: maximum likelihood with xmin by the Kolmogorov-Smirnov distance (WeightWatcher)")
           .flag("include_attention", &Settings::include_attention, false, "also fit the attention projections (reported, never quantized)");
   return o;
 }
@@ -38,7 +40,7 @@ class Alpha final : public moelab::Stage {
     csv << "layer,module,expert,name,alpha,xmin,ks,tail\n";
     auto add = [&](int layer, const std::string& module, long long expert, const std::string& name, const moelab::PowerLawFit& fit) {
       rows.push_back({{"layer", layer}, {"module", module}, {"expert", expert}, {"name", name}, {"alpha", fit.alpha},
-                      {"xmin", fit.xmin}, {"ks", fit.ks}, {"tail", fit.tail}});
+                      {"xmin", fit.xmin}, {"ks", fit.ks}, {"tail", fit.tail}, {"method", method}});
       csv << layer << ',' << module << ',' << expert << ',' << name << ',' << fit.alpha << ',' << fit.xmin << ',' << fit.ks << ',' << fit.tail << '\n';
     };
     const auto& layers = model.info().moe_layers;

@@ -65,9 +65,10 @@ class BitPlan final : public moelab::Stage {
       formats = hand_written(context_.run_path(settings_.plan_file), names);
       rule = {{"plan_file", context_.run_path(settings_.plan_file).string()}};
     } else {
-      formats = by_alpha(names);
-      rule = {{"rule", "highest alpha -> low_format"}, {"ratio", settings_.ratio}, {"low_format", moelab::quant_format_name(settings_.low_format)},
-              {"high_format", moelab::quant_format_name(settings_.high_format)},
+      std::string estimator;
+      formats = by_alpha(names, estimator);
+      rule = {{"rule", "highest alpha -> low_format"}, {"alpha_method", estimator}, {"ratio", settings_.ratio},
+              {"low_format", moelab::quant_format_name(settings_.low_format)}, {"high_format", moelab::quant_format_name(settings_.high_format)},
               {"granularity", moelab::choice_name(settings_.granularity, kGranularities)}};
     }
     std::map<std::string, long long> counts;
@@ -84,7 +85,8 @@ class BitPlan final : public moelab::Stage {
   }
 
  private:
-  nlohmann::json by_alpha(const std::vector<std::string>& names) const {
+  // Also sets `estimator` to the alpha stage's method (hill or ks) as its rows record it.
+  nlohmann::json by_alpha(const std::vector<std::string>& names, std::string& estimator) const {
     std::filesystem::path file = context_.run_path(settings_.alpha);
     nlohmann::json rows = moelab::read_json(file);
     if (!rows.is_array()) throw std::runtime_error(fmt::format("{}: expected the alpha stage's array of matrices", file.string()));
@@ -94,6 +96,7 @@ class BitPlan final : public moelab::Stage {
       if (r["expert"].get<long long>() >= 0) {
         alpha[r["name"].get<std::string>()] = r["alpha"].get<double>();
         layer_of[r["name"].get<std::string>()] = r["layer"].get<int>();
+        estimator = r.value("method", "unrecorded");
       }
     for (const auto& n : names)
       if (!alpha.count(n)) throw std::runtime_error(fmt::format("{}: no alpha for {} (was it computed for another model?)", file.string(), n));

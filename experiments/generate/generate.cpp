@@ -1,7 +1,8 @@
 // Generation over JSONL prompts with a baseline sampler (plain, greedy) and a second sampler (RoE, a
 // sampling chain) in the same run: prompts encoded as HF's tokenizer(text) does, the checkpoint's stop ids
 // and stop strings, max new tokens, then SQuAD exact match / F1 for QA records ({"question", "answers":
-// [...]}), accuracy when the answer is a letter, and the paired comparison.
+// [...]}), accuracy when the answer is a letter, and the paired comparison. For a sampler that decodes
+// replicas of each row (RoE: KVCache::replicas, row 0 clean), the top-k change rate per MoE layer.
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/generation_config.h"
@@ -10,6 +11,7 @@
 #include "moelab/lib/paired.h"
 #include "moelab/lib/prompt.h"
 #include "moelab/lib/qa_metrics.h"
+#include "moelab/lib/router_noise.h"
 
 #include <fmt/ranges.h>
 
@@ -61,6 +63,30 @@ const moelab::Options<Settings>& options() {
   return o;
 }
 
+// Per MoE layer: noisy rows whose chosen expert set differs from their clean row's, and noisy rows seen.
+using ChangeCounts = std::map<int, std::pair<torch::Tensor, long long>>;
+
+// While alive, counts into `counts` every forward that carries replicas of `rows` cached rows: input row
+// r continues row r / replicas, and rows with r % replicas == 0 route cleanly (moelab/model.h).
+class CountTopkChanges {
+ public:
+  CountTopkChanges(moelab::Model& model, const moelab::KVCache& cache, long long rows, ChangeCounts& counts) : model_(model) {
+    model.set_moe_input_observer([&cache, rows, &counts](int layer, const torch::Tensor&, const torch::Tensor& ids) {
+      const long long replicas = cache.replicas;
+      if (replicas < 2) return;
+      torch::Tensor sets = ids.view({rows, replicas, -1, ids.size(-1)});
+      torch::Tensor changed = moelab::topk_set_changed(sets.narrow(1, 1, replicas - 1), sets.narrow(1, 0, 1));
+      auto& [count, seen] = counts[layer];
+      count = count.defined() ? count + changed.sum() : changed.sum();
+      seen += changed.numel();
+    });
+  }
+  ~CountTopkChanges() { model_.set_moe_input_observer({}); }
+
+ private:
+  moelab::Model& model_;
+};
+
 struct Task {
   std::string id, prompt;
   std::vector<std::string> answers;  // QA gold answers
@@ -91,8 +117,10 @@ class Generate final : public moelab::Stage {
     for (const auto& [name, sampler] : samplers_) {
       auto start = std::chrono::steady_clock::now();
       long long generated = 0;
-      std::vector<std::string> texts = generate_all(*sampler, name, tasks, generated);
+      ChangeCounts changes;
+      std::vector<std::string> texts = generate_all(*sampler, name, tasks, generated, changes);
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (!changes.empty()) summary[name]["topk_change_rate"] = change_rates(name, changes);
       for (std::size_t i = 0; i < tasks.size(); ++i) {
         outputs[i][name] = texts[i];
         for (const auto& [metric, value] : score(tasks[i], texts[i])) scores[name][metric].push_back(value);
@@ -161,6 +189,22 @@ class Generate final : public moelab::Stage {
                         "and max_new_tokens = {} bounds each row", config_.id(), not_applied.dump(), max_new_);
   }
 
+  // {"layers": {"<decoder layer>": rate}, "mean", "noisy_rows"}; logged per layer.
+  nlohmann::json change_rates(const std::string& name, const ChangeCounts& changes) const {
+    nlohmann::json layers = nlohmann::json::object();
+    double mean = 0;
+    std::string shown;
+    for (const auto& [layer, counted] : changes) {
+      const double rate = counted.first.item<double>() / static_cast<double>(std::max(counted.second, 1LL));
+      layers[std::to_string(layer)] = rate;
+      mean += rate / static_cast<double>(changes.size());
+      shown += fmt::format("{}{}: {:.3f}", shown.empty() ? "" : ", ", layer, rate);
+    }
+    moelab::log::info("generate [{}]: top-k change rate per MoE layer (noisy rows whose expert set differs from the clean row's; a layer "
+                      "also carries what the noise of the layers before it changed): {}", name, shown);
+    return {{"layers", layers}, {"mean", mean}, {"noisy_rows", changes.begin()->second.second}};
+  }
+
   static std::map<std::string, double> score(const Task& t, const std::string& text) {
     std::map<std::string, double> s;
     if (!t.letter.empty()) s["accuracy"] = first_letter(text) == t.letter;
@@ -176,7 +220,8 @@ class Generate final : public moelab::Stage {
     return s;
   }
 
-  std::vector<std::string> generate_all(moelab::Sampler& sampler, const std::string& name, const std::vector<Task>& tasks, long long& generated) {
+  std::vector<std::string> generate_all(moelab::Sampler& sampler, const std::string& name, const std::vector<Task>& tasks, long long& generated,
+                                        ChangeCounts& changes) {
     torch::NoGradGuard no_grad;
     moelab::Model& model = context_.model();
     const moelab::Tokenizer& tokenizer = context_.tokenizer();
@@ -204,6 +249,7 @@ class Generate final : public moelab::Stage {
       std::vector<std::vector<std::int64_t>> out(rows.size());
       std::vector<bool> done(rows.size(), false);
       long long before = generated;
+      CountTopkChanges count_changes(model, cache, static_cast<long long>(rows.size()), changes);
       for (long long step = 0; step < max_new_; ++step) {
         torch::Tensor next = sampler.next(model, last, cache, static_cast<std::int64_t>(start) * max_new_ + step, history);
         torch::Tensor host = next.cpu();

@@ -62,6 +62,9 @@ TEST(QuantRecovery, PlanGivesTheLowFormatToTheHighestAlphaShare) {
   }
   EXPECT_EQ(low, std::llround(0.3 * 144));
   EXPECT_GE(lowest_low, highest_high);
+  // The default estimator is the public script's Hill, and the plan says which one ranked.
+  EXPECT_EQ(alpha[0]["method"], "hill");
+  EXPECT_EQ(nlohmann::json::parse(moelab::read_file(dir.path() / "plan_out" / "plan.json"))["rule"]["alpha_method"], "hill");
   // By layer: whole layers share one format, half of them low.
   run_stage(*run, dir, "layer_plan");
   auto by_layer = nlohmann::json::parse(moelab::read_file(dir.path() / "layer_plan_out" / "plan.json"))["formats"];
@@ -220,6 +223,7 @@ TEST(QuantRecoveryConfigs, BothRunEndToEndWithTheComparisonTable) {
     const auto& formats = summary["stages"]["quantize"]["formats"];
     if (std::string(config) == "quant_recovery_int4") EXPECT_EQ(formats["int3"].get<long long>() + formats["int4"].get<long long>(), 144);
     else EXPECT_EQ(formats["mxfp4"].get<long long>(), 43);
+    EXPECT_EQ(summary["stages"]["alpha"]["method"], "hill") << config;
     EXPECT_TRUE(fs::exists(run / "recover" / "recovered.safetensors"));
     EXPECT_TRUE(fs::exists(run / "report" / "report.md"));
   }

@@ -108,7 +108,7 @@ std::vector<std::vector<torch::Tensor>> teacher_forced_keys(moelab::Model& model
 TEST(Roe, SharedCacheIsTheGreedyRunsCacheAfterEveryStep) {
   RoeSetup s;
   for (const char* history : {"exact", "shared"}) {
-    auto roe = s.roe(std::string("k = 6\ntau_middle = 2.0\nhistory = \"") + history + "\"\n");
+    auto roe = s.roe(std::string("k = 6\ntau_mode = \"fixed\"\ntau_middle = 2.0\nhistory = \"") + history + "\"\n");
     Decoded explored = decode(*roe, *s.model, s.prompt, 10);
     auto greedy = teacher_forced_keys(*s.model, s.prompt, explored.tokens);
     for (std::size_t step = 0; step < explored.tokens.size(); ++step)
@@ -122,7 +122,7 @@ TEST(Roe, SharedCacheIsTheGreedyRunsCacheAfterEveryStep) {
 
 TEST(Roe, SameSeedSameTokensOtherSeedOtherDraws) {
   RoeSetup s;
-  const std::string keys = "k = 4\ntau_middle = 3.0\npick = [\"temperature\", \"draw\"]\ntemperature = 1.0\n";
+  const std::string keys = "k = 4\ntau_mode = \"fixed\"\ntau_middle = 3.0\npick = [\"temperature\", \"draw\"]\ntemperature = 1.0\n";
   auto a = decode(*s.roe(keys, 1), *s.model, s.prompt, 16).tokens;
   auto b = decode(*s.roe(keys, 1), *s.model, s.prompt, 16).tokens;
   auto c = decode(*s.roe(keys, 2), *s.model, s.prompt, 16).tokens;
