@@ -1,11 +1,11 @@
 #include "moelab/lib/calibration.h"
 
 #include "moelab/lib/log.h"
+#include "moelab/lib/seeded.h"
 
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include <random>
 
 namespace moelab {
 
@@ -23,10 +23,9 @@ torch::Tensor random_windows(const torch::Tensor& stream, long long count, long 
   if (count < 1 || length < 2) throw std::runtime_error(fmt::format("{}: need at least 1 window of at least 2 tokens", what));
   if (n < length + 1)
     throw std::runtime_error(fmt::format("{}: the text has {} tokens, fewer than one window of {} (+1); use more text or a shorter seqlen", what, n, length));
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<long long> start(0, n - length - 1);
+  SeededRng rng(seed);
   std::vector<torch::Tensor> rows;
-  for (long long i = 0; i < count; ++i) rows.push_back(stream.narrow(0, start(rng), length));
+  for (long long i = 0; i < count; ++i) rows.push_back(stream.narrow(0, static_cast<long long>(rng.below(static_cast<std::uint64_t>(n - length))), length));
   return torch::stack(rows);
 }
 

@@ -1,8 +1,8 @@
 #include "moelab/lib/paired.h"
+#include "moelab/lib/seeded.h"
 
 #include <algorithm>
 #include <cmath>
-#include <random>
 #include <stdexcept>
 
 namespace moelab {
@@ -29,13 +29,12 @@ nlohmann::json paired_comparison(const std::vector<double>& a, const std::vector
     a_only += a[i] > b[i];
     b_only += b[i] > a[i];
   }
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::size_t> pick(0, n - 1);
+  SeededRng rng(seed);
   std::vector<double> diffs;
   for (int r = 0; r < resamples; ++r) {
     double d = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      std::size_t k = pick(rng);
+      const std::size_t k = rng.below(n);
       d += b[k] - a[k];
     }
     diffs.push_back(d / static_cast<double>(n));

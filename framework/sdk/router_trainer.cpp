@@ -6,6 +6,7 @@
 #include "moelab/lib/router_checkpoint.h"
 #include "moelab/lib/safetensors.h"
 #include "moelab/lib/schedule.h"
+#include "moelab/lib/seeded.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fcntl.h>
@@ -185,7 +186,7 @@ struct RouterTrainer::State {
   long long step = 0, total_steps = 0, epoch = 0;
   std::size_t start = 0;             // the next batch's first position in `order`; 0: the epoch's shuffle is still to come
   std::vector<std::size_t> order;    // this epoch's shuffled rows
-  std::mt19937_64 rng;               // the shuffles' generator, as it stands after this epoch's shuffle
+  SeededRng rng;                     // the shuffles' generator, as it stands after this epoch's shuffle
   std::map<std::string, double> sums;  // this epoch's loss terms over its applied steps
   long long counted = 0;             // this epoch's applied (not skipped) steps
   nlohmann::json epoch_means = nlohmann::json::array();
@@ -235,7 +236,7 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
   at.total_steps = steps_per_epoch * settings_.epochs;
   at.order.resize(data.size);
   std::iota(at.order.begin(), at.order.end(), 0);
-  at.rng.seed(context_.seed_for(order_stream_));
+  at.rng = SeededRng(context_.seed_for(order_stream_));
   const nlohmann::json id = identity(data);
   load_resume(out_dir, at, id, optimizer);
   const long long first_step = at.step, tokens_before = at.tokens;
@@ -244,7 +245,7 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
   Progress progress(stage_, at.total_steps - at.step, "tokens");
   const auto started = std::chrono::steady_clock::now();
   while (at.step < at.total_steps) {
-    if (at.start == 0) std::shuffle(at.order.begin(), at.order.end(), at.rng);
+    if (at.start == 0) at.rng.shuffle(at.order);
     std::vector<std::size_t> rows(at.order.begin() + static_cast<std::ptrdiff_t>(at.start),
                                   at.order.begin() + static_cast<std::ptrdiff_t>(std::min(at.order.size(), at.start + batch_size)));
     ObjectiveBatch batch = data.batch(rows, objective_->needs());
@@ -425,7 +426,7 @@ void RouterTrainer::save_resume(const fs::path& out_dir, const State& at, const 
     tensors.emplace_back("cpu_rng_state", generator.get_state());
   }
   std::ostringstream rng;
-  rng << at.rng;
+  rng << at.rng.engine();
   const nlohmann::json state = {{"step", at.step},   {"epoch", at.epoch},     {"start", at.start},   {"rng", rng.str()},
                                 {"sums", at.sums},   {"counted", at.counted}, {"epoch_means", at.epoch_means},
                                 {"skipped_steps", at.skipped_steps}, {"tokens", at.tokens}, {"attempt", at.attempt}};
@@ -468,7 +469,7 @@ bool RouterTrainer::load_resume(const fs::path& out_dir, State& at, const nlohma
   at.epoch = state.at("epoch");
   at.start = state.at("start");
   std::istringstream rng(state.at("rng").get<std::string>());
-  rng >> at.rng;
+  rng >> at.rng.engine();
   at.sums = state.at("sums").get<std::map<std::string, double>>();
   at.counted = state.at("counted");
   at.epoch_means = state.at("epoch_means");

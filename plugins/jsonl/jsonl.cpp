@@ -13,9 +13,9 @@
 #include "moelab/moelab.h"
 #include "moelab/lib/json_read.h"
 #include "moelab/lib/python_str.h"
+#include "moelab/lib/seeded.h"
 
 #include <fstream>
-#include <random>
 
 namespace {
 
@@ -109,8 +109,8 @@ class JsonlDataset final : public moelab::Dataset {
       for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
       const std::string question = r["question"].get<std::string>();
       const std::string key = !has("id") ? question : record["id"].is_string() ? record["id"].get<std::string>() : record["id"].dump();
-      std::mt19937_64 rng(shuffle_seed_ ^ std::hash<std::string>{}(key));
-      std::shuffle(order.begin(), order.end(), rng);
+      moelab::SeededRng rng(shuffle_seed_ ^ moelab::stable_hash(key));
+      rng.shuffle(order);
       json choices = json::array();
       std::string gold;
       for (std::size_t i = 0; i < order.size(); ++i) {
