@@ -3,9 +3,12 @@
 #include "moelab/lib/log.h"
 #include "moelab/lib/safetensors.h"
 
+#include <boost/crc.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <set>
 #include <stdexcept>
 
 namespace moelab {
@@ -22,6 +25,40 @@ std::string model_fingerprint(const Model& model) {
   const ModelInfo& i = model.info();
   return fmt::format("{}:L{}:H{}:E{}:k{}:V{}:moe[{}]", i.model_type, i.num_layers, i.hidden_size, i.num_experts, i.top_k, i.vocab_size,
                      fmt::join(i.moe_layers, ","));
+}
+
+std::string model_content_hash(Model& model, const std::set<std::string>& replaced) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::pair<std::string, torch::Tensor>> weights;
+  for (const auto& [name, weight] : model.named_weights())
+    if (!replaced.count(name)) weights.emplace_back(name, weight);
+  std::sort(weights.begin(), weights.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  boost::crc_32_type crc;
+  std::vector<torch::Tensor> samples;
+  for (const auto& [name, weight] : weights) {
+    crc.process_bytes(name.data(), name.size());
+    for (std::int64_t size : weight.sizes()) crc.process_bytes(&size, sizeof size);
+    const std::int64_t n = weight.numel(), k = std::min<std::int64_t>(n, 16);
+    if (k == 0) continue;
+    torch::Tensor at = torch::arange(k, torch::dtype(torch::kInt64).device(weight.device())) * (n / k);
+    samples.push_back(weight.reshape(-1).index_select(0, at).to(torch::kFloat32));
+  }
+  if (!samples.empty()) {
+    // As bfloat16, so the same checkpoint loaded in float32 or bfloat16 hashes alike.
+    torch::Tensor all = torch::cat(samples).to(torch::kBFloat16).cpu().contiguous();
+    crc.process_bytes(all.data_ptr(), static_cast<std::size_t>(all.numel()) * all.element_size());
+  }
+  return fmt::format("{:08x}", crc.checksum());
+}
+
+void check_content_hash(const std::filesystem::path& file, const std::string& recorded, Model& model, const std::set<std::string>& replaced) {
+  if (recorded.empty()) {
+    log::warn("{}: no model_content_crc32 (made by an older moelab): cannot check that it was made from this model's weights", file.string());
+    return;
+  }
+  if (const std::string now = model_content_hash(model, replaced); now != recorded)
+    throw std::runtime_error(fmt::format("{}: made from a model with other weights (content hash {}, this model's {}); a model of the same "
+                                         "shapes is not enough: load the model it was made from", file.string(), recorded, now));
 }
 
 std::string router_tensor_name(Model& model, int layer) {
@@ -43,6 +80,9 @@ void save_router_checkpoint(const std::filesystem::path& file, Model& model, con
   metadata["target_layers"] = fmt::format("{}", fmt::join(layers, ","));
   metadata["model_fingerprint"] = model_fingerprint(model);
   metadata["base_gate_fingerprint"] = fmt::format("{}", fmt::join(base_prints, "|"));
+  std::set<std::string> replaced;
+  for (int layer : layers) replaced.insert(router_tensor_name(model, layer));
+  metadata["model_content_crc32"] = model_content_hash(model, replaced);
   write_safetensors(file, tensors, metadata);
 }
 
@@ -57,6 +97,12 @@ std::map<int, double> apply_router_checkpoint(const std::filesystem::path& file,
   if (field("model_fingerprint") != model_fingerprint(model))
     throw std::runtime_error(fmt::format("{}: made for model {}, but this model is {}", file.string(), field("model_fingerprint"),
                                          model_fingerprint(model)));
+  {
+    std::set<std::string> replaced;
+    for (const auto& name : ckpt.names()) replaced.insert(router_tensor_name(model, std::stoi(name.substr(name.find('.') + 1))));
+    auto recorded = meta.find("model_content_crc32");
+    check_content_hash(file, recorded == meta.end() ? "" : recorded->second, model, replaced);
+  }
   // The gates it was trained from must be the gates it replaces: same shapes are not enough.
   std::map<int, std::string> base_prints;
   std::string prints = field("base_gate_fingerprint");

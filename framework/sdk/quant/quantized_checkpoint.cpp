@@ -1,5 +1,6 @@
 #include "moelab/lib/quantized_checkpoint.h"
 
+#include "moelab/lib/json_read.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/router_checkpoint.h"
 #include "moelab/lib/safetensors.h"
@@ -7,13 +8,25 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <set>
+
 namespace moelab {
 
 namespace {
 constexpr const char* kKind = "quantized_checkpoint";
 }
 
-void save_quantized_checkpoint(const std::filesystem::path& file, const Model& model, const QuantizedCheckpoint& checkpoint) {
+namespace {
+// What a quantized checkpoint replaces: its expert matrices and routers.
+std::set<std::string> replaced_by(const QuantizedCheckpoint& checkpoint, Model& model) {
+  std::set<std::string> names;
+  for (const auto& m : checkpoint.matrices) names.insert(m.name);
+  for (const auto& [layer, w] : checkpoint.routers) names.insert(router_tensor_name(model, layer));
+  return names;
+}
+}  // namespace
+
+void save_quantized_checkpoint(const std::filesystem::path& file, Model& model, const QuantizedCheckpoint& checkpoint) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   nlohmann::json shapes = nlohmann::json::object();
   for (const auto& m : checkpoint.matrices) {
@@ -26,7 +39,8 @@ void save_quantized_checkpoint(const std::filesystem::path& file, const Model& m
   for (const auto& [layer, w] : checkpoint.routers) tensors.emplace_back(fmt::format("routers.{}", layer), w.detach().to(torch::kCPU, torch::kFloat32));
   std::map<std::string, std::string> metadata = {{"moelab.kind", kKind}, {"model_fingerprint", model_fingerprint(model)}, {"matrices", shapes.dump()}};
   for (const auto& [key, value] : checkpoint.metadata.items())
-    if (key != "model_fingerprint") metadata[key] = value.dump();
+    if (key != "model_fingerprint" && key != "model_content_crc32") metadata[key] = value.dump();
+  metadata["model_content_crc32"] = nlohmann::json(model_content_hash(model, replaced_by(checkpoint, model))).dump();
   write_safetensors(file, tensors, metadata);
 }
 
@@ -39,9 +53,11 @@ QuantizedCheckpoint read_quantized_checkpoint(const std::filesystem::path& file)
   QuantizedCheckpoint out;
   for (const auto& [key, value] : meta) {
     if (key == "moelab.kind" || key == "matrices") continue;
-    out.metadata[key] = key == "model_fingerprint" ? nlohmann::json(value) : nlohmann::json::parse(value);
+    out.metadata[key] = key == "model_fingerprint" ? nlohmann::json(value) : parse_json(value, fmt::format("{} metadata {}", file.string(), key));
   }
-  const nlohmann::json shapes = nlohmann::json::parse(meta.at("matrices"));
+  auto matrices = meta.find("matrices");
+  if (matrices == meta.end()) throw std::runtime_error(fmt::format("{}: no \"matrices\" metadata", file.string()));
+  const nlohmann::json shapes = parse_json(matrices->second, file.string() + " metadata matrices");
   for (const auto& [name, shape] : shapes.items()) {
     QuantizedMatrix m;
     m.name = name;
@@ -63,6 +79,7 @@ nlohmann::json apply_quantized_checkpoint(const std::filesystem::path& file, Mod
   const std::string expected = ckpt.metadata.value("model_fingerprint", "");
   if (expected != model_fingerprint(model))
     throw std::runtime_error(fmt::format("{}: made for model {}, but this model is {}", file.string(), expected, model_fingerprint(model)));
+  check_content_hash(file, ckpt.metadata.value("model_content_crc32", ""), model, replaced_by(ckpt, model));
   std::map<std::string, torch::Tensor> weights;
   for (auto& [name, t] : model.named_weights()) weights[name] = t;
   torch::NoGradGuard no_grad;

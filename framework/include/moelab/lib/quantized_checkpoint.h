@@ -28,7 +28,7 @@ struct QuantizedCheckpoint {
   nlohmann::json metadata;               // {"plan", "quantization", "router_finetuning", "model_fingerprint"}
 };
 
-void save_quantized_checkpoint(const std::filesystem::path& file, const Model& model, const QuantizedCheckpoint& checkpoint);
+void save_quantized_checkpoint(const std::filesystem::path& file, Model& model, const QuantizedCheckpoint& checkpoint);
 QuantizedCheckpoint read_quantized_checkpoint(const std::filesystem::path& file);
 
 // Writes every matrix (dequantized, in the model's dtype) and router into the model after checking the

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +19,12 @@ std::string model_fingerprint(const Model& model);
 
 // The checkpoint name of a MoE layer's router tensor ("model.layers.5.mlp.gate.weight"), for messages.
 std::string router_tensor_name(Model& model, int layer);
+// A CRC-32 (8 hex digits) of the model's weights other than `replaced` (tensor names): names, shapes and
+// 16 evenly spaced values of each, as bfloat16. Checkpoints record it for the weights they do not
+// replace, so one made from another model of the same shapes is refused.
+std::string model_content_hash(Model& model, const std::set<std::string>& replaced);
+// Throws naming `file` when `recorded` is not this model's hash; warns when `recorded` is empty (older files).
+void check_content_hash(const std::filesystem::path& file, const std::string& recorded, Model& model, const std::set<std::string>& replaced);
 
 void save_router_checkpoint(const std::filesystem::path& file, Model& model, const std::vector<int>& layers,
                             const std::map<int, torch::Tensor>& base_routers, std::map<std::string, std::string> metadata);
