@@ -3,8 +3,10 @@
 #include "log_sink.h"
 #include "moe_model.h"
 #include "moelab/lib/files.h"
+#include "moelab/lib/interrupted.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/quantized_checkpoint.h"
+#include "moelab/lib/vocab_check.h"
 #include "moelab/stage.h"
 #include "stage_keys.h"
 
@@ -176,6 +178,7 @@ const Tokenizer& ExperimentRun::tokenizer() {
   fs::path file = model_folder_ / "tokenizer.json";
   if (!fs::exists(file)) throw std::runtime_error(fmt::format("model folder {} has no tokenizer.json", model_folder_.string()));
   tokenizer_ = Tokenizer::from_file(file);
+  check_tokenizer_fits_model(*tokenizer_, file, model_->info(), model_folder_);
   return *tokenizer_;
 }
 
@@ -213,8 +216,11 @@ void ExperimentRun::run_stages() {
       check_model_unchanged();
       std::dynamic_pointer_cast<Stage>(make_component(id, Kind::stage))->run(stage_dir, stage_summary);
       check_model_unchanged();
+    } catch (const Interrupted& e) {
+      record_failure(id, stage_dir, stage_summary, e.what(), "interrupted");
+      throw RunInterrupted(e.what());
     } catch (const std::exception& e) {
-      record_failure(id, stage_dir, stage_summary, e.what());
+      record_failure(id, stage_dir, stage_summary, e.what(), "failed");
       throw RunFailed(e.what());
     }
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -225,6 +231,14 @@ void ExperimentRun::run_stages() {
     summary_["stages"][id] = stage_summary;
     write_summary();
     log::info("stage [{}] done in {:.1f}s", id, seconds);
+    // A stop asked for during the stage's last step: the stage is done, stop before the next one.
+    if (interrupt_requested() && index < experiment_.run.stages.size()) {
+      const std::string message = fmt::format("interrupted after stage [{}]; `runexp ... --resume` continues with the next stage", id);
+      summary_["status"] = "interrupted";
+      write_summary();
+      log::warn("{}", message);
+      throw RunInterrupted(message);
+    }
   }
   summary_["finished"] = now_text("%Y-%m-%dT%H:%M:%S");
   summary_["status"] = "complete";
@@ -249,13 +263,14 @@ void ExperimentRun::copy_metrics_of(const std::string& stage, const fs::path& fr
 }
 
 void ExperimentRun::record_failure(const std::string& stage, const fs::path& stage_dir, nlohmann::json stage_summary,
-                                   const std::string& message) {
-  log::error("stage [{}] failed: {}", stage, message);
+                                   const std::string& message, const std::string& status) {
+  if (status == "interrupted") log::warn("stage [{}] interrupted: {}", stage, message);
+  else log::error("stage [{}] failed: {}", stage, message);
   const nlohmann::json error = {{"stage", stage}, {"message", message}, {"time", now_text("%Y-%m-%dT%H:%M:%S")}, {"attempt", attempt_}};
-  stage_summary["status"] = "failed";
+  stage_summary["status"] = status;
   stage_summary["error"] = error;
   summary_["stages"][stage] = stage_summary;
-  summary_["status"] = "failed";
+  summary_["status"] = status;
   summary_["error"] = error;
   try {
     write_file_atomic(stage_dir / "summary.json", stage_summary.dump(2) + "\n");

@@ -21,6 +21,11 @@ std::filesystem::path resolve_model_folder(const ResolvedExperiment& experiment)
 struct RunFailed : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+// A stage stopped on SIGINT/SIGTERM after saving what it needs to continue (status "interrupted");
+// runexp exits 130 and `--resume` continues.
+struct RunInterrupted : RunFailed {
+  using RunFailed::RunFailed;
+};
 
 class ExperimentRun final : public RunContext {
  public:
@@ -32,7 +37,8 @@ class ExperimentRun final : public RunContext {
   ~ExperimentRun() override;
 
   // Runs the stages in order. A stage that throws is recorded (log.txt, summary.json "status": "failed"
-  // and "error", the stage's own summary.json) and RunFailed is thrown with the same message.
+  // and "error", the stage's own summary.json) and RunFailed is thrown with the same message;
+  // moelab::Interrupted becomes status "interrupted" and RunInterrupted.
   void run_stages();
   // 1 for a new run, one more for each --resume of the same folder; every metrics row carries it.
   int attempt() const { return attempt_; }
@@ -51,8 +57,9 @@ class ExperimentRun final : public RunContext {
   // Throws when the loaded model's files changed size or modification time since they were read.
   void check_model_unchanged() const;
   void copy_metrics_of(const std::string& stage, const std::filesystem::path& from);
+  // status: "failed" or "interrupted".
   void record_failure(const std::string& stage, const std::filesystem::path& stage_dir, nlohmann::json stage_summary,
-                      const std::string& message);
+                      const std::string& message, const std::string& status);
 
   ResolvedExperiment experiment_;
   const PluginRegistry& registry_;

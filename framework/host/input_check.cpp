@@ -1,6 +1,7 @@
 #include "input_check.h"
 
 #include "architecture.h"
+#include "moelab/lib/vocab_check.h"
 #include "moelab/tokenizer.h"
 #include "stage_keys.h"
 
@@ -15,8 +16,12 @@ namespace moelab {
 namespace fs = std::filesystem;
 
 void check_inputs(const ResolvedExperiment& experiment, const PluginRegistry& registry, const fs::path& model_folder) {
-  read_model_config(model_folder);
-  if (fs::exists(model_folder / "tokenizer.json")) Tokenizer::from_file(model_folder / "tokenizer.json");
+  const ModelConfig config = read_model_config(model_folder);
+  if (const fs::path file = model_folder / "tokenizer.json"; fs::exists(file)) {
+    ModelInfo info;
+    info.vocab_size = config.vocab_size;
+    check_tokenizer_fits_model(*Tokenizer::from_file(file), file, info, model_folder);
+  }
   const std::vector<std::string>& stages = experiment.run.stages;
   for (auto stage = stages.begin(); stage != stages.end(); ++stage) {
     for (const std::string& id : tables_reached(experiment, registry, *stage)) {

@@ -3,6 +3,7 @@
 #include "experiment_run.h"
 #include "input_check.h"
 #include "objective_check.h"
+#include "moelab/lib/json_read.h"
 #include "moelab/lib/log.h"
 #include "plugin_registry.h"
 #include "schema.h"
@@ -107,12 +108,7 @@ int tokenize(int argc, char** argv) {
   std::vector<std::string> texts;
   std::string line;
   for (long long number = 1; std::getline(std::cin, line); ++number) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(fmt::format("stdin:{}: not valid JSON ({})", number, e.what()));
-    }
+    const nlohmann::json j = moelab::parse_json(line, fmt::format("stdin:{}", number));
     if (j.is_object() && j.contains("text") && j["text"].is_string()) texts.push_back(j["text"]);
     else if (j.is_string()) texts.push_back(j);
     else throw std::runtime_error(fmt::format("stdin:{}: expected {{\"text\": \"...\"}} or a JSON string", number));
@@ -165,6 +161,8 @@ int main(int argc, char** argv) {
     moelab::ExperimentRun run(std::move(experiment), registry, o.resume);
     run.run_stages();
     return 0;
+  } catch (const moelab::RunInterrupted&) {
+    return 130;  // 128 + SIGINT, as a shell reports a program stopped by Ctrl-C; logged by the run
   } catch (const moelab::RunFailed&) {
     return 1;  // logged and recorded in the run folder by the run
   } catch (const std::exception& e) {

@@ -346,8 +346,10 @@ class MoeModel final : public Model {
   void load(const std::filesystem::path& folder) {
     Checkpoint ckpt(folder);
     check_checkpoint(c_, ckpt, folder);  // every tensor taken below is present with its shape
+    // Always a copy (copy = true), never a view of the mapped file: a file overwritten or cut short
+    // while the run goes on must not change the running model or kill it with SIGBUS.
     auto take = [&](const std::string& name, std::optional<torch::ScalarType> dtype = std::nullopt) {
-      Tensor t = ckpt.get(name).to(device_, dtype.value_or(dtype_)).contiguous();
+      Tensor t = ckpt.get(name).to(device_, dtype.value_or(dtype_), /*non_blocking=*/false, /*copy=*/true).contiguous();
       named_.emplace_back(name, t);
       return t;
     };

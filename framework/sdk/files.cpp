@@ -1,4 +1,5 @@
 #include "moelab/lib/files.h"
+#include "moelab/lib/json_read.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -37,12 +38,6 @@ std::string read_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
-nlohmann::json read_json(const std::filesystem::path& path) {
-  try {
-    return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", path.string(), e.what()));
-  }
-}
+nlohmann::json read_json(const std::filesystem::path& path) { return parse_json(read_file(path), path.string()); }
 
 }  // namespace moelab

@@ -232,4 +232,29 @@ TEST(RunRecords, AModelFileChangedDuringTheRunIsAnError) {
   EXPECT_EQ(nlohmann::json::parse(moelab::read_file(run->run_dir() / "summary.json"))["status"], "failed");
 }
 
+// Ctrl-C during training: the step finishes, the stage saves what it needs, runexp exits 130 with the
+// run marked interrupted, and --resume finishes the same run folder.
+TEST(RunRecords, SigintDuringTrainingExits130AndResumeFinishesTheRun) {
+  TempDir dir;
+  fs::path file = dir.write("long.toml", "run_dir = \"runs\"\nstages = [\"first\"]\n[data]\nplugin = \"jsonl\"\npath = \"" + kData +
+                                             "/arith_train.jsonl\"\n[task]\nplugin = \"task_ce\"\n[first]\nplugin = \"finetune\"\ndataset = \"data\"\n"
+                                             "objective = \"task\"\nlast_layers = 2\nepochs = 200\nbatch_size = 4\n");
+  const fs::path out = dir.path() / "out.txt";
+  auto r = run_command(runexp_binary() + " " + file.string() + " > " + out.string() + " 2>&1 & pid=$!; for i in $(seq 1 600); do grep -q 'step 3/' " +
+                       out.string() + " && break; sleep 0.1; done; kill -INT $pid; wait $pid; echo \"exit=$?\"");
+  const std::string log = moelab::read_file(out);
+  EXPECT_THAT(r.output, HasSubstr("exit=130")) << log;
+  EXPECT_THAT(log, HasSubstr("stage [first] interrupted"));
+  const fs::path run = run_folders(dir.path() / "runs" / "long").at(0);
+  EXPECT_EQ(nlohmann::json::parse(moelab::read_file(run / "summary.json"))["status"], "interrupted");
+  EXPECT_TRUE(fs::exists(run / "first" / "resume"));
+  EXPECT_FALSE(fs::exists(run / "first" / "routers.safetensors"));
+  r = run_command(runexp_binary() + " " + file.string() + " --resume");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("resuming run " + run.string() + " (attempt 2"));
+  EXPECT_EQ(nlohmann::json::parse(moelab::read_file(run / "summary.json"))["status"], "complete");
+  EXPECT_TRUE(fs::exists(run / "first" / "routers.safetensors"));
+  EXPECT_FALSE(fs::exists(run / "first" / "resume"));
+}
+
 }  // namespace
