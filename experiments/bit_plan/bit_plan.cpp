@@ -11,8 +11,6 @@
 
 namespace {
 
-const std::vector<std::pair<std::string, moelab::QuantFormat>> kFormats = {
-    {"int3", moelab::QuantFormat::int3}, {"int4", moelab::QuantFormat::int4}, {"mxfp4", moelab::QuantFormat::mxfp4}, {"mxfp8", moelab::QuantFormat::mxfp8}};
 
 enum class Granularity { matrix, layer };
 const std::vector<std::pair<std::string, Granularity>> kGranularities = {{"matrix", Granularity::matrix}, {"layer", Granularity::layer}};
@@ -30,8 +28,8 @@ const moelab::Options<Settings>& options() {
       moelab::Options<Settings>("bit_plan", moelab::Kind::stage, "0.1.0", "per-matrix quantization formats from alpha (or a hand-written plan)")
           .path("alpha", &Settings::alpha, "@alpha/alpha.json", "the alpha stage's output")
           .path("plan_file", &Settings::plan_file, "", "a hand-written plan {\"default\", \"formats\": {name: format}} instead of the rule")
-          .choice("low_format", &Settings::low_format, moelab::QuantFormat::mxfp4, kFormats, "format of the highest-alpha share")
-          .choice("high_format", &Settings::high_format, moelab::QuantFormat::mxfp8, kFormats, "format of the rest")
+          .choice("low_format", &Settings::low_format, moelab::QuantFormat::mxfp4, moelab::quant_format_names(), "format of the highest-alpha share")
+          .choice("high_format", &Settings::high_format, moelab::QuantFormat::mxfp8, moelab::quant_format_names(), "format of the rest")
           .real("ratio", &Settings::ratio, 0.3, "share of matrices (or layers) that get low_format (the public script's mxfp4_ratio)").within(0, 1)
           .choice("granularity", &Settings::granularity, Granularity::matrix, kGranularities, "rank single matrices, or whole layers by mean alpha")
           .integer("group_size", &Settings::group_size, 128, "INT group size, for the reported bits per weight").at_least(1);

@@ -22,8 +22,6 @@ using torch::Tensor;
 
 struct StopForward {};  // thrown by the observer once the layer being calibrated has been seen
 
-const std::vector<std::pair<std::string, moelab::QuantFormat>> kFormats = {
-    {"int3", moelab::QuantFormat::int3}, {"int4", moelab::QuantFormat::int4}, {"mxfp4", moelab::QuantFormat::mxfp4}, {"mxfp8", moelab::QuantFormat::mxfp8}};
 
 enum class Method { gptq, rtn };
 const std::vector<std::pair<std::string, Method>> kMethods = {{"gptq", Method::gptq}, {"rtn", Method::rtn}};
@@ -54,7 +52,7 @@ const moelab::Options<Settings>& options() {
   static const auto o =
       moelab::Options<Settings>("quantize", moelab::Kind::stage, "0.1.0", "RTN or GPTQ quantization of the routed experts (INT3/INT4/MXFP4/MXFP8)")
           .path("plan", &Settings::plan, "", "bit plan (\"@plan/plan.json\"); empty: every expert matrix in `format`")
-          .choice("format", &Settings::format, moelab::QuantFormat::int4, kFormats, "the format when there is no plan")
+          .choice("format", &Settings::format, moelab::QuantFormat::int4, moelab::quant_format_names(), "the format when there is no plan")
           .integer("group_size", &Settings::group_size, 128, "INT formats: columns sharing a scale and zero point (MX blocks are 32)").at_least(1)
           .choice("method", &Settings::method, Method::gptq, kMethods, "GPTQ with calibration Hessians, or round-to-nearest")
           .optional_component("calibration", &Settings::calibration, moelab::Kind::dataset, "raw text for GPTQ's calibration windows")

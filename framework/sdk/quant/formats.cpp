@@ -2,6 +2,7 @@
 #include "moelab/lib/quant.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -49,21 +50,24 @@ Tensor grouped(const Tensor& w, long long group) {  // [..., rows, cols] -> [...
 
 }  // namespace
 
+const std::vector<std::pair<std::string, QuantFormat>>& quant_format_names() {
+  static const std::vector<std::pair<std::string, QuantFormat>> names = {
+      {"int3", QuantFormat::int3}, {"int4", QuantFormat::int4}, {"mxfp4", QuantFormat::mxfp4}, {"mxfp8", QuantFormat::mxfp8}};
+  return names;
+}
+
 QuantFormat quant_format(const std::string& name) {
-  if (name == "int3") return QuantFormat::int3;
-  if (name == "int4") return QuantFormat::int4;
-  if (name == "mxfp4") return QuantFormat::mxfp4;
-  if (name == "mxfp8") return QuantFormat::mxfp8;
-  throw std::runtime_error(fmt::format("unknown quantization format \"{}\" (known: int3, int4, mxfp4, mxfp8)", name));
+  std::vector<std::string> known;
+  for (const auto& [n, format] : quant_format_names()) {
+    if (n == name) return format;
+    known.push_back(n);
+  }
+  throw std::runtime_error(fmt::format("unknown quantization format \"{}\" (known: {})", name, fmt::join(known, ", ")));
 }
 
 std::string quant_format_name(QuantFormat format) {
-  switch (format) {
-    case QuantFormat::int3: return "int3";
-    case QuantFormat::int4: return "int4";
-    case QuantFormat::mxfp4: return "mxfp4";
-    case QuantFormat::mxfp8: return "mxfp8";
-  }
+  for (const auto& [name, f] : quant_format_names())
+    if (f == format) return name;
   return "?";
 }
 

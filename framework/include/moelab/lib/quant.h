@@ -7,11 +7,16 @@
 #include <torch/types.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace moelab {
 
 enum class QuantFormat { int3, int4, mxfp4, mxfp8 };
 QuantFormat quant_format(const std::string& name);  // "int3", "int4", "mxfp4", "mxfp8"; throws listing them
+// Every format with its name, in that order: the one table behind quant_format, quant_format_name and
+// the stages' typed `format` choices.
+const std::vector<std::pair<std::string, QuantFormat>>& quant_format_names();
 std::string quant_format_name(QuantFormat format);
 
 struct QuantSpec {
