@@ -153,8 +153,8 @@ TEST(RoutingStudy, ConfigRunsEndToEndIntoAReportWithPngFigures) {
   const std::string metrics = moelab::read_file(run / "metrics.jsonl");
   EXPECT_THAT(metrics, HasSubstr("\"analyzer\":\"specialization\""));
   // A line per chunk written (to watch a long run live) and one at the end of each pass.
-  EXPECT_THAT(metrics, HasSubstr("{\"chunks\":1,\"stage\":\"study\",\"state\":\"primary\""));
-  EXPECT_THAT(metrics, HasSubstr("{\"chunks\":2,\"stage\":\"study\",\"state\":\"primary\""));
+  EXPECT_THAT(metrics, HasSubstr("\"chunks\":1,\"stage\":\"study\",\"state\":\"primary\""));
+  EXPECT_THAT(metrics, HasSubstr("\"chunks\":2,\"stage\":\"study\",\"state\":\"primary\""));
 }
 
 }  // namespace
