@@ -2,8 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
+#include <vector>
 
 namespace moelab {
 
@@ -21,10 +24,29 @@ NeighbourGraph nearest_neighbours(const torch::Tensor& embeddings, const std::ve
   // A sample is never its own neighbour.
   torch::Tensor self = torch::arange(embeddings.size(0)).unsqueeze(1).eq(pool.unsqueeze(0));
   cos = cos.masked_fill(self, -std::numeric_limits<float>::infinity());
-  // Ties (identical embeddings) go to the lower candidate index on every machine: topk's order among
-  // equal values differs between LibTorch versions and devices, a stable descending sort's does not.
-  auto [sorted_cos, order] = torch::sort(cos, /*stable=*/true, /*dim=*/1, /*descending=*/true);
-  torch::Tensor top_cos = sorted_cos.narrow(1, 0, k), top = order.narrow(1, 0, k);
+  // Ranked on the host in float64, with cosines within kTie of the best of their run counted as ties
+  // that go to the lower candidate index: questions that embed alike (or equally close) get the same
+  // neighbours on every machine, whatever order a BLAS sums in (topk's order among near-equal values
+  // differs between LibTorch versions, devices and BLAS builds).
+  constexpr double kTie = 1e-6;
+  const torch::Tensor c = cos.to(torch::kCPU, torch::kFloat64).contiguous();
+  const std::int64_t rows = c.size(0), columns = c.size(1);
+  const double* at = c.data_ptr<double>();
+  torch::Tensor top = torch::empty({rows, k}, torch::kInt64);
+  std::vector<std::int64_t> order(static_cast<std::size_t>(columns));
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const double* row = at + i * columns;
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return row[a] > row[b]; });
+    for (std::size_t start = 0; start < order.size();) {
+      std::size_t end = start + 1;
+      while (end < order.size() && row[order[start]] - row[order[end]] < kTie) ++end;
+      std::sort(order.begin() + static_cast<long>(start), order.begin() + static_cast<long>(end));
+      start = end;
+    }
+    std::copy(order.begin(), order.begin() + k, top[i].data_ptr<std::int64_t>());
+  }
+  const torch::Tensor top_cos = cos.gather(1, top.to(cos.device()));
   torch::Tensor w = (-(1 - top_cos).pow(2) / (2 * sigma * sigma)).exp();
   return {pool.index({top}), top_cos, w / w.sum(1, true)};
 }

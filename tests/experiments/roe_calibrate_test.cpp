@@ -76,10 +76,10 @@ TEST(RoeCalibrate, RatesRiseWithTauAndFreshDrawsAtThePickedTauChangeTheTopkNearT
 
     const moelab::RouterTrace& trace = model.routing()[i];
     ASSERT_EQ(trace.layer, moe[i]);
-    torch::Tensor logits = trace.logits.to(torch::kFloat64).repeat({4, 1});
+    torch::Tensor logits = trace.logits.to(torch::kCPU, torch::kFloat64).repeat({4, 1});  // the model may sit on the GPU
     torch::Tensor gumbel = -(-torch::rand(logits.sizes(), torch::kFloat64).log()).log();
     torch::Tensor noisy = std::get<0>(std::get<1>((logits + tau * gumbel).topk(model.info().top_k, -1)).sort(-1));
-    torch::Tensor clean = std::get<0>(trace.topk_ids.repeat({4, 1}).sort(-1));
+    torch::Tensor clean = std::get<0>(trace.topk_ids.cpu().repeat({4, 1}).sort(-1));
     const double fresh = noisy.ne(clean).any(-1).to(torch::kFloat64).mean().item<double>();
     // Binomial error of both estimates over >= 1000 samples each is below 0.01 near the target.
     EXPECT_NEAR(fresh, picked, 0.04) << "layer " << layer;
