@@ -1,9 +1,9 @@
 // Recorded per-step losses guard the router training loop: the experiments in tests/assets/losses/ run on
 // the tiny model in float64 and every step's loss, named parts and lr must equal the recorded ones within
 // 1e-6. MOELAB_RECORD_LOSSES=1 writes the records instead (tests/assets/losses/README.md says when).
-#include "moe_model.h"
 #include "moelab/moelab.h"
 #include "test_run.h"
+#include "tiny_run.h"
 
 #include <cstdlib>
 #include <fstream>
@@ -14,52 +14,13 @@ namespace fs = std::filesystem;
 using moelab::test::TempDir;
 
 const fs::path kAssets = fs::path(MOELAB_SOURCE_DIR) / "tests" / "assets" / "losses";
-const fs::path kTiny = fs::path(MOELAB_BINARY_DIR) / "models" / "tiny-olmoe";
 
-// Runs an experiment's stages as runexp does, with the tiny model in float64 ([model] dtype offers no
-// float64): float32 losses would depend on the BLAS's summation order, which differs between machines.
-class Float64Run final : public moelab::RunContext {
- public:
-  Float64Run(const fs::path& file, const fs::path& run_dir)
-      : experiment_(moelab::resolve_experiment(moelab::load_experiment(file, {}), file, moelab::test::built_plugins())), run_dir_(run_dir) {
-    EXPECT_EQ(experiment_.model.path, "builtin:tiny-olmoe") << file;
-    at::manual_seed(experiment_.run.seed);
-  }
-
-  std::vector<nlohmann::json> run_stages() {
-    for (const auto& id : experiment_.run.stages) {
-      fs::create_directories(run_dir_ / id);
-      nlohmann::json summary;
-      make<moelab::Stage>(id)->run(run_dir_ / id, summary);
-    }
-    return metrics_;
-  }
-
-  const std::string& experiment_name() const override { return experiment_.run.name; }
-  const fs::path& run_dir() const override { return run_dir_; }
-  std::uint64_t seed() const override { return static_cast<std::uint64_t>(experiment_.run.seed); }
-  void record_metrics(nlohmann::json row) override { metrics_.push_back(std::move(row)); }
-  const fs::path& model_folder() override { return kTiny; }
-  moelab::Model& model() override {
-    if (!model_) model_ = moelab::load_model(kTiny, torch::kCPU, torch::kFloat64);
-    return *model_;
-  }
-  const moelab::Tokenizer& tokenizer() override {
-    if (!tokenizer_) tokenizer_ = moelab::Tokenizer::from_file(kTiny / "tokenizer.json");
-    return *tokenizer_;
-  }
-  std::shared_ptr<moelab::Plugin> make_component(const std::string& id, moelab::Kind) override {
-    const moelab::Component& component = experiment_.components.at(id);
-    return moelab::test::built_plugins().create(component.plugin, moelab::Config(component.config), *this);
-  }
-
- private:
-  moelab::ResolvedExperiment experiment_;
-  fs::path run_dir_;
-  std::vector<nlohmann::json> metrics_;
-  std::unique_ptr<moelab::Model> model_;
-  std::unique_ptr<moelab::Tokenizer> tokenizer_;
-};
+// The experiment in `file`, resolved as runexp does; recorded runs use the built-in tiny model.
+moelab::ResolvedExperiment recorded_experiment(const fs::path& file) {
+  moelab::ResolvedExperiment experiment = moelab::resolve_experiment(moelab::load_experiment(file, {}), file, moelab::test::built_plugins());
+  EXPECT_EQ(experiment.model.path, "builtin:tiny-olmoe") << file;
+  return experiment;
+}
 
 // The numbers of a metrics row that a refactor must keep: step, epoch, lr, loss and every named part.
 nlohmann::json recorded_fields(const nlohmann::json& row) {
@@ -71,7 +32,9 @@ nlohmann::json recorded_fields(const nlohmann::json& row) {
 
 void check_against_record(const std::string& name) {
   TempDir dir;
-  std::vector<nlohmann::json> rows = Float64Run(kAssets / (name + ".toml"), dir.path() / "run").run_stages();
+  // float64: float32 losses would depend on the BLAS's summation order, which differs between machines.
+  moelab::test::TinyRun run(recorded_experiment(kAssets / (name + ".toml")), dir.path() / "run", torch::kFloat64);
+  const std::vector<nlohmann::json> rows = run.run_stages();
   const fs::path record = kAssets / (name + ".jsonl");
   if (const char* flag = std::getenv("MOELAB_RECORD_LOSSES"); flag && std::string(flag) == "1") {
     std::ofstream out(record);

@@ -11,6 +11,7 @@
 #include "moelab/lib/safetensors.h"
 #include "moe_model.h"
 #include "test_run.h"
+#include "tiny_run.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gmock/gmock.h>
@@ -49,49 +50,10 @@ std::vector<fs::path> checkpoints_under(const fs::path& dir) {
 
 // A run of an experiment's stages as the host makes them, on the tiny model (float32, CPU), with a hook
 // on every metrics row (where a test interrupts training).
-class HookedRun final : public moelab::RunContext {
+class HookedRun final : public moelab::test::TinyRun {
  public:
-  HookedRun(const TempDir& dir, const std::string& toml, std::function<void(const nlohmann::json&)> on_row = {})
-      : experiment_(moelab::test::resolve_text(dir, toml)), run_dir_(dir.path() / "run"), on_row_(std::move(on_row)) {
-    fs::create_directories(run_dir_);
-  }
-
-  nlohmann::json run_stage(const std::string& id) {
-    fs::create_directories(run_dir_ / id);
-    nlohmann::json summary;
-    make<moelab::Stage>(id)->run(run_dir_ / id, summary);
-    return summary;
-  }
-  const std::vector<nlohmann::json>& rows() const { return rows_; }
-
-  const std::string& experiment_name() const override { return experiment_.run.name; }
-  const fs::path& run_dir() const override { return run_dir_; }
-  std::uint64_t seed() const override { return static_cast<std::uint64_t>(experiment_.run.seed); }
-  void record_metrics(nlohmann::json row) override {
-    rows_.push_back(row);
-    if (on_row_) on_row_(row);
-  }
-  const fs::path& model_folder() override { return kTiny; }
-  moelab::Model& model() override {
-    if (!model_) model_ = moelab::load_model(kTiny, torch::kCPU, torch::kFloat32);
-    return *model_;
-  }
-  const moelab::Tokenizer& tokenizer() override {
-    if (!tokenizer_) tokenizer_ = moelab::Tokenizer::from_file(kTiny / "tokenizer.json");
-    return *tokenizer_;
-  }
-  std::shared_ptr<moelab::Plugin> make_component(const std::string& id, moelab::Kind) override {
-    const moelab::Component& component = experiment_.components.at(id);
-    return moelab::test::built_plugins().create(component.plugin, moelab::Config(component.config), *this);
-  }
-
- private:
-  moelab::ResolvedExperiment experiment_;
-  fs::path run_dir_;
-  std::function<void(const nlohmann::json&)> on_row_;
-  std::vector<nlohmann::json> rows_;
-  std::unique_ptr<moelab::Model> model_;
-  std::unique_ptr<moelab::Tokenizer> tokenizer_;
+  HookedRun(const TempDir& dir, const std::string& toml, RowHook on_row = {})
+      : TinyRun(moelab::test::resolve_text(dir, toml), dir.path() / "run", torch::kFloat32, std::move(on_row)) {}
 };
 
 TEST(TrainingGuard, AHugeLearningRateStopsNamingTheStepAndTensorAndWritesNoRouters) {
