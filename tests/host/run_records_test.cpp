@@ -209,6 +209,13 @@ TEST(RunRecords, DryRunOpensEveryInputAndChecksStageReferences) {
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.output, HasSubstr("[eval] routers = \"@first/routers.safetensors\" (" + file.string() +
                                   ":21): reads the output of stage [first], which does not run before [eval] (stages = [eval])"));
+  // Layer lists name MoE layers of this model, once each.
+  r = run_command(runexp_binary() + " " + file.string() + " --dry-run --set 'first.layers=[4, 4]'");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("[first] layers (--set first.layers=[4, 4]): layer 4 is listed twice"));
+  r = run_command(runexp_binary() + " " + file.string() + " --dry-run --set 'first.layers=[6]'");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("layer 6 is not a decoder layer of this model (0..5)"));
   // The model's config.json is read too.
   fs::create_directories(dir.path() / "model");
   dir.write("model/config.json", "{\"model_type\": \"olmoe\"");
