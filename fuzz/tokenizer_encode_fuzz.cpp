@@ -1,6 +1,7 @@
 // Tokenizer::encode on fuzzed text with a fixed real tokenizer: the tiny model's GPT-NeoX-style
 // tokenizer.json, or $MOELAB_FUZZ_TOKENIZER (any tokenizer.json). Any text, valid UTF-8 or not, must
-// encode or be refused; printable ASCII must decode back to itself (byte-level BPE loses nothing).
+// encode or be refused, to the same ids every time; printable ASCII must decode back to itself (the
+// tiny model's byte-level BPE loses nothing).
 #include "fuzz_common.h"
 #include "moelab/tokenizer.h"
 
@@ -31,6 +32,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           std::fprintf(stderr, "encode gave id %lld, vocabulary %zu\n", static_cast<long long>(id), tokenizer->vocab_size());
           std::abort();
         }
+      if (tokenizer->encode(text, special) != ids) {  // the second call may come from the pre-token cache
+        std::fprintf(stderr, "a second encode of the same text gave other ids\n");
+        std::abort();
+      }
       const std::string back = tokenizer->decode(ids, false);
       const bool printable = std::all_of(text.begin(), text.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
       if (round_trip && !special && printable && back != text) {

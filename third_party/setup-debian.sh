@@ -2,7 +2,8 @@
 # Installs moelab's build dependencies from Debian 12's archive; does nothing when they are present.
 set -eu
 packages="build-essential cmake ninja-build ccache libtorch-dev libboost-dev libtomlplusplus-dev libfmt-dev
-nlohmann-json3-dev libgtest-dev libgmock-dev libpcre2-dev libicu-dev gnuplot-nox"
+nlohmann-json3-dev libgtest-dev libgmock-dev libpcre2-dev libicu-dev gnuplot-nox
+clang libclang-rt-14-dev"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

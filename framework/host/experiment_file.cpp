@@ -64,11 +64,21 @@ void apply_override(toml::table& table, const std::string& assignment) {
   try {
     parsed = toml::parse("value = " + text, std::string_view(source));
   } catch (const toml::parse_error&) {
-    // A bare word such as /models/olmoe is a string; a TOML literal string keeps it verbatim.
-    if (text.find('\'') != std::string::npos || text.find('\n') != std::string::npos)
-      throw std::runtime_error(fmt::format("--set {}: the value is neither TOML nor a plain word; quote it", assignment));
-    parsed = toml::parse("value = '" + text + "'", std::string_view(source));
+    // A bare word such as /models/olmoe is a string; a TOML literal string keeps it verbatim, unless it
+    // holds a quote or a control character.
+    bool word = text.find_first_of("'\n") == std::string::npos;
+    if (word) {
+      try {
+        parsed = toml::parse("value = '" + text + "'", std::string_view(source));
+      } catch (const toml::parse_error&) {
+        word = false;
+      }
+    }
+    if (!word) throw std::runtime_error(fmt::format("--set {}: the value is neither TOML nor a plain word; quote it", assignment));
   }
+  // "1\nfoo = 2" parses too: what follows the value would be dropped without a word.
+  if (parsed.size() != 1)
+    throw std::runtime_error(fmt::format("--set {}: the value must be one TOML value, found more after it", assignment));
 
   toml::table* at = &table;
   std::size_t start = 0;

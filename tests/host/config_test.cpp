@@ -149,6 +149,17 @@ TEST(Config, SetOverridesParseTomlValues) {
   EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"neighbours.k=\"7\""}); }), HasSubstr("must be integer"));
 }
 
+// Seen with the experiment fuzz target (fuzz/): more TOML after the value was dropped, and a control character
+// gave a toml++ message that named no --set.
+TEST(Config, SetOverrideValueIsOneTomlValueOrAPlainWord) {
+  TempDir dir;
+  EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"seed=1\nname = \"other\""}); }),
+              HasSubstr("--set seed=1\nname = \"other\": the value must be one TOML value, found more after it"));
+  EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"name=a\x01z"}); }),
+              HasSubstr("--set name=a\x01z: the value is neither TOML nor a plain word; quote it"));
+  EXPECT_EQ(resolve_text(dir, kBase, {"name=plain-word"}).run.name, "plain-word");
+}
+
 TEST(Config, ExtendsMergesTablesAndTheExtendingFileWins) {
   TempDir dir;
   dir.write("base.toml", std::string("seed = 3\nname = \"base\"\n") + kBase + "k = 2\nsigma = 0.5\n");
