@@ -7,6 +7,8 @@
 #             copied by hand into benchmarks/results_gpu.jsonl and summarized in benchmarks/RESULTS.md)
 #   quant     the quantization-recovery pipeline (GPTQ MXFP4/MXFP8 plan) on a random OLMoE-1B-7B-shaped model
 #   collect   routing collection of 1M tokens (3 text sets) on that model: tokens/s, disk bytes per token
+#   profile   moelab_bench and benchmarks/hf_profile.py on the OLMoE-1B-7B-shaped model: forward and router-only
+#             train step throughput, MFU and per-kernel tables ($OUT/profile.jsonl, $OUT/profile.md)
 #   all       test, then bench (default); phases may be joined with commas: test,fixtures
 # Carry .deps (header packages) and .tok.tgz (the npm tokenizer files, made here by
 # `tar czf .tok.tgz -C build/tokenizers .`; the box has no npm). Prepare .deps here first:
@@ -51,6 +53,22 @@ with_peak() {
   local rc=0; "$@" || rc=$?
   kill $poll; sort -n "$log" | tail -1 > /tmp/peak_mib; return $rc
 }
+
+if has profile; then
+  [[ -f /tmp/olmoe/config.json ]] || python3 benchmarks/make_olmoe_shaped.py /tmp/olmoe framework/model/tiny/tokenizer.json
+  run_id=$(date -u +%Y%m%dT%H%M%SZ)
+  {
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed "s/^/{\"run\": \"$run_id\", \"device\": \"/; s/$/\"}/"
+    python3 -c 'import sys,torch,transformers,json;print(json.dumps({"run":sys.argv[1],"torch":torch.__version__,"cuda":torch.version.cuda,"transformers":transformers.__version__}))' "$run_id"
+    for impl in moelab transformers; do
+      if [[ $impl == moelab ]]; then with_peak build-gpu/bin/moelab_bench /tmp/olmoe --run "$run_id" 2> "$OUT/moelab_bench.log" || status=$?
+      else with_peak python3 benchmarks/hf_profile.py /tmp/olmoe "$run_id" 2> "$OUT/hf_profile.log" || status=$?; fi
+      echo "{\"run\": \"$run_id\", \"impl\": \"$impl\", \"measure\": \"process_peak\", \"peak_gpu_mib\": $(cat /tmp/peak_mib)}"
+    done
+  } > "$OUT/profile.jsonl"
+  grep -v '"profile"' "$OUT/profile.jsonl"
+  python3 benchmarks/profile_table.py "$OUT/profile.jsonl" > "$OUT/profile.md" && head -40 "$OUT/profile.md"
+fi
 
 if has bench; then
   corpus=tests/fixtures/tokenizers/corpus.jsonl
