@@ -86,7 +86,7 @@ nlohmann::json kernel_table(F&& f, int calls, const torch::Device& device) {
     if (event.deviceType() != c10::DeviceType::CUDA) continue;
     auto& [count, us] = by_name[event.name()];
     count += 1;
-    us += static_cast<double>(event.durationUs());
+    us += moelab::compat::event_duration_us(event);
   }
   nlohmann::json kernels = nlohmann::json::array();
   for (const auto& [name, v] : by_name)

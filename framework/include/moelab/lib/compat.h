@@ -45,4 +45,14 @@ inline torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const 
 #endif
 }
 
+// A Kineto profiler event's duration in microseconds (2.x reports nanoseconds, 1.13 microseconds).
+template <class KinetoEvent>
+double event_duration_us(const KinetoEvent& event) {
+#if MOELAB_TORCH_AT_LEAST(2, 1)
+  return static_cast<double>(event.durationNs()) / 1e3;
+#else
+  return static_cast<double>(event.durationUs());
+#endif
+}
+
 }  // namespace moelab::compat
