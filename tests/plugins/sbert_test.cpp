@@ -44,4 +44,32 @@ TEST(Sbert, MissingFolderIsNamed) {
   EXPECT_THAT(moelab::test::error_of([&] { run->make<moelab::Embedder>("e"); }), testing::HasSubstr("nowhere"));
 }
 
+// config.json is checked against the tensors before any text is embedded (#14): a config naming fewer
+// layers than stored, a head count that does not divide the width, a vocabulary size or width that the
+// embedding does not have all end in an error naming the key or the tensor.
+TEST(Sbert, ConfigIsCheckedAgainstTheWeights) {
+  auto error_with = [](const std::string& key, const nlohmann::json& value) {
+    moelab::test::TempDir dir;
+    const fs::path folder = dir.path() / "sbert";
+    fs::copy(kFixture, folder, fs::copy_options::recursive);
+    nlohmann::json config = nlohmann::json::parse(moelab::read_file(folder / "config.json"));
+    config[key] = value;
+    moelab::write_file_atomic(folder / "config.json", config.dump());
+    auto run = moelab::test::start_run(dir, "stages = []\n[e]\nplugin = \"sbert\"\npath = \"" + folder.string() + "\"\n");
+    return moelab::test::error_of([&] { run->make<moelab::Embedder>("e"); });
+  };
+  using testing::AllOf;
+  using testing::HasSubstr;
+  EXPECT_THAT(error_with("num_hidden_layers", 1), AllOf(HasSubstr("num_hidden_layers: is 1"), HasSubstr("encoder.layer.1.")));
+  EXPECT_THAT(error_with("num_hidden_layers", 3), HasSubstr("lacks encoder.layer.2."));
+  EXPECT_THAT(error_with("num_hidden_layers", 0), HasSubstr("num_hidden_layers: must be at least 1"));
+  EXPECT_THAT(error_with("num_attention_heads", 0), HasSubstr("num_attention_heads: must be at least 1 and divide hidden_size 32"));
+  EXPECT_THAT(error_with("num_attention_heads", 5), HasSubstr("num_attention_heads"));
+  EXPECT_THAT(error_with("vocab_size", 600), AllOf(HasSubstr("vocab_size: is 600"), HasSubstr("has 700 rows")));
+  EXPECT_THAT(error_with("hidden_size", 64), AllOf(HasSubstr("embeddings.word_embeddings.weight has shape [700, 32]"), HasSubstr("expects [700, 64]")));
+  EXPECT_THAT(error_with("intermediate_size", 48), HasSubstr("encoder.layer.0.intermediate.dense.weight has shape [64, 32]"));
+  EXPECT_THAT(error_with("max_position_embeddings", 4096), AllOf(HasSubstr("max_position_embeddings: is 4096"), HasSubstr("has 64 rows")));
+  EXPECT_THAT(error_with("num_hidden_layers", "two"), HasSubstr("num_hidden_layers"));
+}
+
 }  // namespace
