@@ -61,14 +61,20 @@ void expect_available(const Tensor& x, const char* kernel, const char* what) {
 }
 
 // The stride between the rows of t viewed as [rows, t.size(-1)] when that view needs no copy (the
-// last dimension contiguous, the leading ones collapsing to one stride), else -1.
+// last dimension contiguous, the leading ones collapsing to one stride; 0 for broadcast rows), else -1.
 int64_t row_stride(const Tensor& t) {
-  if (t.dim() == 0 || t.stride(-1) != 1) return -1;
-  if (t.dim() == 1) return t.size(0);
-  int64_t stride = t.stride(-2);
-  for (int64_t d = t.dim() - 2; d > 0; --d)
-    if (t.size(d) != 1 && t.stride(d - 1) != t.stride(d) * t.size(d)) return -1;
-  return stride;
+  if (t.dim() == 0 || (t.stride(-1) != 1 && t.size(-1) > 1)) return -1;
+  int64_t stride = -1, expected = 0;
+  for (int64_t d = t.dim() - 2; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (stride < 0) {
+      stride = t.stride(d);
+    } else if (t.stride(d) != expected) {
+      return -1;
+    }
+    expected = t.stride(d) * t.size(d);
+  }
+  return stride < 0 ? t.size(-1) : stride;  // one row: any stride will do
 }
 
 // t itself when its rows have one stride, else a contiguous copy.
@@ -85,7 +91,8 @@ Tensor rms_norm_impl(Tensor& x, const Tensor* residual, const Tensor& weight, do
     expect(*residual, kernel, "residual", x, x.scalar_type());
     if (residual->sizes() != x.sizes())
       throw std::invalid_argument(fmt::format("kernels::{}: residual has shape [{}], x [{}]", kernel, shape(*residual), shape(x)));
-    if (row_stride(x) < 0) throw std::invalid_argument(fmt::format("kernels::{}: x [{}] is updated in place and must have rows of one stride", kernel, shape(x)));
+    if (row_stride(x) < hidden && rows > 1)
+      throw std::invalid_argument(fmt::format("kernels::{}: x [{}] is updated in place and needs distinct rows of one stride", kernel, shape(x)));
     res = rows_of(*residual);
   }
   Tensor in = residual ? x : rows_of(x);

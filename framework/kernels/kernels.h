@@ -25,8 +25,9 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 // `x = x + branch; h = rms_norm(x, ...)`.
 torch::Tensor add_rms_norm(torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& weight, double eps);
 
-// torch::silu(gate) * up, rounded as that composition rounds (SiLU stored in the dtype, then the
-// product): bit-identical to it. gate, up [..., I] -> [..., I].
+// torch::silu(gate) * up, rounded as that composition rounds (the SiLU, x / (1 + expf(-x)) in float,
+// stored in the dtype, then the product): equal to it bit for bit where expf is LibTorch's (the test
+// prints the share). gate, up [..., I] -> [..., I].
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 // The same on one [..., 2I] tensor whose first half is the gate and second half the up projection.
 torch::Tensor silu_mul(const torch::Tensor& gate_up);
