@@ -80,26 +80,28 @@ int64_t row_stride(const Tensor& t) {
 // t itself when its rows have one stride, else a contiguous copy.
 Tensor rows_of(const Tensor& t) { return row_stride(t) >= 0 ? t : t.contiguous(); }
 
-Tensor rms_norm_impl(Tensor& x, const Tensor* residual, const Tensor& weight, double eps, const char* kernel) {
+// rms_norm of x, or with a residual of x + residual, written to `sum` (x itself when in place).
+Tensor rms_norm_impl(const Tensor& x, const Tensor* residual, Tensor* sum, const Tensor& weight, double eps, const char* kernel) {
   expect_available(x, kernel, "x");
   expect(weight, kernel, "weight", x, x.scalar_type());
   const int64_t hidden = x.size(-1), rows = hidden == 0 ? 0 : x.numel() / hidden;
   if (weight.dim() != 1 || weight.size(0) != hidden)
     throw std::invalid_argument(fmt::format("kernels::{}: weight has shape [{}], expected [{}] (x: [{}])", kernel, shape(weight), hidden, shape(x)));
-  Tensor w = weight.contiguous(), res;
+  const Tensor w = weight.contiguous(), in = rows_of(x);
+  Tensor res;
   if (residual) {
     expect(*residual, kernel, "residual", x, x.scalar_type());
     if (residual->sizes() != x.sizes())
       throw std::invalid_argument(fmt::format("kernels::{}: residual has shape [{}], x [{}]", kernel, shape(*residual), shape(x)));
-    if (row_stride(x) < hidden && rows > 1)
-      throw std::invalid_argument(fmt::format("kernels::{}: x [{}] is updated in place and needs distinct rows of one stride", kernel, shape(x)));
     res = rows_of(*residual);
+    if (sum->is_same(x) && (!in.is_same(x) || (row_stride(x) < hidden && rows > 1)))
+      throw std::invalid_argument(fmt::format("kernels::{}: x [{}] is updated in place and needs distinct rows of one stride", kernel, shape(x)));
   }
-  Tensor in = residual ? x : rows_of(x);
   Tensor out = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous));
   c10::DeviceGuard guard(x.device());
   check_launch(launch::rms_norm(dtype_of(x), out.data_ptr(), in.data_ptr(), row_stride(in), residual ? res.data_ptr() : nullptr,
-                                residual ? row_stride(res) : 0, w.data_ptr(), rows, hidden, static_cast<float>(eps), current_stream(x)),
+                                residual ? row_stride(res) : 0, residual ? sum->data_ptr() : nullptr, residual ? row_stride(*sum) : 0,
+                                w.data_ptr(), rows, hidden, static_cast<float>(eps), current_stream(x)),
                kernel);
   return out;
 }
@@ -113,13 +115,16 @@ bool available(const torch::Tensor& t) {
   return !(t.requires_grad() && at::GradMode::is_enabled());
 }
 
-Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  Tensor input = x;
-  return rms_norm_impl(input, nullptr, weight, eps, "rms_norm");
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) { return rms_norm_impl(x, nullptr, nullptr, weight, eps, "rms_norm"); }
+
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps) {
+  Tensor sum = available(x) ? torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous)) : Tensor();
+  Tensor out = rms_norm_impl(x, &residual, &sum, weight, eps, "add_rms_norm");
+  return {sum, out};
 }
 
-Tensor add_rms_norm(Tensor& x, const Tensor& residual, const Tensor& weight, double eps) {
-  return rms_norm_impl(x, &residual, weight, eps, "add_rms_norm");
+Tensor add_rms_norm_(Tensor& x, const Tensor& residual, const Tensor& weight, double eps) {
+  return rms_norm_impl(x, &residual, &x, weight, eps, "add_rms_norm_");
 }
 
 Tensor silu_mul(const Tensor& gate, const Tensor& up) {

@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include <stdexcept>
+#include <utility>
 
 namespace moelab::kernels {
 
@@ -21,9 +22,13 @@ bool available(const torch::Tensor& t);
 // element may differ by one unit in the last place.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
-// x += residual (in x's dtype, in place), then returns rms_norm(x, weight, eps): one pass for
-// `x = x + branch; h = rms_norm(x, ...)`.
-torch::Tensor add_rms_norm(torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& weight, double eps);
+// `x = x + residual; h = rms_norm(x, weight, eps)` in one pass: returns {x + residual (rounded to the
+// dtype), h}; x is left as it is.
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& weight,
+                                                     double eps);
+// The same in place: x += residual, returns h. Only for an x that nothing else holds (not a cached
+// or captured hidden state).
+torch::Tensor add_rms_norm_(torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& weight, double eps);
 
 // torch::silu(gate) * up, rounded as that composition rounds (the SiLU, x / (1 + expf(-x)) in float,
 // stored in the dtype, then the product): equal to it bit for bit where expf is LibTorch's (the test
@@ -67,7 +72,10 @@ torch::Tensor unpermute_combine(const torch::Tensor& y, const torch::Tensor& ord
 inline bool available(const torch::Tensor&) { return false; }
 inline bool route_available(const torch::Tensor&, int64_t) { return false; }
 inline torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) { not_built(); }
-inline torch::Tensor add_rms_norm(torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double) { not_built(); }
+inline std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double) {
+  not_built();
+}
+inline torch::Tensor add_rms_norm_(torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double) { not_built(); }
 inline torch::Tensor silu_mul(const torch::Tensor&, const torch::Tensor&) { not_built(); }
 inline torch::Tensor silu_mul(const torch::Tensor&) { not_built(); }
 inline void rope_(torch::Tensor&, torch::Tensor&, const torch::Tensor&, double, bool) { not_built(); }

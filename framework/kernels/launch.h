@@ -10,10 +10,11 @@ namespace moelab::kernels::launch {
 
 enum class DType : int { f32, f16, bf16 };
 
-// out[r] = weight * round(x[r] * rsqrt(mean(x[r]^2) + eps)); with residual, first x[r] += residual[r]
-// (rounded to the dtype, written back to x). x, residual, out: [rows, hidden]; weight: [hidden].
-const char* rms_norm(DType dtype, void* out, void* x, int64_t x_stride, const void* residual, int64_t residual_stride,
-                     const void* weight, int64_t rows, int64_t hidden, float eps, void* stream);
+// out[r] = weight * round(x[r] * rsqrt(mean(x[r]^2) + eps)); with residual, x[r] + residual[r] (rounded
+// to the dtype) is normalized instead and written to sum[r] (which may be x itself). x, residual, sum,
+// out: [rows, hidden], out contiguous; weight: [hidden].
+const char* rms_norm(DType dtype, void* out, const void* x, int64_t x_stride, const void* residual, int64_t residual_stride, void* sum,
+                     int64_t sum_stride, const void* weight, int64_t rows, int64_t hidden, float eps, void* stream);
 
 // out[r, i] = round(round(silu(gate[r, i])) * up[r, i]); out: [rows, width] contiguous.
 const char* silu_mul(DType dtype, void* out, const void* gate, int64_t gate_stride, const void* up, int64_t up_stride,

@@ -7,21 +7,23 @@ namespace moelab::kernels::launch {
 namespace {
 
 template <typename T>
-__global__ void rms_norm_kernel(T* out, T* x, int64_t x_stride, const T* residual, int64_t residual_stride, const T* weight,
-                                int64_t hidden, float eps) {
-  T* row = x + blockIdx.x * x_stride;
+__global__ void rms_norm_kernel(T* out, const T* x, int64_t x_stride, const T* residual, int64_t residual_stride, T* sum,
+                                int64_t sum_stride, const T* weight, int64_t hidden, float eps) {
+  const T* row = x + blockIdx.x * x_stride;
   float squares = 0.0f;
   if (residual) {
     const T* res = residual + blockIdx.x * residual_stride;
+    T* sum_row = sum + blockIdx.x * sum_stride;  // may be x's own row (in place): each thread reads before it writes
     for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
-      T sum = gpu::from_float<T>(gpu::add(gpu::to_float(row[i]), gpu::to_float(res[i])));  // x + residual in T
-      row[i] = sum;
-      float v = gpu::to_float(sum);
+      const T s = gpu::from_float<T>(gpu::add(gpu::to_float(row[i]), gpu::to_float(res[i])));  // x + residual in T
+      sum_row[i] = s;
+      const float v = gpu::to_float(s);
       squares += v * v;
     }
+    row = sum_row;  // the second pass reads back what this thread wrote
   } else {
     for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
-      float v = gpu::to_float(row[i]);
+      const float v = gpu::to_float(row[i]);
       squares += v * v;
     }
   }
@@ -36,14 +38,14 @@ __global__ void rms_norm_kernel(T* out, T* x, int64_t x_stride, const T* residua
 
 }  // namespace
 
-const char* rms_norm(DType dtype, void* out, void* x, int64_t x_stride, const void* residual, int64_t residual_stride,
-                     const void* weight, int64_t rows, int64_t hidden, float eps, void* stream) {
+const char* rms_norm(DType dtype, void* out, const void* x, int64_t x_stride, const void* residual, int64_t residual_stride, void* sum,
+                     int64_t sum_stride, const void* weight, int64_t rows, int64_t hidden, float eps, void* stream) {
   if (rows == 0) return nullptr;
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     rms_norm_kernel<T><<<static_cast<unsigned>(rows), row_block_threads(hidden), 0, static_cast<gpu::Stream>(stream)>>>(
-        static_cast<T*>(out), static_cast<T*>(x), x_stride, static_cast<const T*>(residual), residual_stride,
-        static_cast<const T*>(weight), hidden, eps);
+        static_cast<T*>(out), static_cast<const T*>(x), x_stride, static_cast<const T*>(residual), residual_stride, static_cast<T*>(sum),
+        sum_stride, static_cast<const T*>(weight), hidden, eps);
   });
   return launch_error();
 }

@@ -112,22 +112,34 @@ TEST(Kernels, RmsNormReadsStridedRowsAndTransposedInputs) {
   EXPECT_LE((kernels::rms_norm(transposed, w64, 1e-6) - reference_rms_norm(transposed, w64, 1e-6)).abs().max().item<double>(), 1e-5);
 }
 
-TEST(Kernels, AddRmsNormUpdatesTheResidualStreamInPlace) {
+TEST(Kernels, AddRmsNormAddsTheBranchThenNormalizes) {
   REQUIRE_GPU();
   torch::manual_seed(2);
   for (auto dtype : kDtypes)
     for (int64_t hidden : {5, 2048, 2051}) {
       const std::string what = "add_rms_norm " + name(dtype) + " H=" + std::to_string(hidden);
       Tensor x = randn({2, 19, hidden}, dtype, 4.0), branch = randn({2, 19, hidden}, dtype), weight = randn({hidden}, dtype);
-      Tensor sum = x + branch, stream = x.clone();
-      Tensor ours = kernels::add_rms_norm(stream, branch, weight, 1e-6);
-      EXPECT_TRUE(torch::equal(stream, sum)) << what << ": x += residual is one rounding of the sum";
+      Tensor sum = x + branch, x_before = x.clone();
+      auto [ours_sum, ours] = kernels::add_rms_norm(x, branch, weight, 1e-6);
+      EXPECT_TRUE(torch::equal(ours_sum, sum)) << what << ": x + residual is one rounding of the sum";
+      EXPECT_TRUE(torch::equal(x, x_before)) << what << ": x changed";
       Tensor theirs = reference_rms_norm(sum, weight, 1e-6);
       if (dtype == torch::kFloat32)
         EXPECT_LE((ours - theirs).abs().max().item<double>(), 1e-5 * theirs.abs().max().item<double>()) << what;
       else
         EXPECT_LE(max_ulps(ours, theirs, what), 2.0) << what;
+      Tensor stream = x.clone();  // in place: the residual stream becomes the sum, the result is the same
+      EXPECT_TRUE(torch::equal(kernels::add_rms_norm_(stream, branch, weight, 1e-6), ours)) << what << " in place";
+      EXPECT_TRUE(torch::equal(stream, sum)) << what << " in place";
     }
+}
+
+TEST(Kernels, AddRmsNormInPlaceRefusesAnXItCannotWriteRowByRow) {
+  REQUIRE_GPU();
+  Tensor x = torch::ones({6, 8}, kGpu).t(), weight = torch::ones({6}, kGpu);  // transposed: rows are not contiguous
+  EXPECT_THROW(kernels::add_rms_norm_(x, torch::ones({8, 6}, kGpu), weight, 1e-6), std::invalid_argument);
+  auto [sum, h] = kernels::add_rms_norm(x, torch::ones({8, 6}, kGpu), weight, 1e-6);  // out of place: read through a copy
+  EXPECT_TRUE(torch::equal(sum, torch::full({8, 6}, 2.0, kGpu)));
 }
 
 TEST(Kernels, RmsNormErrorsNameTheTensor) {
