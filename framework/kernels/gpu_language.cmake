@@ -38,6 +38,9 @@ elseif(NOT MOELAB_CUDA_KERNELS STREQUAL "OFF")
     endif()
   endif()
   if(moelab_torch_cuda AND CMAKE_CUDA_COMPILER)
+    # One CUDA runtime in the process, the shared libcudart that LibTorch loads, also for every target
+    # that links the kernels (CMake's default would add the static one to their link lines).
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     enable_language(CUDA)
     set(MOELAB_KERNELS_LANGUAGE CUDA)
   elseif(MOELAB_CUDA_KERNELS STREQUAL "ON")
