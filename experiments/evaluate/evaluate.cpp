@@ -2,9 +2,10 @@
 // the answer is the letter whose token has the highest logit at the last prompt token (never decoded
 // text). "loglik": lm-evaluation-harness's scoring (moelab/loglik.h) of each choice's request, from the
 // dataset form's lm-eval task definition (record["lm_eval"]) or else loglik_template + " " + choice;
-// acc takes the highest loglik, acc_norm the highest per character of the choice text. "auto" (the
-// default) scores each form as lm-eval does (HellaSwag, Winogrande, PIQA: loglik; ARC, OpenBookQA,
-// SciQ, the seed form and plain fields: letter), and the chosen scoring is logged. Reports every
+// acc takes the highest loglik, acc_norm the highest per character of the choice text; a context runs
+// once for all its choices unless shared_prefix = false. "auto" (the default) scores each form as
+// lm-eval does (HellaSwag, Winogrande, PIQA: loglik; ARC, OpenBookQA, SciQ, the seed form and plain
+// fields: letter), and the chosen scoring is logged. Reports every
 // accuracy, the paired difference with a bootstrap 95% interval and an exact McNemar p-value, and warns
 // when accuracy is within chance or one letter takes over 70% of the answers; predictions.json holds
 // each question's predictions and, for loglik, each choice's loglik and is_greedy.
@@ -30,6 +31,7 @@ struct Settings {
   Scoring scoring;
   std::string loglik_template;
   bool add_bos_token;
+  bool shared_prefix;
   std::size_t batch_size;
   long long bootstrap;
   moelab::PromptOptions prompt;
@@ -37,7 +39,7 @@ struct Settings {
 
 const moelab::Options<Settings>& options() {
   static const auto o =
-      moelab::Options<Settings>("evaluate", moelab::Kind::stage, "0.2.0", "paired multiple-choice evaluation: base vs finetuned routers")
+      moelab::Options<Settings>("evaluate", moelab::Kind::stage, "0.3.0", "paired multiple-choice evaluation: base vs finetuned routers")
           .component("dataset", &Settings::dataset, moelab::Kind::dataset, "evaluation questions")
           .path("routers", &Settings::routers, "", "router checkpoint to compare with the base (\"@train/routers.safetensors\"); empty: base only")
           .choice("scoring", &Settings::scoring, Scoring::automatic, kScorings,
@@ -47,7 +49,10 @@ const moelab::Options<Settings>& options() {
                   "loglik context ({question}) for records without an lm-eval form (jsonl form = \"fields\")")
           .flag("add_bos_token", &Settings::add_bos_token, false,
                 "loglik: encode with the tokenizer's special tokens (BOS), as lm-eval's add_bos_token")
-          .integer("batch_size", &Settings::batch_size, 16, "questions (loglik: requests) per forward").at_least(1)
+          .flag("shared_prefix", &Settings::shared_prefix, true,
+                "loglik: run a context once for all choices that share its ids (KV cache) and project only continuation positions to "
+                "the vocabulary; false: one padded row per choice, as lm-eval")
+          .integer("batch_size", &Settings::batch_size, 16, "questions (loglik: choice rows) per forward").at_least(1)
           .integer("bootstrap", &Settings::bootstrap, 2000, "bootstrap resamples for the paired interval")
           .include(&Settings::prompt, moelab::prompt_options());
   return o;
@@ -237,7 +242,8 @@ class Evaluate final : public moelab::Stage {
         acc_norm = acc_norm && std::find(metrics.begin(), metrics.end(), "acc_norm") != metrics.end();
       }
     }
-    std::vector<moelab::LoglikResult> results = moelab::score_requests(model, requests, settings_.batch_size, settings_.prompt.max_len);
+    std::vector<moelab::LoglikResult> results = moelab::score_requests(model, requests, settings_.batch_size, settings_.prompt.max_len,
+                                                                               settings_.shared_prefix);
     require_finite_logliks(model, requests, results, first);
     Scored out;
     std::vector<long long> acc, norm;
