@@ -17,10 +17,12 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -146,6 +148,194 @@ void log_step(const std::string& stage, const nlohmann::json& row, long long tot
               row["step"].get<long long>(), row["reg"].get<double>());
 }
 
+// What cannot change in router training: with every trained router in decoder layer L or later, layer
+// L's input and the routing of the MoE layers before L depend on frozen weights only. Both are kept per
+// example (its real tokens only) from the forward that first sees it, in epoch 1; a later batch whose
+// examples are all kept starts at layer L (Model's layer input hooks) and gets that routing back.
+class LayerInputCache {
+ public:
+  LayerInputCache(Model& model, int layer, bool keep_routing, double device_budget_gib, std::size_t examples, std::string stage)
+      : model_(model), layer_(layer), keep_routing_(keep_routing), budget_(device_budget_gib * kGiB), entries_(examples),
+        stage_(std::move(stage)) {
+    LayerInputHooks hooks;
+    hooks.layer = layer;
+    hooks.capture = [this](const torch::Tensor& ids, const torch::Tensor& mask, const torch::Tensor& input) { capture(ids, mask, input); };
+    hooks.start = [this](const torch::Tensor& ids, const torch::Tensor& mask) { return start(ids, mask); };
+    active_ = model_.set_layer_input_hooks(std::move(hooks));
+    if (!active_) log::info("[{}] cache_hidden: this model cannot start a forward at a layer; every step runs every layer", stage_);
+  }
+  ~LayerInputCache() {
+    if (active_) model_.set_layer_input_hooks({});
+  }
+  LayerInputCache(const LayerInputCache&) = delete;
+  LayerInputCache& operator=(const LayerInputCache&) = delete;
+
+  // Arms the hooks for the one forward of data.batch(rows).
+  void arm(const std::vector<std::size_t>& rows) {
+    rows_ = rows;
+    armed_ = active_;
+    captured_ = started_ = false;
+  }
+
+  // After that forward: keeps the routing of a captured batch, or gives a started one its routing back.
+  void complete(ObjectiveBatch& batch) {
+    armed_ = false;
+    if (captured_ && keep_routing_) {
+      const torch::Tensor kept = kept_.reshape(-1);
+      for (const RouterTrace& trace : batch.routers) {
+        if (trace.layer >= layer_) break;
+        const torch::Tensor logits = keep(trace.logits.detach().index({kept})), ids = keep(trace.topk_ids.index({kept})),
+                            weights = keep(trace.topk_weights.detach().index({kept}));
+        long long offset = 0;
+        for (std::size_t b = 0; b < rows_.size(); ++b) {
+          if (!fresh_[b]) continue;
+          const long long n = kept_rows_[b];
+          entries_[rows_[b]].routing.push_back({trace.layer, logits.narrow(0, offset, n), ids.narrow(0, offset, n), weights.narrow(0, offset, n)});
+          offset += n;
+        }
+      }
+    }
+    if (captured_ && !estimated_) {
+      estimated_ = true;
+      const double estimate = static_cast<double>(device_bytes_ + host_bytes_) / static_cast<double>(rows_.size()) * static_cast<double>(entries_.size());
+      const torch::Device device = model_.device();
+      log::info("[{}] cache_hidden: layer {}'s input{} for {} examples: ~{:.1f} MiB (estimated from the first batch), {}", stage_, layer_,
+                keep_routing_ && layer_ > model_.info().moe_layers.front() ? " and the routing of the MoE layers before it" : "",
+                entries_.size(), estimate / kMiB,
+                !device.is_cuda() ? fmt::format("in {} memory (the model's device)", device.str())
+                : estimate <= budget_ ? fmt::format("kept on {} (cache_hidden_device_gib = {:g})", device.str(), budget_ / kGiB)
+                                      : fmt::format("on {} up to cache_hidden_device_gib = {:g}, the rest in pinned host memory", device.str(), budget_ / kGiB));
+    }
+    if (captured_ && cached_ == entries_.size())
+      log::info("[{}] cache_hidden: all {} examples kept ({:.1f} MiB on {}, {:.1f} MiB in pinned host memory); steps now start at layer {}",
+                stage_, cached_, static_cast<double>(device_bytes_) / kMiB, model_.device().str(), static_cast<double>(host_bytes_) / kMiB, layer_);
+    if (started_ && keep_routing_ && !entries_[rows_[0]].routing.empty()) {
+      const torch::Tensor real = mask_.reshape(-1);
+      std::vector<RouterTrace> before;
+      for (std::size_t j = 0; j < entries_[rows_[0]].routing.size(); ++j) {
+        auto rebuild = [&](torch::Tensor RouterTrace::*field) {
+          std::vector<torch::Tensor> parts;
+          for (std::size_t r : rows_) parts.push_back((entries_[r].routing.at(j).*field).to(model_.device(), /*non_blocking=*/true));
+          const torch::Tensor& first = entries_[rows_[0]].routing[j].*field;
+          torch::Tensor full = torch::zeros({real.size(0), first.size(1)}, first.options().device(model_.device()));
+          return full.index_put_({real}, torch::cat(parts));
+        };
+        before.push_back({entries_[rows_[0]].routing[j].layer, rebuild(&RouterTrace::logits), rebuild(&RouterTrace::topk_ids),
+                          rebuild(&RouterTrace::topk_weights)});
+      }
+      batch.routers.insert(batch.routers.begin(), before.begin(), before.end());
+    }
+    if (started_) ++started_steps_;
+  }
+
+  nlohmann::json summary() const {
+    return {{"layer", layer_}, {"examples", cached_}, {"device_mib", static_cast<double>(device_bytes_) / kMiB},
+            {"pinned_host_mib", static_cast<double>(host_bytes_) / kMiB}, {"steps_started_at_layer", started_steps_}};
+  }
+
+ private:
+  static constexpr double kMiB = 1024.0 * 1024.0, kGiB = kMiB * 1024.0;
+
+  // An example's real tokens (to check the key), its layer L input and its routing before L, on the
+  // model's device or in pinned host memory.
+  struct Entry {
+    torch::Tensor tokens;  // [n] int64, CPU
+    torch::Tensor input;   // [n, hidden]
+    std::vector<RouterTrace> routing;
+  };
+
+  // `t` on the model's device while the cache fits the budget, else in pinned host memory.
+  torch::Tensor keep(const torch::Tensor& t) {
+    const auto bytes = static_cast<long long>(t.numel() * t.element_size());
+    if (!t.is_cuda() || static_cast<double>(device_bytes_ + bytes) <= budget_) {
+      device_bytes_ += bytes;
+      return t;
+    }
+    host_bytes_ += bytes;
+    return torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true)).copy_(t);
+  }
+
+  // Real tokens of each row of a [B, T] batch, and their total per row.
+  std::vector<long long> row_counts(const torch::Tensor& mask) const {
+    const torch::Tensor counts = mask.sum(1).to(torch::kCPU, torch::kInt64).contiguous();
+    return std::vector<long long>(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+  }
+
+  void require_rows(const torch::Tensor& ids) const {
+    if (ids.size(0) != static_cast<long long>(rows_.size()))
+      throw std::logic_error(fmt::format("[{}] cache_hidden: the stage's batch of {} examples ran a forward of {} rows; set cache_hidden = false",
+                                         stage_, rows_.size(), ids.size(0)));
+  }
+
+  void capture(const torch::Tensor& ids, const torch::Tensor& mask, const torch::Tensor& input) {
+    if (!armed_) return;
+    armed_ = false;
+    require_rows(ids);
+    fresh_.assign(rows_.size(), false);
+    for (std::size_t b = 0; b < rows_.size(); ++b) fresh_[b] = !entries_[rows_[b]].input.defined();
+    std::vector<uint8_t> flags(fresh_.begin(), fresh_.end());
+    const torch::Tensor fresh = torch::tensor(flags, torch::kUInt8).to(mask.device(), torch::kBool);
+    kept_ = mask & fresh.unsqueeze(1);
+    kept_rows_ = row_counts(kept_);
+    const torch::Tensor tokens = ids.masked_select(kept_).to(torch::kCPU);
+    const torch::Tensor kept_input = keep(input.detach().index({kept_}));
+    long long offset = 0;
+    for (std::size_t b = 0; b < rows_.size(); ++b) {
+      if (!fresh_[b]) continue;
+      Entry& entry = entries_[rows_[b]];
+      entry.tokens = tokens.narrow(0, offset, kept_rows_[b]);
+      entry.input = kept_input.narrow(0, offset, kept_rows_[b]);
+      offset += kept_rows_[b];
+      ++cached_;
+    }
+    captured_ = true;
+  }
+
+  torch::Tensor start(const torch::Tensor& ids, const torch::Tensor& mask) {
+    if (!armed_) return {};
+    for (std::size_t r : rows_)
+      if (!entries_[r].input.defined()) return {};  // runs every layer; capture() keeps what is missing
+    armed_ = false;
+    require_rows(ids);
+    const std::vector<long long> counts = row_counts(mask);
+    const torch::Tensor tokens = ids.masked_select(mask).to(torch::kCPU);
+    std::vector<torch::Tensor> parts;
+    long long offset = 0;
+    for (std::size_t b = 0; b < rows_.size(); ++b) {
+      const Entry& entry = entries_[rows_[b]];
+      if (counts[b] != entry.tokens.size(0) || !torch::equal(tokens.narrow(0, offset, counts[b]), entry.tokens))
+        throw std::runtime_error(fmt::format("[{}] cache_hidden: example {} has other tokens than when its layer {} input was kept ({} real "
+                                             "tokens then, {} now); the stage's batches must give an example the same tokens every time, "
+                                             "or set cache_hidden = false",
+                                             stage_, rows_[b], layer_, entry.tokens.size(0), counts[b]));
+      parts.push_back(entry.input.to(mask.device(), /*non_blocking=*/true));
+      offset += counts[b];
+    }
+    torch::Tensor input = torch::zeros({ids.size(0), ids.size(1), parts[0].size(1)}, parts[0].options());
+    input.index_put_({mask}, torch::cat(parts));
+    mask_ = mask;
+    started_ = true;
+    return input;
+  }
+
+  Model& model_;
+  const int layer_;
+  const bool keep_routing_;
+  const double budget_;
+  std::vector<Entry> entries_;  // by example index
+  const std::string stage_;
+  bool active_ = false;
+  std::size_t cached_ = 0;
+  long long device_bytes_ = 0, host_bytes_ = 0, started_steps_ = 0;
+  bool estimated_ = false;
+  // The batch in progress.
+  std::vector<std::size_t> rows_;
+  bool armed_ = false, captured_ = false, started_ = false;
+  std::vector<bool> fresh_;           // captured: rows kept by this batch
+  std::vector<long long> kept_rows_;  // captured: real tokens kept per row
+  torch::Tensor kept_, mask_;         // captured: [B, T] positions kept; started: [B, T] real tokens
+};
+
 // Safetensors metadata holds strings: text as is, everything else as JSON.
 std::map<std::string, std::string> as_metadata(const nlohmann::json& hyper) {
   std::map<std::string, std::string> meta;
@@ -167,9 +357,16 @@ Options<RouterTraining> router_training_options(const RouterTrainingDefaults& d)
       .real("weight_decay", &RouterTraining::weight_decay, d.weight_decay, "AdamW weight decay").at_least(0)
       .integer("warmup_steps", &RouterTraining::warmup_steps, d.warmup_steps, "linear lr warmup steps (0 or 1: none)").at_least(0)
       .real("grad_clip", &RouterTraining::grad_clip, 0.0, "clip the routers' gradient norm to this (0: off)").at_least(0)
-      .integer("reg_grad_every", &RouterTraining::reg_grad_every, 1,
-               "log the routers' gradient norm from the objective's reg term alone every N steps (it costs a partial backward)")
+      .integer("reg_grad_norm_every", &RouterTraining::reg_grad_norm_every, 50,
+               "log the routers' gradient norm from the objective's reg term alone (reg_grad_norm) on step 0 and every N steps "
+               "(it costs a second backward)")
       .at_least(1)
+      .flag("cache_hidden", &RouterTraining::cache_hidden, true,
+            "keep the input of the first trained layer per example from epoch 1 (the layers before it are frozen) and run only the "
+            "layers from there in later epochs")
+      .real("cache_hidden_device_gib", &RouterTraining::cache_hidden_device_gib, 16.0,
+            "cache_hidden: keep it on the model's device up to this many GiB, the rest in pinned host memory")
+      .at_least(0)
       .choice("on_nonfinite", &RouterTraining::on_nonfinite, OnNonfinite::stop,
               {{"stop", OnNonfinite::stop}, {"skip_step", OnNonfinite::skip_step}},
               "a NaN/Inf loss or router gradient: stop with an error naming the step and tensor, or skip that step's update")
@@ -241,14 +438,25 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
   load_resume(out_dir, at, id, optimizer);
   const long long first_step = at.step, tokens_before = at.tokens;
 
+  std::unique_ptr<LayerInputCache> cache;
+  const int first_layer = *std::min_element(layers_.begin(), layers_.end());
+  if (settings_.cache_hidden && first_layer > 0 && settings_.epochs > 1)
+    cache = std::make_unique<LayerInputCache>(model, first_layer, objective_->needs().router_logits, settings_.cache_hidden_device_gib,
+                                              data.size, stage_);
+
   InterruptHandlers handlers;
   Progress progress(stage_, at.total_steps - at.step, "tokens");
   const auto started = std::chrono::steady_clock::now();
+  auto epoch_started = started;
+  long long epoch_tokens = at.start == 0 ? 0 : -1;  // -1: this epoch began in an earlier attempt
+  nlohmann::json epoch_speed = nlohmann::json::array();
   while (at.step < at.total_steps) {
     if (at.start == 0) at.rng.shuffle(at.order);
     std::vector<std::size_t> rows(at.order.begin() + static_cast<std::ptrdiff_t>(at.start),
                                   at.order.begin() + static_cast<std::ptrdiff_t>(std::min(at.order.size(), at.start + batch_size)));
+    if (cache) cache->arm(rows);
     ObjectiveBatch batch = data.batch(rows, objective_->needs());
+    if (cache) cache->complete(batch);
     const long long batch_tokens = batch.attention_mask.sum().item<int64_t>();
     nlohmann::json row;
     if (step(std::move(batch), optimizer, lr_schedule.at(at.step), at, row)) {
@@ -257,6 +465,7 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
       ++at.counted;
     }
     at.tokens += batch_tokens;
+    if (epoch_tokens >= 0) epoch_tokens += batch_tokens;
     progress.advance(batch_tokens, fmt::format("epoch {} loss {:.4f}{}", at.epoch, row["loss"].get<double>(),
                                                row.contains("reg") ? fmt::format(" reg {:.5f}", row["reg"].get<double>()) : ""));
     ++at.step;
@@ -266,6 +475,12 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
       for (const auto& [name, total] : at.sums) means[name] = total / static_cast<double>(std::max<long long>(at.counted, 1));
       log::info("[{}] epoch {}: {}", stage_, at.epoch, means.dump());
       at.epoch_means.push_back(means);
+      const auto now = std::chrono::steady_clock::now();
+      if (epoch_tokens >= 0)
+        epoch_speed.push_back({{"epoch", at.epoch},
+                               {"tokens_per_second", static_cast<double>(epoch_tokens) / std::chrono::duration<double>(now - epoch_started).count()}});
+      epoch_started = now;
+      epoch_tokens = 0;
       ++at.epoch;
       at.start = 0;
       at.sums.clear();
@@ -308,7 +523,9 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
                             {"checkpoint", checkpoint.string()},
                             {"router_finetuning", hyper},
                             {"skipped_steps", at.skipped_steps},
-                            {"attempts", at.attempt}};
+                            {"attempts", at.attempt},
+                            {"epoch_tokens_per_second", epoch_speed}};
+  if (cache) summary["cache_hidden"] = cache->summary();
   if (first_step > 0) summary["resumed_from_step"] = first_step;
   return summary;
 }
@@ -322,7 +539,7 @@ bool RouterTrainer::step(ObjectiveBatch batch, torch::optim::Optimizer& optimize
   row = {{"stage", stage_}, {"epoch", at.epoch}, {"step", at.step}, {"attempt", at.attempt}, {"lr", lr}, {"loss", loss.total.item<double>()}};
   for (const auto& [name, value] : loss.parts) {
     row[name] = value.item<double>();
-    if (name == "reg" && at.step % settings_.reg_grad_every == 0) row["reg_grad_norm"] = grad_norm(value, params_);
+    if (name == "reg" && at.step % settings_.reg_grad_norm_every == 0) row["reg_grad_norm"] = grad_norm(value, params_);
   }
   optimizer.zero_grad();
   loss.total.backward();

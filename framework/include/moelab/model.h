@@ -59,6 +59,22 @@ struct ExpertWeights {
 // a forward, for calibration statistics (GPTQ Hessians) without keeping activations.
 using MoeInputObserver = std::function<void(int layer, const torch::Tensor& input, const torch::Tensor& topk_ids)>;
 
+// Skipping decoder layers whose output cannot change (router training that trains only routers in
+// layer L or later: everything before L is frozen). Layer L's input is the hidden state [B, T, hidden]
+// entering it, before its input norm, in a forward over input_ids [B, T] with attention_mask [B, T]
+// (both as forward() uses them: on the model's device, the mask bool, all true when none was given).
+struct LayerInputHooks {
+  int layer = -1;  // L, a decoder layer index; -1: no hooks
+  // Sees layer L's input in every forward() without a KV cache that computes it from the embeddings.
+  std::function<void(const torch::Tensor& input_ids, const torch::Tensor& attention_mask, const torch::Tensor& input)> capture;
+  // Asked first by every forward() without a KV cache: layer L's input for these tokens (what `capture`
+  // saw for them), or an undefined tensor to run every layer. Given one, forward() runs layers L and on
+  // only, with the usual positions and masks: routing() holds the MoE layers from L on, and the logits
+  // and hidden_states() equal the full forward's at every real token. Padding positions of the input may
+  // hold anything finite (no real token reads them); the outputs there are unspecified.
+  std::function<torch::Tensor(const torch::Tensor& input_ids, const torch::Tensor& attention_mask)> start;
+};
+
 class Model {
  public:
   virtual ~Model();
@@ -86,6 +102,12 @@ class Model {
   virtual ExpertWeights expert_weights(int layer) = 0;
   // Installs (or, with an empty function, removes) the observer of MoE layer inputs.
   virtual void set_moe_input_observer(MoeInputObserver observer) = 0;
+  // Installs (or, with layer -1, removes) the layer input hooks. False when this model has none: it then
+  // runs every layer and calls no hook.
+  virtual bool set_layer_input_hooks(LayerInputHooks hooks) {
+    (void)hooks;
+    return false;
+  }
 };
 
 }  // namespace moelab

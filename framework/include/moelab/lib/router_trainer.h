@@ -2,6 +2,8 @@
 // (finetune on multiple-choice data, finetune_lm on calibration text). Only the chosen routers train
 // (AdamW, linear lr warmup, optional gradient clipping); each step writes a metrics row and a log line,
 // each epoch its means, and the end routers.safetensors with the same metadata for every stage.
+// Layers before the first trained one cannot change: their output is kept per example in epoch 1 and
+// later steps run only the layers from there (cache_hidden).
 // A NaN/Inf loss, router gradient or router weight stops training with an error (or skips the step);
 // an interrupt (moelab/lib/interrupted.h) saves <stage>/resume/, from which train() continues.
 #pragma once
@@ -34,7 +36,10 @@ struct RouterTraining {
   double lr = 0, weight_decay = 0;
   long long warmup_steps = 0;
   double grad_clip = 0;           // 0: off
-  long long reg_grad_every = 1;   // log the routers' gradient norm from a "reg" loss part alone every N steps
+  long long reg_grad_norm_every = 50;  // log the routers' gradient norm from a "reg" loss part alone on step 0 and every N steps
+  // Keep the first trained layer's input per example from epoch 1 and start later forwards there.
+  bool cache_hidden = true;
+  double cache_hidden_device_gib = 16;  // kept on the model's device up to this, the rest in pinned host memory
   OnNonfinite on_nonfinite = OnNonfinite::stop;
   long long max_skipped_steps = 10;  // skip_step: more skipped steps than this stop training
   long long checkpoint_every = 200;  // save <stage>/resume/ every N steps (0: only when interrupted)
@@ -46,11 +51,13 @@ struct RouterTrainingDefaults {
   double lr, weight_decay;
 };
 // The keys of RouterTraining (objective, layers, last_layers, epochs, batch_size, lr, weight_decay,
-// warmup_steps, grad_clip, reg_grad_every, on_nonfinite, max_skipped_steps, checkpoint_every), for Options::include.
+// warmup_steps, grad_clip, reg_grad_norm_every, cache_hidden, cache_hidden_device_gib, on_nonfinite, max_skipped_steps,
+// checkpoint_every), for Options::include.
 Options<RouterTraining> router_training_options(const RouterTrainingDefaults& defaults);
 
 // What a stage trains on: `size` examples, and `batch`, one forward of the model over some of them
-// (indices) that fills what the objective needs.
+// (indices) that fills what the objective needs. Row i of that forward is example rows[i], and an
+// example's tokens are the same in every batch (cache_hidden keeps its hidden state by example index).
 struct TrainingData {
   std::size_t size = 0;
   std::function<ObjectiveBatch(const std::vector<std::size_t>& rows, const ObjectiveNeeds& needs)> batch;
