@@ -26,7 +26,7 @@ torch_prefix=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 mkdir -p /tmp/tok && tar xzf .tok.tgz -C /tmp/tok
 export MOELAB_TOKENIZERS_FROM=/tmp/tok
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-cmake -S . -B build-gpu -G Ninja -DMOELAB_CUDA_TESTS=ON \
+cmake -S . -B build-gpu -G Ninja -DMOELAB_CUDA_TESTS=ON -DMOELAB_CUDA_KERNELS=ON \
   "-DCMAKE_PREFIX_PATH=$torch_prefix;/tmp/deps/usr" -DCMAKE_CXX_FLAGS=-I/tmp/deps/usr/include > "$OUT/configure.log" 2>&1
 ( time cmake --build build-gpu -j 16 ) > "$OUT/build.log" 2>&1 || { grep -E -A3 "error|FAILED" "$OUT/build.log" | head -60; exit 1; }
 tail -3 "$OUT/build.log"

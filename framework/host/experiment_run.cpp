@@ -166,7 +166,7 @@ Model& ExperimentRun::model() {
     throw std::runtime_error(fmt::format("[model] device = \"cuda\" ({}), but this LibTorch sees no CUDA device", table.where("device")));
   bool cuda = m.device == ModelDevice::cuda || (m.device == ModelDevice::automatic && torch::cuda::is_available());
   model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU),
-                      m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32);
+                      m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32, ForwardPaths{m.fused_kernels, m.grouped_mm});
   if (!m.quantized.empty()) apply_quantized_checkpoint(run_path(m.quantized), *model_);
   model_files_state_ = file_state(path);
   return *model_;

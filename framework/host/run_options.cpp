@@ -25,6 +25,11 @@ const Options<ModelOptions>& model_options() {
                   "where the model runs; auto picks cuda when present")
           .choice("dtype", &ModelOptions::dtype, ModelDtype::float32, {{"float32", ModelDtype::float32}, {"bfloat16", ModelDtype::bfloat16}},
                   "compute dtype of the model weights")
+          .flag("fused_kernels", &ModelOptions::fused_kernels, true,
+                "moelab's GPU kernels (RMSNorm, RoPE, SiLU*up, softmax top-k router, expert combine) in forwards that "
+                "autograd does not track; false: LibTorch's own ops (the same result, to rounding)")
+          .flag("grouped_mm", &ModelOptions::grouped_mm, true,
+                "one grouped matmul for all routed experts (CUDA, bfloat16); false: one matmul chain per expert")
           .path("quantized", &ModelOptions::quantized, "",
                 "moelab quantized checkpoint applied after loading (a quantize or finetune_lm stage's output)");
   return options;

@@ -29,6 +29,8 @@ struct ModelOptions {
   ModelDevice device = ModelDevice::automatic;
   ModelDtype dtype = ModelDtype::float32;
   std::filesystem::path quantized;  // "": none
+  bool fused_kernels = true;        // ForwardPaths (moe_model.h)
+  bool grouped_mm = true;
 };
 const Options<ModelOptions>& model_options();
 

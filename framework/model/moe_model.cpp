@@ -1,6 +1,8 @@
 #include "moe_model.h"
 
 #include "checkpoint_check.h"
+#include "permute.h"
+#include "kernels/kernels.h"
 #include "route.h"
 #include "moelab/lib/compat.h"
 #include "moelab/lib/log.h"
@@ -20,10 +22,15 @@ namespace {
 using torch::Tensor;
 using torch::indexing::Slice;
 
+// SiLU(gate) * up: one kernel when moelab's own kernels may run (forward only), else LibTorch's two.
+Tensor silu_mul(const Tensor& gate, const Tensor& up, bool fused) {
+  return fused && kernels::available(gate) && kernels::available(up) ? kernels::silu_mul(gate, up) : torch::silu(gate) * up;
+}
+
 struct Mlp {
   Tensor gate, up, down;  // [I, H], [I, H], [H, I]
-  Tensor operator()(const Tensor& x) const {
-    return torch::matmul(torch::silu(torch::matmul(x, gate.t())) * torch::matmul(x, up.t()), down.t());
+  Tensor operator()(const Tensor& x, bool fused) const {
+    return torch::matmul(silu_mul(torch::matmul(x, gate.t()), torch::matmul(x, up.t()), fused), down.t());
   }
 };
 
@@ -58,8 +65,8 @@ Tensor rotate_half(const Tensor& x) {
 
 class MoeModel final : public Model {
  public:
-  MoeModel(ModelConfig config, const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype)
-      : c_(std::move(config)), device_(device), dtype_(dtype) {
+  MoeModel(ModelConfig config, const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype, ForwardPaths paths)
+      : c_(std::move(config)), device_(device), dtype_(dtype), fused_(paths.fused_kernels) {
     info_.model_type = c_.arch.model_type;
     info_.num_layers = c_.num_layers;
     info_.vocab_size = c_.vocab_size;
@@ -71,7 +78,7 @@ class MoeModel final : public Model {
     for (int i = 0; i < c_.num_layers; ++i)
       if (c_.moe_layer[i]) info_.moe_layers.push_back(i);
     load(folder);
-    grouped_mm_ = compat::kHasGroupedMm && device_.is_cuda() && dtype_ == torch::kBFloat16 && c_.hidden_size % 8 == 0 &&
+    grouped_mm_ = paths.grouped_mm && compat::kHasGroupedMm && device_.is_cuda() && dtype_ == torch::kBFloat16 && c_.hidden_size % 8 == 0 &&
                   c_.expert_intermediate_size % 8 == 0;
     rotary_dim_ = c_.arch.mla ? c_.qk_rope_head_dim : c_.head_dim;
     inv_freq_ = rope_inv_freq(c_.rope, rotary_dim_).to(device_);
@@ -81,6 +88,8 @@ class MoeModel final : public Model {
   torch::Device device() const override { return device_; }
   torch::ScalarType dtype() const override { return dtype_; }
   bool uses_grouped_mm() const { return grouped_mm_; }
+  // moelab's own kernels run where they may: built, on the GPU, and not under autograd (kernels.h).
+  bool uses_fused_kernels() const { return fused_ && kernels::available(embed_); }
   const std::vector<RouterTrace>& routing() const override { return routing_; }
   const Tensor& hidden_states() const override { return hidden_; }
   void set_router_transform(RouterTransform transform) override { transform_ = std::move(transform); }
@@ -102,13 +111,6 @@ class MoeModel final : public Model {
 
   void set_moe_input_observer(MoeInputObserver observer) override { observer_ = std::move(observer); }
 
-  bool set_layer_input_hooks(LayerInputHooks hooks) override {
-    if (hooks.layer < -1 || hooks.layer >= c_.num_layers)
-      throw std::runtime_error(fmt::format("layer input hooks: layer {} is not a decoder layer of this {}-layer model", hooks.layer, c_.num_layers));
-    hooks_ = std::move(hooks);
-    return true;
-  }
-
   Tensor forward(const Tensor& input_ids_in, const Tensor& attention_mask, KVCache* cache, bool last_only) override {
     Tensor input_ids = input_ids_in.to(device_);
     const int64_t B = input_ids.size(0), T = input_ids.size(1);
@@ -128,33 +130,28 @@ class MoeModel final : public Model {
     allowed = allowed.unsqueeze(1);  // [B, 1, T, S]
     // Sliding layers: query i sees keys j > i - sliding_window (cache indices, as transformers' mask).
     Tensor windowed = c_.sliding_window > 0 ? allowed & (key_index.unsqueeze(0) > query_index.unsqueeze(1) - c_.sliding_window) : Tensor();
-    // Unpadded rows without a cache need no mask: the fused kernels' causal mode (flash attention) takes over.
-    if (compat::kHasSdpa && device_.is_cuda() && !cache && mask.all().item<bool>()) allowed = Tensor();
-    Tensor freqs = rotary_angles(positions);  // [B, T, R/2]
+    // Unpadded rows without a cache need no mask: the fused kernels' causal mode (flash attention) takes
+    // over. Only a mask given on the host is inspected (a device mask would cost a synchronisation).
+    const bool unpadded = !attention_mask.defined() || (!attention_mask.is_cuda() && attention_mask.all().item<bool>());
+    if (compat::kHasSdpa && device_.is_cuda() && !cache && unpadded) allowed = Tensor();
+    const Rotary freqs = rotary(positions);
 
     if (cache && cache->first.empty()) {
       cache->first.resize(c_.num_layers);
       cache->second.resize(c_.num_layers);
     }
     routing_.clear();
-    // Layer input hooks (model.h): start at hooks_.layer from a given input, or show that input.
-    Tensor x = hooks_.layer >= 0 && !cache && hooks_.start ? hooks_.start(input_ids, mask) : Tensor();
-    const bool started = x.defined();
-    if (started && x.sizes() != torch::IntArrayRef({B, T, c_.hidden_size}))
-      throw std::runtime_error(fmt::format("layer input hooks: the input given for layer {} is [{}], expected [{}, {}, {}]", hooks_.layer,
-                                           fmt::join(x.sizes(), ", "), B, T, c_.hidden_size));
-    x = started ? x.to(device_, dtype_) : embed_.index_select(0, input_ids.reshape(-1)).reshape({B, T, c_.hidden_size});
-    for (int i = started ? hooks_.layer : 0; i < c_.num_layers; ++i) {
-      if (i == hooks_.layer && !started && !cache && hooks_.capture) hooks_.capture(input_ids, mask, x);
+    Tensor x = embed_.index_select(0, input_ids.reshape(-1)).reshape({B, T, c_.hidden_size});
+    for (int i = 0; i < c_.num_layers; ++i) {
       const Layer& L = layers_[i];
       const Tensor& visible = c_.sliding_layer[i] ? windowed : allowed;
-      Tensor h = rms_norm(x, L.input_norm, c_.rms_eps);
+      Tensor h = norm(x, L.input_norm);
       x = x + (c_.arch.mla ? mla_attention(L, h, freqs, visible, cache, i) : attention(L, h, freqs, visible, cache, i));
-      h = rms_norm(x, L.post_norm, c_.rms_eps);
-      x = x + (L.moe ? moe(L, h, i) : L.dense(h));
+      h = norm(x, L.post_norm);
+      x = x + (L.moe ? moe(L, h, i) : L.dense(h, fused_));
     }
     if (cache) cache->mask = torch::cat({past_mask, first_replicas(mask, R)}, 1).to(torch::kInt64);
-    x = rms_norm(x, final_norm_, c_.rms_eps);
+    x = norm(x, final_norm_);
     hidden_ = x;
     if (last_only) {
       Tensor index = torch::arange(T, torch::dtype(torch::kInt64).device(device_)).unsqueeze(0);
@@ -174,19 +171,52 @@ class MoeModel final : public Model {
     return positions.unsqueeze(-1).to(torch::kFloat32) * inv_freq;
   }
 
-  Tensor rope(const Tensor& x, const Tensor& freqs) const {  // x [B, H, T, R]
-    Tensor cos = freqs.cos().unsqueeze(1), sin = freqs.sin().unsqueeze(1);  // [B, 1, T, R/2]
+  // RMSNorm with this model's epsilon (a fused kernel where it may run).
+  Tensor norm(const Tensor& x, const Tensor& weight) const {
+    if (fused_ && kernels::available(x) && weight.scalar_type() == x.scalar_type()) return kernels::rms_norm(x, weight, c_.rms_eps);
+    return rms_norm(x, weight, c_.rms_eps);
+  }
+
+  // One forward's rotation, shared by every layer: cos and sin [B, 1, T, R/2] in float32 (times the
+  // attention factor), and for the half-rotation layout their doubled [B, 1, T, R] copies in the model's dtype.
+  struct Rotary {
+    Tensor angles;  // [B, T, R/2] float32, for the in-place kernel
+    Tensor cos, sin, cos2, sin2;
+  };
+
+  Rotary rotary(const Tensor& positions) const {
+    Tensor freqs = rotary_angles(positions);  // [B, T, R/2]
+    Rotary r{freqs, freqs.cos().unsqueeze(1), freqs.sin().unsqueeze(1), {}, {}};
     if (c_.rope.attention_factor != 1.0) {
-      cos = cos * c_.rope.attention_factor;
-      sin = sin * c_.rope.attention_factor;
+      r.cos = r.cos * c_.rope.attention_factor;
+      r.sin = r.sin * c_.rope.attention_factor;
     }
+    if (!c_.rope_interleaved) {
+      r.cos2 = torch::cat({r.cos, r.cos}, -1).to(dtype_);
+      r.sin2 = torch::cat({r.sin, r.sin}, -1).to(dtype_);
+    }
+    return r;
+  }
+
+  // q [B, T, Hq, R] and k [B, T, Hk, R] -> rotated [B, H, T, R] (in place by the kernel where it may run).
+  void rotate(Tensor& q, Tensor& k, const Rotary& r) const {
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
+    if (fused_ && kernels::available(q) && kernels::available(k)) {
+      kernels::rope_(q, k, r.angles, c_.rope.attention_factor, c_.rope_interleaved);
+      return;
+    }
+    q = rope(q, r);
+    k = rope(k, r);
+  }
+
+  Tensor rope(const Tensor& x, const Rotary& r) const {  // x [B, H, T, R]
     if (c_.rope_interleaved) {
       Tensor xf = x.to(accumulate_type(x));
       Tensor re = xf.index({"...", Slice(0, torch::indexing::None, 2)}), im = xf.index({"...", Slice(1, torch::indexing::None, 2)});
-      return torch::stack({re * cos - im * sin, re * sin + im * cos}, -1).flatten(-2).to(x.scalar_type());
+      return torch::stack({re * r.cos - im * r.sin, re * r.sin + im * r.cos}, -1).flatten(-2).to(x.scalar_type());
     }
-    Tensor c2 = torch::cat({cos, cos}, -1).to(x.scalar_type()), s2 = torch::cat({sin, sin}, -1).to(x.scalar_type());
-    return x * c2 + rotate_half(x) * s2;
+    return x * r.cos2 + rotate_half(x) * r.sin2;
   }
 
   // Rows r % replicas == 0 of x [B, ...] -> [B / replicas, ...].
@@ -242,13 +272,13 @@ class MoeModel final : public Model {
     return unfold(torch::matmul(fold(probs.narrow(-1, 0, S)), v_past)) + torch::matmul(probs.narrow(-1, S, T), v_new);
   }
 
-  Tensor attention(const Layer& L, const Tensor& h, const Tensor& freqs, const Tensor& allowed, KVCache* cache, int i) const {
+  Tensor attention(const Layer& L, const Tensor& h, const Rotary& freqs, const Tensor& allowed, KVCache* cache, int i) const {
     const int64_t B = h.size(0), T = h.size(1), D = c_.head_dim;
     auto project = [&](const Tensor& w, const Tensor& b) { return b.defined() ? torch::matmul(h, w.t()) + b : torch::matmul(h, w.t()); };
     Tensor q = project(L.q, L.q_bias), k = project(L.k, L.k_bias), v = project(L.v, L.v_bias);
     if (c_.arch.qk_norm == QkNorm::full_width) {
-      q = rms_norm(q, L.q_norm, c_.rms_eps);
-      k = rms_norm(k, L.k_norm, c_.rms_eps);
+      q = norm(q, L.q_norm);
+      k = norm(k, L.k_norm);
     }
     if (c_.clip_qkv > 0) {
       q = q.clamp(-c_.clip_qkv, c_.clip_qkv);
@@ -259,11 +289,10 @@ class MoeModel final : public Model {
     k = k.view({B, T, -1, D});
     v = v.view({B, T, -1, D}).transpose(1, 2);
     if (c_.arch.qk_norm == QkNorm::per_head) {
-      q = rms_norm(q, L.q_norm, c_.rms_eps);
-      k = rms_norm(k, L.k_norm, c_.rms_eps);
+      q = norm(q, L.q_norm);
+      k = norm(k, L.k_norm);
     }
-    q = rope(q.transpose(1, 2), freqs);
-    k = rope(k.transpose(1, 2), freqs);
+    rotate(q, k, freqs);
     const int64_t R = replicas_of(cache);
     Tensor k_past = cache ? cache->first[i] : Tensor(), v_past = cache ? cache->second[i] : Tensor();
     if (cache) {
@@ -277,15 +306,21 @@ class MoeModel final : public Model {
   }
 
   // DeepSeek multi-head latent attention; the cache holds the normalized latent and the rotary key.
-  Tensor mla_attention(const Layer& L, const Tensor& h, const Tensor& freqs, const Tensor& allowed, KVCache* cache, int i) const {
+  Tensor mla_attention(const Layer& L, const Tensor& h, const Rotary& freqs, const Tensor& allowed, KVCache* cache, int i) const {
     const int64_t B = h.size(0), T = h.size(1), nope = c_.qk_nope_head_dim, rot = c_.qk_rope_head_dim, vd = c_.v_head_dim;
-    Tensor q = c_.q_lora_rank > 0 ? torch::matmul(rms_norm(torch::matmul(h, L.q_a.t()), L.q_a_norm, c_.rms_eps), L.q_b.t())
+    Tensor q = c_.q_lora_rank > 0 ? torch::matmul(norm(torch::matmul(h, L.q_a.t()), L.q_a_norm), L.q_b.t())
                                   : torch::matmul(h, L.q.t());
     q = q.view({B, T, -1, nope + rot}).transpose(1, 2);
-    Tensor q_nope = q.narrow(-1, 0, nope), q_rot = rope(q.narrow(-1, nope, rot), freqs);
+    Tensor q_nope = q.narrow(-1, 0, nope), q_rot = q.narrow(-1, nope, rot);
     Tensor compressed = torch::matmul(h, L.kv_a.t());
-    Tensor latent = rms_norm(compressed.narrow(-1, 0, c_.kv_lora_rank), L.kv_a_norm, c_.rms_eps).unsqueeze(1);  // [B,1,T,r]
-    Tensor k_rot = rope(compressed.narrow(-1, c_.kv_lora_rank, rot).unsqueeze(1), freqs);                      // [B,1,T,rot]
+    Tensor latent = norm(compressed.narrow(-1, 0, c_.kv_lora_rank), L.kv_a_norm).unsqueeze(1);  // [B,1,T,r]
+    Tensor k_rot = compressed.narrow(-1, c_.kv_lora_rank, rot).unsqueeze(1);                                   // [B,1,T,rot]
+    if (fused_ && kernels::available(q_rot) && kernels::available(k_rot)) {
+      kernels::rope_(q_rot, k_rot, freqs.angles, c_.rope.attention_factor, c_.rope_interleaved);
+    } else {
+      q_rot = rope(q_rot, freqs);
+      k_rot = rope(k_rot, freqs);
+    }
     const int64_t R = replicas_of(cache);
     Tensor latent_past = cache ? cache->first[i] : Tensor(), k_rot_past = cache ? cache->second[i] : Tensor();
     if (cache) {
@@ -316,13 +351,21 @@ class MoeModel final : public Model {
     Tensor logits = torch::matmul(x.to(L.router.scalar_type()), L.router.t());  // routers run in float32 (or float64)
     // A router transform perturbs the choice; the weights follow it unless they come from the clean logits.
     Tensor selection = transform_.selection ? transform_.selection(layer, logits) : logits;
-    Routing r = route(transform_.weights_from_clean ? logits : selection, L.routing, selection);
+    const RouterSpec& spec = L.routing;
+    const bool plain = !transform_.selection && spec.scoring == Scoring::softmax && !spec.bias.defined() && spec.groups == 1;
+    Routing r;
+    if (fused_ && plain && kernels::route_available(logits, spec.top_k)) {
+      kernels::TopK top = kernels::route_softmax_topk(logits, spec.top_k, spec.renormalize, spec.scale);
+      r = {top.weights, top.ids};
+    } else {
+      r = route(transform_.weights_from_clean ? logits : selection, spec, selection);
+    }
     routing_.push_back({layer, logits, r.ids, r.weights});
     if (observer_) observer_(layer, x, r.ids);
 
     Tensor out = dispatch(L, x, r.ids, r.weights.to(x.scalar_type()));
     if (L.shared.gate.defined()) {
-      Tensor s = L.shared(x);
+      Tensor s = L.shared(x, fused_);
       if (L.shared_gate.defined()) s = torch::sigmoid(torch::matmul(x, L.shared_gate.t())) * s;
       out = out + s;
     }
@@ -332,24 +375,31 @@ class MoeModel final : public Model {
   // Tokens grouped by expert (one sort), then either one grouped matmul per projection (CUDA bf16,
   // no host sync) or one matmul chain per expert that received tokens.
   Tensor dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights) const {
+    if (grouped_mm_) {
+      // Rows move to expert order and back by gathers (their gradients too, see permute.h); each token's
+      // k outputs are combined by one [1, k] x [k, H] product accumulated in float32: no scatter-add.
+      ExpertOrder order = expert_order(ids);
+      Tensor sorted_x = to_expert_order(x, order);
+      Tensor ends = torch::bincount(ids.reshape(-1), {}, c_.num_experts).cumsum(0).to(torch::kInt32);
+      Tensor hidden = silu_mul(compat::grouped_mm(sorted_x, L.expert_gate, ends), compat::grouped_mm(sorted_x, L.expert_up, ends), fused_);
+      Tensor y = compat::grouped_mm(hidden, L.expert_down, ends);  // [N * k, H] in expert order
+      if (fused_ && kernels::available(y) && kernels::available(weights))
+        return kernels::unpermute_combine(y, order.order, weights.to(torch::kFloat32));
+      return torch::bmm(weights.unsqueeze(1), from_expert_order(y, order)).squeeze(1);
+    }
     Tensor flat_ids = ids.reshape(-1);
     Tensor order = flat_ids.argsort();
     Tensor token_of = order.div(c_.router.top_k, "floor");
     Tensor sorted_x = x.index_select(0, token_of);
     Tensor sorted_w = weights.reshape(-1).index_select(0, order).unsqueeze(1);
     Tensor out = torch::zeros_like(x);
-    if (grouped_mm_) {
-      Tensor ends = torch::bincount(flat_ids, {}, c_.num_experts).cumsum(0).to(torch::kInt32);
-      Tensor hidden = torch::silu(compat::grouped_mm(sorted_x, L.expert_gate, ends)) * compat::grouped_mm(sorted_x, L.expert_up, ends);
-      return out.index_add_(0, token_of, compat::grouped_mm(hidden, L.expert_down, ends) * sorted_w);
-    }
     Tensor counts = torch::bincount(flat_ids, {}, c_.num_experts).cpu();
     const auto* count = counts.data_ptr<int64_t>();
     int64_t start = 0;
     for (int64_t e = 0; e < c_.num_experts; ++e) {
       if (count[e] == 0) continue;
       Tensor xe = sorted_x.narrow(0, start, count[e]);
-      Tensor ye = torch::matmul(torch::silu(torch::matmul(xe, L.expert_gate[e].t())) * torch::matmul(xe, L.expert_up[e].t()),
+      Tensor ye = torch::matmul(silu_mul(torch::matmul(xe, L.expert_gate[e].t()), torch::matmul(xe, L.expert_up[e].t()), fused_),
                                 L.expert_down[e].t());
       out.index_add_(0, token_of.narrow(0, start, count[e]), ye * sorted_w.narrow(0, start, count[e]));
       start += count[e];
@@ -451,6 +501,7 @@ class MoeModel final : public Model {
   ModelInfo info_;
   torch::Device device_;
   torch::ScalarType dtype_;
+  bool fused_ = true;
   bool grouped_mm_ = false;
   int64_t rotary_dim_ = 0;
   Tensor embed_, final_norm_, lm_head_, inv_freq_, hidden_;
@@ -459,19 +510,20 @@ class MoeModel final : public Model {
   std::vector<RouterTrace> routing_;
   RouterTransform transform_;
   MoeInputObserver observer_;
-  LayerInputHooks hooks_;
 };
 
 }  // namespace
 
-std::unique_ptr<Model> load_model(const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype) {
+std::unique_ptr<Model> load_model(const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype, ForwardPaths paths) {
   ModelConfig config = read_model_config(folder);
-  auto model = std::make_unique<MoeModel>(std::move(config), folder, device, dtype);
-  log::info("model {} ({}, {} layers, {} experts, top-{}) on {} in {}; MoE dispatch: {}", folder.string(),
+  auto model = std::make_unique<MoeModel>(std::move(config), folder, device, dtype, paths);
+  log::info("model {} ({}, {} layers, {} experts, top-{}) on {} in {}; MoE dispatch: {}; fused kernels: {}", folder.string(),
             model->info().model_type, model->info().num_layers, model->info().num_experts, model->info().top_k, device.str(),
             c10::toString(dtype),
             model->uses_grouped_mm() ? "at::_grouped_mm over tokens grouped by expert"
-                                     : "per-expert loop over tokens grouped by expert (grouped_mm needs CUDA, bf16, LibTorch >= 2.8)");
+                                     : "per-expert loop over tokens grouped by expert (grouped_mm needs CUDA, bf16, LibTorch >= 2.8)",
+            model->uses_fused_kernels() ? "on (RMSNorm, RoPE, SiLU*up, softmax top-k router, combine; forward only)"
+                                        : paths.fused_kernels ? "off (not built, or not on a GPU)" : "off ([model] fused_kernels = false)");
   return model;
 }
 

@@ -11,7 +11,15 @@
 
 namespace moelab {
 
+// The fast paths a forward may take on the GPU; each can be switched off ([model] fused_kernels,
+// grouped_mm) to check that it gives the same result.
+struct ForwardPaths {
+  bool fused_kernels = true;  // moelab's kernels (framework/kernels) where they may run: forward only
+  bool grouped_mm = true;     // at::_grouped_mm for the routed experts (CUDA, bf16, LibTorch >= 2.8)
+};
+
 // Loads `folder` (config.json + model.safetensors or shards) onto `device` in `dtype`; routers stay float32.
-std::unique_ptr<Model> load_model(const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype);
+std::unique_ptr<Model> load_model(const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype,
+                                  ForwardPaths paths = {});
 
 }  // namespace moelab
