@@ -111,6 +111,13 @@ class MoeModel final : public Model {
 
   void set_moe_input_observer(MoeInputObserver observer) override { observer_ = std::move(observer); }
 
+  bool set_layer_input_hooks(LayerInputHooks hooks) override {
+    if (hooks.layer < -1 || hooks.layer >= c_.num_layers)
+      throw std::runtime_error(fmt::format("layer input hooks: layer {} is not a decoder layer of this {}-layer model", hooks.layer, c_.num_layers));
+    hooks_ = std::move(hooks);
+    return true;
+  }
+
   Tensor forward(const Tensor& input_ids_in, const Tensor& attention_mask, KVCache* cache, bool last_only) override {
     Tensor input_ids = input_ids_in.to(device_);
     const int64_t B = input_ids.size(0), T = input_ids.size(1);
@@ -141,8 +148,15 @@ class MoeModel final : public Model {
       cache->second.resize(c_.num_layers);
     }
     routing_.clear();
-    Tensor x = embed_.index_select(0, input_ids.reshape(-1)).reshape({B, T, c_.hidden_size});
-    for (int i = 0; i < c_.num_layers; ++i) {
+    // Layer input hooks (model.h): start at hooks_.layer from a given input, or show that input.
+    Tensor x = hooks_.layer >= 0 && !cache && hooks_.start ? hooks_.start(input_ids, mask) : Tensor();
+    const bool started = x.defined();
+    if (started && x.sizes() != torch::IntArrayRef({B, T, c_.hidden_size}))
+      throw std::runtime_error(fmt::format("layer input hooks: the input given for layer {} is [{}], expected [{}, {}, {}]", hooks_.layer,
+                                           fmt::join(x.sizes(), ", "), B, T, c_.hidden_size));
+    x = started ? x.to(device_, dtype_) : embed_.index_select(0, input_ids.reshape(-1)).reshape({B, T, c_.hidden_size});
+    for (int i = started ? hooks_.layer : 0; i < c_.num_layers; ++i) {
+      if (i == hooks_.layer && !started && !cache && hooks_.capture) hooks_.capture(input_ids, mask, x);
       const Layer& L = layers_[i];
       const Tensor& visible = c_.sliding_layer[i] ? windowed : allowed;
       Tensor h = norm(x, L.input_norm);
@@ -510,6 +524,7 @@ class MoeModel final : public Model {
   std::vector<RouterTrace> routing_;
   RouterTransform transform_;
   MoeInputObserver observer_;
+  LayerInputHooks hooks_;
 };
 
 }  // namespace
