@@ -64,9 +64,10 @@ void collect(const torch::Tensor& logits, const torch::Tensor& targets, const to
              std::vector<LoglikResult>& results) {
   const torch::Tensor logp = logits.log_softmax(-1);
   const torch::Tensor t = targets.to(logp.device()), s = scored.to(logp.device(), torch::kBool);
-  const torch::Tensor loglik = logp.gather(2, t.unsqueeze(2)).squeeze(2).masked_fill(s.logical_not(), 0).sum(1);
+  // Summed in float64, so the padding's width (zeros added in another order) cannot move the last bit.
+  const torch::Tensor loglik = logp.gather(2, t.unsqueeze(2)).squeeze(2).masked_fill(s.logical_not(), 0).to(torch::kFloat64).sum(1);
   const torch::Tensor greedy = (logp.argmax(-1).eq(t) | s.logical_not()).all(1);
-  const torch::Tensor host = torch::stack({loglik.to(torch::kFloat64), greedy.to(torch::kFloat64)}).cpu();
+  const torch::Tensor host = torch::stack({loglik, greedy.to(torch::kFloat64)}).cpu();
   const auto values = host.accessor<double, 2>();
   for (std::size_t r = 0; r < row_request.size(); ++r)
     results[row_request[r]] = {values[0][static_cast<std::int64_t>(r)], values[1][static_cast<std::int64_t>(r)] != 0};

@@ -30,14 +30,14 @@ struct LoglikResult {
 LoglikRequest encode_pair(const Tokenizer& tokenizer, std::string_view context, std::string_view continuation, bool add_bos_token = false);
 
 // Scores each request as lm-eval does: the continuation's tokens after (context + continuation)[:-1],
-// keeping its last max_length tokens; results come back in request order, computed in float32 (float64
-// for a float64 model). With shared_prefix, requests whose kept context ids are identical (a question's
-// choices, where lm-eval's split agrees) share one run of the context in a KV cache that their
-// continuations read in place (KVCache::replicas), so the vocabulary projection covers continuation
-// positions only; groups of equal size are batched, at most batch_size continuation rows per forward.
-// Without it, each request is one right-padded row, batch_size rows per forward, longest first. Both
-// agree within float rounding, except past max_position_embeddings under rope_type "dynamic", where
-// cached keys keep the rotation of the context's length (as in generation).
+// keeping its last max_length tokens; results come back in request order, log-probabilities in float32
+// (float64 for a float64 model) summed in float64. With shared_prefix, requests whose kept context ids
+// are identical (a question's choices, where lm-eval's split agrees) share one run of the context in a
+// KV cache that their continuations read in place (KVCache::replicas), so the vocabulary projection
+// covers continuation positions only; groups of equal size are batched, at most batch_size continuation
+// rows per forward. Without it, each request is one right-padded row, batch_size rows per forward,
+// longest first. Both agree within float rounding, except past max_position_embeddings under rope_type
+// "dynamic", where cached keys keep the rotation of the context's length (as in generation).
 std::vector<LoglikResult> score_requests(Model& model, const std::vector<LoglikRequest>& requests, std::size_t batch_size,
                                          std::size_t max_length, bool shared_prefix = true);
 
