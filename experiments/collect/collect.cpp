@@ -4,6 +4,9 @@
 // under a second state: a router checkpoint (base vs finetuned) or a quantized checkpoint (full vs
 // quantized). Then the analyzers run on the records and index.html shows their numbers and figures.
 // Also exports RoMA's routing-results JSON (last token of every document).
+// Per forward, the records are computed on the device for all tokens and layers at once and copied to
+// the host in one go; with async, the copy runs on a side stream into pinned memory while the next
+// forward runs, and a writer thread writes the chunk files behind a bounded queue.
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/log.h"
@@ -13,8 +16,17 @@
 #include "moelab/lib/safetensors.h"
 #include "moelab/lib/routing_results.h"
 
+#include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <numeric>
+#include <optional>
+#include <thread>
 
 namespace {
 
@@ -32,6 +44,8 @@ struct Settings {
   Precision precision;
   fs::path compare_with;
   bool export_routing_results;
+  bool async;
+  std::size_t async_queue;
 };
 
 const moelab::Options<Settings>& options() {
@@ -49,7 +63,11 @@ const moelab::Options<Settings>& options() {
           .path("compare_with", &Settings::compare_with, "",
                 "router checkpoint (\"@finetune/routers.safetensors\") or quantized checkpoint: collect the same tokens again under it")
           .flag("export_routing_results", &Settings::export_routing_results, true,
-                "write routing_results.json (RoMA format: last token of each document, full softmax)");
+                "write routing_results.json (RoMA format: last token of each document, full softmax)")
+          .flag("async", &Settings::async, true,
+                "copy each forward's records to pinned host memory on a side stream while the next forward runs, and write chunks "
+                "on a writer thread (false: copy and write between forwards; the files are the same)")
+          .integer("async_queue", &Settings::async_queue, 4, "forwards of records that may wait for the writer thread").at_least(1);
   return o;
 }
 
@@ -60,11 +78,16 @@ struct Window {
   bool ends_document = false;
 };
 
-// Buffers routing rows on the host and writes them as numbered safetensors chunks.
+// Buffers routing rows on the host and writes them as numbered safetensors chunks. Each chunk written is
+// also noted for take_written(), which another thread may call.
 class ChunkWriter {
  public:
-  ChunkWriter(fs::path dir, long long chunk_tokens, torch::ScalarType dtype, nlohmann::json meta)
-      : dir_(std::move(dir)), chunk_tokens_(chunk_tokens), dtype_(dtype), meta_(std::move(meta)) {
+  struct Written {
+    long long chunks, tokens;
+  };
+
+  ChunkWriter(fs::path dir, long long chunk_tokens, nlohmann::json meta)
+      : dir_(std::move(dir)), chunk_tokens_(chunk_tokens), meta_(std::move(meta)) {
     fs::create_directories(dir_);
   }
 
@@ -78,27 +101,181 @@ class ChunkWriter {
     if (buffered_ == 0) return;
     std::vector<std::pair<std::string, Tensor>> tensors;
     for (auto& [name, parts] : buffer_) tensors.emplace_back(name, torch::cat(parts));
-    fs::path file = dir_ / fmt::format("chunk_{:05d}.safetensors", chunks_++);
-    moelab::write_safetensors(file, tensors, {{"moelab", meta_.dump()}});
-    bytes_ += static_cast<long long>(fs::file_size(file));
+    const fs::path file = dir_ / fmt::format("chunk_{:05d}.safetensors", chunks_);
+    try {
+      moelab::write_safetensors(file, tensors, {{"moelab", meta_.dump()}});
+      bytes_ += static_cast<long long>(fs::file_size(file));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("collect: cannot write the routing chunk {}: {}", file.string(), e.what()));
+    }
+    ++chunks_;
     tokens_ += buffered_;
     buffer_.clear();
     buffered_ = 0;
+    std::lock_guard lock(written_mutex_);
+    written_.push_back({chunks_, tokens_});
+  }
+
+  // The chunks written since the last call.
+  std::vector<Written> take_written() {
+    std::lock_guard lock(written_mutex_);
+    return std::exchange(written_, {});
   }
 
   long long tokens() const { return tokens_ + buffered_; }
   long long bytes() const { return bytes_; }
   long long chunks() const { return chunks_; }
-  torch::ScalarType dtype() const { return dtype_; }
 
  private:
   fs::path dir_;
   long long chunk_tokens_;
-  torch::ScalarType dtype_;
   nlohmann::json meta_;
   std::map<std::string, std::vector<Tensor>> buffer_;
   long long buffered_ = 0, tokens_ = 0, bytes_ = 0, chunks_ = 0;
+  std::mutex written_mutex_;
+  std::vector<Written> written_;
 };
+
+// Runs a ChunkWriter on its own thread behind a queue of at most `depth` forwards' records, so the
+// forward loop waits for the disk only when the queue is full. The writer's error (naming the chunk
+// file) is rethrown by the next add() or by finish().
+class WriterThread {
+ public:
+  WriterThread(ChunkWriter& writer, std::size_t depth) : writer_(writer), depth_(depth), thread_([this] { loop(); }) {}
+  WriterThread(const WriterThread&) = delete;
+  WriterThread& operator=(const WriterThread&) = delete;
+  ~WriterThread() { stop(/*drop_queued=*/true); }
+
+  void add(std::map<std::string, Tensor> rows) {
+    std::unique_lock lock(mutex_);
+    has_space_.wait(lock, [&] { return queue_.size() < depth_ || error_; });
+    if (error_) std::rethrow_exception(error_);
+    queue_.push_back(std::move(rows));
+    has_work_.notify_one();
+  }
+
+  // Writes everything queued, then the last partial chunk.
+  void finish() {
+    stop(/*drop_queued=*/false);
+    if (error_) std::rethrow_exception(error_);
+    writer_.flush();
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::map<std::string, Tensor> rows;
+      {
+        std::unique_lock lock(mutex_);
+        has_work_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+        if (queue_.empty()) return;
+        rows = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      has_space_.notify_one();
+      try {
+        writer_.add(std::move(rows));
+      } catch (...) {
+        std::lock_guard lock(mutex_);
+        error_ = std::current_exception();
+        queue_.clear();
+        has_space_.notify_all();
+        return;
+      }
+    }
+  }
+
+  void stop(bool drop_queued) {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+      if (drop_queued) queue_.clear();
+    }
+    has_work_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  ChunkWriter& writer_;
+  const std::size_t depth_;
+  std::mutex mutex_;
+  std::condition_variable has_work_, has_space_;
+  std::deque<std::map<std::string, Tensor>> queue_;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+// Waits for the work queued on the device's current stream (nothing to wait for on the CPU).
+void wait_for_device(torch::Device device) {
+  if (device.is_cpu()) return;
+  c10::impl::VirtualGuardImpl(device.type()).getStream(device).synchronize();
+}
+
+// Moves one forward's records from the device to the host. Async on an accelerator: the copies run on
+// a side stream, after the records' computation, into pinned memory, and return at once; wait() blocks
+// until they have landed. On the CPU, or with async off, a plain copy that has landed on return.
+class RecordCopier {
+ public:
+  RecordCopier(torch::Device device, bool async) : device_(device) {
+    if (async && !device.is_cpu()) {
+      side_ = c10::impl::VirtualGuardImpl(device.type()).getStreamFromGlobalPool(device);
+      computed_.emplace(device.type());
+    }
+  }
+
+  std::map<std::string, Tensor> copy(const std::map<std::string, Tensor>& on_device) {
+    std::map<std::string, Tensor> host;
+    if (!side_) {
+      for (const auto& [name, t] : on_device) host[name] = t.to(torch::kCPU);
+      return host;
+    }
+    computed_->record(c10::impl::VirtualGuardImpl(device_.type()).getStream(device_));
+    computed_->block(*side_);
+    c10::StreamGuard on_side(*side_);
+    for (const auto& [name, t] : on_device) {
+      host[name] = torch::empty(t.sizes(), torch::TensorOptions().dtype(t.scalar_type()).pinned_memory(true));
+      host[name].copy_(t, /*non_blocking=*/true);
+    }
+    in_flight_ = on_device;  // the device memory stays ours until the copies have read it
+    return host;
+  }
+
+  void wait() {
+    if (side_) side_->synchronize();
+    in_flight_.clear();
+  }
+
+ private:
+  torch::Device device_;
+  std::optional<c10::Stream> side_;
+  std::optional<c10::Event> computed_;
+  std::map<std::string, Tensor> in_flight_;
+};
+
+// The records of one forward for its real tokens (flat row-major positions `real`), every MoE layer at
+// once, on the model's device: top-k ids (int16) and weights, entropy and top-1 margin of the router
+// softmax, optionally the softmax itself; `ending` picks rows whose full softmax goes to the RoMA export.
+std::map<std::string, Tensor> device_records(const std::vector<moelab::RouterTrace>& traces, const Tensor& real, const Tensor& ending,
+                                             torch::ScalarType dtype, bool full) {
+  std::vector<Tensor> logits, ids, weights;
+  for (const auto& trace : traces) {
+    logits.push_back(trace.logits);
+    ids.push_back(trace.topk_ids);
+    weights.push_back(trace.topk_weights);
+  }
+  const bool padded = real.size(0) < traces.front().logits.size(0);
+  auto real_rows = [&](const Tensor& t) { return padded ? t.index_select(0, real) : t; };
+  Tensor p = real_rows(torch::stack(logits, 1)).to(torch::kFloat32).softmax(-1);  // [n, L, E]
+  Tensor top2 = std::get<0>(p.topk(std::min<long long>(2, p.size(-1)), -1));
+  Tensor margin = top2.size(-1) > 1 ? top2.select(-1, 0) - top2.select(-1, 1) : top2.select(-1, 0);
+  std::map<std::string, Tensor> out = {{"topk_ids", real_rows(torch::stack(ids, 1)).to(torch::kInt16)},
+                                       {"topk_weights", real_rows(torch::stack(weights, 1)).to(torch::kFloat32).to(dtype)},
+                                       {"entropy", (-(p * p.clamp_min(1e-30).log()).sum(-1)).to(dtype)},
+                                       {"margin", margin.to(dtype)}};
+  if (full) out["probs"] = p.to(dtype);
+  if (ending.defined()) out["ending_probs"] = p.index_select(0, ending);
+  return out;
+}
 
 // Reads every chunk of a folder back into one set of records.
 moelab::RoutingRecords load_records(const fs::path& dir) {
@@ -130,6 +307,13 @@ class Collect final : public moelab::Stage {
   Collect(const moelab::Config& config, moelab::RunContext& context) : config_(config), settings_(options().read(config)), context_(context) {
     for (const auto& id : settings_.sets) sets_.push_back(context.make<moelab::Dataset>(id));
     if (sets_.empty()) throw std::runtime_error(fmt::format("[{}] sets ({}): list at least one dataset table", config.id(), config.where("sets")));
+    // A forward must hold the longest window; silently raising the budget to max_len once left a benchmark
+    // with batch_tokens = 512 at forwards of max_len tokens.
+    if (settings_.batch_tokens < settings_.max_len)
+      throw std::runtime_error(fmt::format("[{}] batch_tokens ({}): {} tokens per forward is below max_len = {} ({}), the longest window; "
+                                           "set batch_tokens to at least max_len",
+                                           config.id(), config.where("batch_tokens"), settings_.batch_tokens, settings_.max_len,
+                                           config.where("max_len")));
     for (const auto& id : settings_.analyzers) analyzers_.emplace_back(id, context.make<moelab::Analyzer>(id));
   }
 
@@ -209,110 +393,167 @@ class Collect final : public moelab::Stage {
       }
       moelab::log::info("collect: set [{}]: {} tokens in {} documents", settings_.sets[s], taken, sets_[s]->size());
     }
-    std::stable_sort(windows.begin(), windows.end(),
-                     [](const Window& a, const Window& b) { return a.set != b.set ? a.set < b.set : a.ids.size() < b.ids.size(); });
+    // Length order within each set, so a forward's rows are about as long as its longest (little padding):
+    // shortest first in even sets, longest first in odd ones, so the forward that straddles two sets joins
+    // windows of like length too.
+    std::stable_sort(windows.begin(), windows.end(), [](const Window& a, const Window& b) {
+      if (a.set != b.set) return a.set < b.set;
+      return a.set % 2 == 0 ? a.ids.size() < b.ids.size() : a.ids.size() > b.ids.size();
+    });
     return windows;
   }
 
-  // One pass over all windows; returns tokens, bytes and speed. With export_dir set, writes the routing-results JSON.
+  // One pass over all windows; returns tokens, bytes, forwards and speed (of the pass, and of its forwards
+  // alone). With export_dir set, writes the routing-results JSON.
   nlohmann::json collect_pass(moelab::Model& model, const std::vector<Window>& windows, const fs::path& dir, const std::string& state,
                               const fs::path& export_dir) {
     torch::NoGradGuard no_grad;
     const bool full = settings_.full_probs;
     const torch::ScalarType dtype = settings_.precision == Precision::float32 ? torch::kFloat32 : torch::kFloat16;
-    const long long k = model.info().top_k;
-    nlohmann::json meta = {{"layers", model.info().moe_layers}, {"num_experts", model.info().num_experts}, {"top_k", k}, {"state", state},
-                           {"sets", settings_.sets}};
-    ChunkWriter writer(dir, settings_.chunk_tokens, dtype, meta);
+    nlohmann::json meta = {{"layers", model.info().moe_layers}, {"num_experts", model.info().num_experts}, {"top_k", model.info().top_k},
+                           {"state", state}, {"sets", settings_.sets}};
+    ChunkWriter writer(dir, settings_.chunk_tokens, meta);
+    std::optional<WriterThread> writer_thread;
+    if (settings_.async) writer_thread.emplace(writer, settings_.async_queue);
+    RecordCopier copier(model.device(), settings_.async);
     const bool do_export = !export_dir.empty() && settings_.export_routing_results;
     std::vector<moelab::RoutingResult> exported;
-    // Windows are taken shortest first within each set (little padding; records keep set and token ids),
-    // and batches fill a token budget (rows x longest row), so short documents share one forward.
-    const std::size_t budget = std::max(settings_.batch_tokens, settings_.max_len);
-    std::vector<std::pair<std::size_t, std::size_t>> batches;  // [start, end) of windows
-    for (std::size_t start = 0, width = 0, end = 0; end <= windows.size(); ++end) {
-      if (end == windows.size()) {
-        if (end > start) batches.emplace_back(start, end);
-        break;
-      }
-      const std::size_t wider = std::max(width, windows[end].ids.size());
-      if (end > start && wider * (end - start + 1) > budget) {
-        batches.emplace_back(start, end);
-        start = end;
-        width = windows[end].ids.size();
-      } else {
-        width = wider;
-      }
-    }
+    const std::vector<Batch> batches = plan_batches(windows);
+    moelab::log::info("collect {}: {} windows in {} forwards of at most {} tokens (batch_tokens)", state, windows.size(), batches.size(),
+                      settings_.batch_tokens);
+
     const auto started = std::chrono::steady_clock::now();
+    double forward_seconds = 0;
+    long long tokens = 0, slots = 0;
     moelab::Progress progress("collect " + state, static_cast<long long>(batches.size()), "tokens");
-    for (const auto& [start, end] : batches) {
-      const std::size_t rows = end - start;
-      std::size_t width = 0;
-      for (std::size_t r = 0; r < rows; ++r) width = std::max(width, windows[start + r].ids.size());
-      Tensor ids = torch::full({static_cast<long long>(rows), static_cast<long long>(width)}, static_cast<int64_t>(std::max<long long>(model.info().pad_token_id, 0)),
-                               torch::kInt64);
-      Tensor mask = torch::zeros_like(ids);
-      Tensor set_ids = torch::empty({static_cast<long long>(rows), static_cast<long long>(width)}, torch::kInt16);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const Window& w = windows[start + r];
-        const auto n = static_cast<long long>(w.ids.size());
-        ids[static_cast<long long>(r)].narrow(0, 0, n).copy_(torch::tensor(w.ids, torch::kInt64));
-        mask[static_cast<long long>(r)].narrow(0, 0, n).fill_(1);
-        set_ids[static_cast<long long>(r)].fill_(w.set);
-      }
-      model.forward(ids, mask, nullptr, /*last_only=*/true);
-      Tensor real = mask.reshape(-1).nonzero().squeeze(1);
-      Tensor real_device = real.to(model.device());
-      // Among the real tokens, the last one of each window that ends a document (for the RoMA export).
-      std::vector<int64_t> ending_rows, ending_windows;
-      for (std::size_t r = 0, offset = 0; r < rows; offset += windows[start + r].ids.size(), ++r)
-        if (do_export && windows[start + r].ends_document) {
-          ending_rows.push_back(static_cast<int64_t>(offset + windows[start + r].ids.size() - 1));
-          ending_windows.push_back(static_cast<int64_t>(start + r));
-        }
-      Tensor ending = torch::tensor(ending_rows, torch::kInt64).to(model.device());
-      std::vector<Tensor> topk_ids, topk_weights, probs, entropy, margin, ending_probs;
-      for (const auto& trace : model.routing()) {
-        Tensor p = trace.logits.index_select(0, real_device).to(torch::kFloat32).softmax(-1);
-        Tensor top2 = std::get<0>(p.topk(std::min<long long>(2, p.size(1)), -1));
-        topk_ids.push_back(trace.topk_ids.index_select(0, real_device));
-        topk_weights.push_back(trace.topk_weights.index_select(0, real_device).to(torch::kFloat32));
-        entropy.push_back(-(p * p.clamp_min(1e-30).log()).sum(-1));
-        margin.push_back(top2.size(1) > 1 ? top2.select(1, 0) - top2.select(1, 1) : top2.select(1, 0));
-        if (full) probs.push_back(p);
-        if (!ending_rows.empty()) ending_probs.push_back(p.index_select(0, ending));
-      }
-      std::map<std::string, Tensor> chunk = {
-          {"topk_ids", torch::stack(topk_ids, 1).to(torch::kCPU, torch::kInt16)},
-          {"topk_weights", torch::stack(topk_weights, 1).to(torch::kCPU, dtype)},
-          {"entropy", torch::stack(entropy, 1).to(torch::kCPU, dtype)},
-          {"margin", torch::stack(margin, 1).to(torch::kCPU, dtype)},
-          {"token_ids", ids.reshape(-1).index_select(0, real).to(torch::kInt32)},
-          {"set_ids", set_ids.reshape(-1).index_select(0, real)}};
-      if (full) chunk["probs"] = torch::stack(probs, 1).to(torch::kCPU, dtype);  // [n, L, E]
-      if (!ending_rows.empty()) export_last_tokens(windows, ending_windows, torch::stack(ending_probs, 1).cpu(), model, exported);
-      const long long tokens = real.size(0), chunks_before = writer.chunks();
-      writer.add(std::move(chunk));
-      progress.advance(tokens, fmt::format("{} tokens", writer.tokens()));
-      if (writer.chunks() > chunks_before) {  // one metrics line per chunk written, to watch a long run live
+    // One chunk's metrics line per chunk written, to watch a long run live.
+    auto record_written = [&] {
+      for (const auto& w : writer.take_written()) {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", writer.chunks()}, {"tokens", writer.tokens()},
-                                 {"tokens_per_second", writer.tokens() / std::max(elapsed, 1e-9)}});
+        context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", w.chunks}, {"tokens", w.tokens},
+                                 {"tokens_per_second", w.tokens / std::max(elapsed, 1e-9)}});
       }
+    };
+    // A forward whose records are on their way to the host: handed to the writer once they have landed.
+    struct Pending {
+      std::map<std::string, Tensor> rows;
+      std::vector<int64_t> ending_windows;
+    };
+    std::optional<Pending> pending;
+    auto hand_over = [&] {
+      copier.wait();
+      if (pending->rows.count("ending_probs")) {
+        export_last_tokens(windows, pending->ending_windows, pending->rows.at("ending_probs"), model, exported);
+        pending->rows.erase("ending_probs");
+      }
+      if (writer_thread) writer_thread->add(std::move(pending->rows));
+      else writer.add(std::move(pending->rows));
+      pending.reset();
+      record_written();
+    };
+    for (const Batch& batch : batches) {
+      ForwardInput in = forward_input(windows, batch, model.info().pad_token_id, do_export);
+      const auto forward_started = std::chrono::steady_clock::now();
+      model.forward(in.ids, in.mask, nullptr, /*last_only=*/true);
+      wait_for_device(model.device());  // so forward_s holds the forwards' device time (the copies run on their own stream)
+      forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - forward_started).count();
+      Tensor ending = in.ending_rows.empty() ? Tensor() : torch::tensor(in.ending_rows, torch::kInt64).to(model.device());
+      std::map<std::string, Tensor> records = device_records(model.routing(), in.real.to(model.device()), ending, dtype, full);
+      if (pending) hand_over();  // the previous forward's copy ran while this forward did
+      pending = Pending{copier.copy(records), std::move(in.ending_windows)};
+      pending->rows["token_ids"] = std::move(in.token_ids);
+      pending->rows["set_ids"] = std::move(in.set_ids);
+      tokens += in.real.size(0);
+      slots += in.ids.numel();
+      progress.advance(in.real.size(0), fmt::format("{} tokens", tokens));
     }
-    writer.flush();
+    if (pending) hand_over();
+    if (writer_thread) writer_thread->finish();
+    else writer.flush();
+    record_written();
     progress.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     if (do_export) moelab::write_routing_results(export_dir / "routing_results.json", exported);
+    const auto forwards = static_cast<long long>(batches.size());
     nlohmann::json out = {{"tokens", writer.tokens()}, {"chunks", writer.chunks()}, {"disk_bytes", writer.bytes()},
                           {"disk_bytes_per_token", writer.tokens() ? static_cast<double>(writer.bytes()) / writer.tokens() : 0.0},
-                          {"seconds", seconds}, {"tokens_per_second", writer.tokens() / std::max(seconds, 1e-9)}};
+                          {"seconds", seconds}, {"tokens_per_second", writer.tokens() / std::max(seconds, 1e-9)},
+                          {"tokens_per_s", writer.tokens() / std::max(seconds, 1e-9)},
+                          {"forwards", forwards}, {"batch_tokens", settings_.batch_tokens},
+                          {"mean_tokens_per_forward", forwards ? static_cast<double>(tokens) / forwards : 0.0},
+                          {"padding_share", slots ? 1.0 - static_cast<double>(tokens) / slots : 0.0},
+                          {"forward_s", forward_seconds}, {"forward_tokens_per_s", tokens / std::max(forward_seconds, 1e-9)},
+                          {"async", settings_.async}};
     context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", writer.chunks()}, {"tokens", writer.tokens()},
-                             {"tokens_per_second", out["tokens_per_second"]}});
-    moelab::log::info("collect {}: {} tokens at {:.0f} tokens/s, {:.1f} bytes per token on disk", state, writer.tokens(),
-                      out["tokens_per_second"].get<double>(), out["disk_bytes_per_token"].get<double>());
+                             {"tokens_per_second", out["tokens_per_second"]}, {"forwards", forwards}, {"forward_s", forward_seconds}});
+    moelab::log::info("collect {}: {} tokens at {:.0f} tokens/s ({:.1f} s; the forwards alone {:.1f} s, {:.0f} tokens/s), {} forwards of "
+                      "{:.0f} tokens on average ({:.1f}% padding), {:.1f} bytes per token on disk",
+                      state, writer.tokens(), out["tokens_per_second"].get<double>(), seconds, forward_seconds,
+                      out["forward_tokens_per_s"].get<double>(), forwards, out["mean_tokens_per_forward"].get<double>(),
+                      100 * out["padding_share"].get<double>(), out["disk_bytes_per_token"].get<double>());
     return out;
+  }
+
+  struct Batch {
+    std::size_t start, end, width;  // windows [start, end), padded to width tokens
+  };
+
+  // Consecutive windows fill a token budget (rows x longest row <= batch_tokens), so short documents
+  // share one forward.
+  std::vector<Batch> plan_batches(const std::vector<Window>& windows) const {
+    const std::size_t budget = settings_.batch_tokens;
+    std::vector<Batch> batches;
+    for (std::size_t i = 0; i < windows.size(); ++i) {
+      const std::size_t n = windows[i].ids.size();
+      if (!batches.empty()) {
+        Batch& last = batches.back();
+        const std::size_t wider = std::max(last.width, n);
+        if (wider * (last.end - last.start + 1) <= budget) {
+          last.end = i + 1;
+          last.width = wider;
+          continue;
+        }
+      }
+      batches.push_back({i, i + 1, n});
+    }
+    return batches;
+  }
+
+  // One forward's inputs, built on the host: padded ids and mask [rows, width], the flat positions of
+  // its real tokens with their token and set ids, and the last token of each window that ends a document.
+  struct ForwardInput {
+    Tensor ids, mask, real, token_ids, set_ids;
+    std::vector<int64_t> ending_rows, ending_windows;
+  };
+
+  static ForwardInput forward_input(const std::vector<Window>& windows, const Batch& batch, long long pad_token_id, bool ending) {
+    const std::size_t rows = batch.end - batch.start, width = batch.width;
+    std::vector<int64_t> ids(rows * width, std::max<long long>(pad_token_id, 0)), mask(rows * width, 0), real;
+    std::vector<int32_t> token_ids;
+    std::vector<int16_t> set_ids;
+    ForwardInput in;
+    for (std::size_t r = 0; r < rows; ++r) {
+      const Window& w = windows[batch.start + r];
+      for (std::size_t j = 0; j < w.ids.size(); ++j) {
+        ids[r * width + j] = w.ids[j];
+        mask[r * width + j] = 1;
+        real.push_back(static_cast<int64_t>(r * width + j));
+        token_ids.push_back(static_cast<int32_t>(w.ids[j]));
+        set_ids.push_back(static_cast<int16_t>(w.set));
+      }
+      if (ending && w.ends_document) {
+        in.ending_rows.push_back(static_cast<int64_t>(real.size() - 1));
+        in.ending_windows.push_back(static_cast<int64_t>(batch.start + r));
+      }
+    }
+    auto shape = [](std::size_t a, std::size_t b) { return std::vector<int64_t>{static_cast<int64_t>(a), static_cast<int64_t>(b)}; };
+    in.ids = torch::tensor(ids, torch::kInt64).view(shape(rows, width));
+    in.mask = torch::tensor(mask, torch::kInt64).view(shape(rows, width));
+    in.real = torch::tensor(real, torch::kInt64);
+    const auto n = static_cast<int64_t>(real.size());
+    in.token_ids = torch::from_blob(token_ids.data(), {n}, torch::kInt32).clone();
+    in.set_ids = torch::from_blob(set_ids.data(), {n}, torch::kInt16).clone();
+    return in;
   }
 
   // RoMA's routing-results entry for each document that ends in this batch: its last token's full softmax [L, E].
