@@ -223,6 +223,13 @@ class RecordCopier {
     }
   }
 
+  ~RecordCopier() {  // on an error in the loop: the device memory is not freed under a running copy
+    try {
+      wait();
+    } catch (...) {
+    }
+  }
+
   std::map<std::string, Tensor> copy(const std::map<std::string, Tensor>& on_device) {
     std::map<std::string, Tensor> host;
     if (!side_) {
