@@ -462,7 +462,7 @@ class Collect final : public moelab::Stage {
       ForwardInput in = forward_input(windows, batch, model.info().pad_token_id, do_export);
       const auto forward_started = std::chrono::steady_clock::now();
       model.forward(in.ids, in.mask, nullptr, /*last_only=*/true);
-      wait_for_device(model.device());  // so forward_s holds the forwards' device time (the copies run on their own stream)
+      wait_for_device(model.device());  // so forward_seconds holds the forwards' device time (the copies run on their own stream)
       forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - forward_started).count();
       Tensor ending = in.ending_rows.empty() ? Tensor() : torch::tensor(in.ending_rows, torch::kInt64).to(model.device());
       std::map<std::string, Tensor> records = device_records(model.routing(), in.real.to(model.device()), ending, dtype, full);
@@ -485,18 +485,17 @@ class Collect final : public moelab::Stage {
     nlohmann::json out = {{"tokens", writer.tokens()}, {"chunks", writer.chunks()}, {"disk_bytes", writer.bytes()},
                           {"disk_bytes_per_token", writer.tokens() ? static_cast<double>(writer.bytes()) / writer.tokens() : 0.0},
                           {"seconds", seconds}, {"tokens_per_second", writer.tokens() / std::max(seconds, 1e-9)},
-                          {"tokens_per_s", writer.tokens() / std::max(seconds, 1e-9)},
                           {"forwards", forwards}, {"batch_tokens", settings_.batch_tokens},
                           {"mean_tokens_per_forward", forwards ? static_cast<double>(tokens) / forwards : 0.0},
                           {"padding_share", slots ? 1.0 - static_cast<double>(tokens) / slots : 0.0},
-                          {"forward_s", forward_seconds}, {"forward_tokens_per_s", tokens / std::max(forward_seconds, 1e-9)},
+                          {"forward_seconds", forward_seconds}, {"forward_tokens_per_second", tokens / std::max(forward_seconds, 1e-9)},
                           {"async", settings_.async}};
     context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", writer.chunks()}, {"tokens", writer.tokens()},
-                             {"tokens_per_second", out["tokens_per_second"]}, {"forwards", forwards}, {"forward_s", forward_seconds}});
+                             {"tokens_per_second", out["tokens_per_second"]}, {"forwards", forwards}, {"forward_seconds", forward_seconds}});
     moelab::log::info("collect {}: {} tokens at {:.0f} tokens/s ({:.1f} s; the forwards alone {:.1f} s, {:.0f} tokens/s), {} forwards of "
                       "{:.0f} tokens on average ({:.1f}% padding), {:.1f} bytes per token on disk",
                       state, writer.tokens(), out["tokens_per_second"].get<double>(), seconds, forward_seconds,
-                      out["forward_tokens_per_s"].get<double>(), forwards, out["mean_tokens_per_forward"].get<double>(),
+                      out["forward_tokens_per_second"].get<double>(), forwards, out["mean_tokens_per_forward"].get<double>(),
                       100 * out["padding_share"].get<double>(), out["disk_bytes_per_token"].get<double>());
     return out;
   }

@@ -83,10 +83,9 @@ TEST(CollectPipeline, ManyShortDocumentsFillForwardsCloseToBatchTokens) {
   EXPECT_NEAR(c["mean_tokens_per_forward"].get<double>(), static_cast<double>(tokens) / forwards, 1e-9);
   EXPECT_LT(c["padding_share"].get<double>(), 0.1) << c.dump();
   // Forward-only time next to the pass's, for a benchmark to report both.
-  EXPECT_GT(c["forward_s"].get<double>(), 0.0);
-  EXPECT_LE(c["forward_s"].get<double>(), c["seconds"].get<double>());
-  EXPECT_GE(c["forward_tokens_per_s"].get<double>(), c["tokens_per_s"].get<double>());
-  EXPECT_EQ(c["tokens_per_s"], c["tokens_per_second"]);
+  EXPECT_GT(c["forward_seconds"].get<double>(), 0.0);
+  EXPECT_LE(c["forward_seconds"].get<double>(), c["seconds"].get<double>());
+  EXPECT_GE(c["forward_tokens_per_second"].get<double>(), c["tokens_per_second"].get<double>());
 }
 
 TEST(CollectPipeline, BatchTokensBelowMaxLenIsRefusedNamingBothKeys) {
