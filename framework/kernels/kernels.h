@@ -2,7 +2,9 @@
 // functions. Each one computes what the plain LibTorch composition beside it computes, rounded the
 // same way except where noted. They are forward-only: available() is false for a tensor autograd
 // tracks, so training keeps the LibTorch path. On a build without the kernels (the CPU build)
-// nothing here is compiled, available() is false and the other functions throw.
+// nothing here is compiled, available() is false and the other functions throw. Rows move in 16-byte
+// packs (8 bf16) where pointers, widths and strides allow and element by element otherwise; both paths
+// keep the contracts below (kernels_test checks both, on aligned and on misaligned views).
 #pragma once
 
 #include <torch/types.h>

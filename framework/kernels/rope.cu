@@ -28,26 +28,50 @@ __device__ inline void rotate_complex(T& re_t, T& im_t, float c, float s) {
   im_t = gpu::from_float<T>(gpu::add(gpu::mul(re, s), gpu::mul(im, c)));
 }
 
-// Unit u of one head's rotary part x: N pairs (j, j + half) with j = u * N in the half layout; in the
-// interleaved layout N elements (N / 2 pairs) from u * N, or one pair (2u, 2u + 1) when N is 1.
+// Unit u of one head's rotary part x: N pairs (j, j + half) with j = u * N in the half layout (a and b);
+// in the interleaved layout N elements (N / 2 pairs) from u * N (a), or one pair (2u, 2u + 1) when N
+// is 1 (a and b). Loaded before the cos/sin table is ready, rotated and stored after.
 template <typename T, int N>
-__device__ inline void rotate_unit(T* x, int64_t u, int64_t half, const float* cos_t, const float* sin_t, bool interleaved) {
-  if (!interleaved) {
-    const int64_t j = u * N;
-    Pack<T, N> a = load<N>(x + j), b = load<N>(x + j + half);
-#pragma unroll
-    for (int n = 0; n < N; ++n) rotate_half_pair(a.v[n], b.v[n], cos_t[j + n], sin_t[j + n]);
-    store(x + j, a);
-    store(x + j + half, b);
-  } else if (N == 1) {
-    rotate_complex(x[2 * u], x[2 * u + 1], cos_t[u], sin_t[u]);
-  } else {
-    Pack<T, N> v = load<N>(x + u * N);
-#pragma unroll
-    for (int m = 0; m < N / 2; ++m) rotate_complex(v.v[2 * m], v.v[2 * m + 1], cos_t[u * (N / 2) + m], sin_t[u * (N / 2) + m]);
-    store(x + u * N, v);
+struct Unit {
+  T* a_at = nullptr;
+  T* b_at = nullptr;
+  Pack<T, N> a, b;
+  int64_t first_pair = 0;
+
+  __device__ void load_from(T* x, int64_t u, int64_t half, bool interleaved) {
+    if (!interleaved) {
+      first_pair = u * N;
+      a_at = x + first_pair;
+      b_at = a_at + half;
+    } else if (N == 1) {
+      first_pair = u;
+      a_at = x + 2 * u;
+      b_at = a_at + 1;
+    } else {
+      first_pair = u * (N / 2);
+      a_at = x + u * N;
+      b_at = nullptr;
+    }
+    a = load<N>(a_at);
+    if (b_at) b = load<N>(b_at);
   }
-}
+
+  __device__ void rotate_and_store(const float* cos_t, const float* sin_t, bool interleaved) {
+    const float* c = cos_t + first_pair;
+    const float* s = sin_t + first_pair;
+    if (!interleaved) {
+#pragma unroll
+      for (int n = 0; n < N; ++n) rotate_half_pair(a.v[n], b.v[n], c[n], s[n]);
+    } else if (N == 1) {
+      rotate_complex(a.v[0], b.v[0], c[0], s[0]);
+    } else {
+#pragma unroll
+      for (int m = 0; m < N / 2; ++m) rotate_complex(a.v[2 * m], a.v[2 * m + 1], c[m], s[m]);
+    }
+    store(a_at, a);
+    if (b_at) store(b_at, b);
+  }
+};
 
 template <typename T, int N>
 __global__ void rope_kernel(RopeTensor q, RopeTensor k, int64_t tokens, int64_t half, const float* angles, int64_t angle_stride_b,
@@ -56,6 +80,17 @@ __global__ void rope_kernel(RopeTensor q, RopeTensor k, int64_t tokens, int64_t 
   float* cos_t = table;
   float* sin_t = table + half;
   const int64_t b = blockIdx.x / tokens, t = blockIdx.x % tokens;
+  T* q_row = static_cast<T*>(q.data) + b * q.stride_b + t * q.stride_t;
+  T* k_row = k.data ? static_cast<T*>(k.data) + b * k.stride_b + t * k.stride_t : nullptr;
+  const int64_t units = interleaved && N > 1 ? 2 * half / N : interleaved ? half : half / N;
+  const int64_t items = (q.heads + (k_row ? k.heads : 0)) * units;
+  Unit<T, N> unit;
+  auto load_item = [&](int64_t item) {
+    const int64_t h = item / units, u = item - h * units;
+    unit.load_from(h < q.heads ? q_row + h * q.stride_h : k_row + (h - q.heads) * k.stride_h, u, half, interleaved);
+  };
+  int64_t item = threadIdx.x;
+  if (item < items) load_item(item);  // in flight while the table is computed
   const float* angle = angles + b * angle_stride_b + t * angle_stride_t;
   for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
     float c = gpu::mul(cosf(angle[j]), factor), s = gpu::mul(sinf(angle[j]), factor);
@@ -67,14 +102,10 @@ __global__ void rope_kernel(RopeTensor q, RopeTensor k, int64_t tokens, int64_t 
     sin_t[j] = s;
   }
   __syncthreads();
-  T* q_row = static_cast<T*>(q.data) + b * q.stride_b + t * q.stride_t;
-  T* k_row = k.data ? static_cast<T*>(k.data) + b * k.stride_b + t * k.stride_t : nullptr;
-  const int64_t units = interleaved && N > 1 ? 2 * half / N : interleaved ? half : half / N;
-  const int64_t items = (q.heads + (k_row ? k.heads : 0)) * units;
-  for (int64_t item = threadIdx.x; item < items; item += blockDim.x) {
-    const int64_t h = item / units, u = item - h * units;
-    T* x = h < q.heads ? q_row + h * q.stride_h : k_row + (h - q.heads) * k.stride_h;
-    rotate_unit<T, N>(x, u, half, cos_t, sin_t, interleaved);
+  while (item < items) {
+    unit.rotate_and_store(cos_t, sin_t, interleaved);
+    item += blockDim.x;
+    if (item < items) load_item(item);
   }
 }
 
