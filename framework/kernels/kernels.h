@@ -44,7 +44,7 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up);
 // float32 (positions times inverse frequencies), cos and sin times `factor`. Half-rotation layout
 // (x * cos + rotate_half(x) * sin, cos and sin rounded to the dtype as moe_model.cpp's rope() does)
 // or interleaved pairs (2j, 2j + 1) computed in float and rounded once (DeepSeek). The last dimension
-// must be contiguous; other strides are free (transposed or narrowed views).
+// must be contiguous; other strides are free (transposed or narrowed views). R <= 8192.
 void rope_(torch::Tensor& q, torch::Tensor& k, const torch::Tensor& angles, double factor, bool interleaved);
 
 // The plain softmax router of route.cpp (softmax scoring, no bias, no groups, choice = weights):
