@@ -37,14 +37,15 @@ for l in lines:
 roma = newest("roma_last5")
 if roma:
     train = roma["stages"]["train"]
-    speeds = train.get("epoch_tokens_per_second") or []
+    speeds = [e["tokens_per_second"] if isinstance(e, dict) else e for e in train.get("epoch_tokens_per_second") or []]
     peak_roma = json.load(open(os.path.join(runs, "roma_peak.json")))["peak_gpu_mib"] if os.path.exists(os.path.join(runs, "roma_peak.json")) else None
     what = "RoMA finetune (configs/roma_last5.toml: last 5 routers, task CE + live manifold term, B=32, T~256)"
     if speeds:
         emit("train_epoch1", "moelab", tokens_per_s=speeds[0], peak_gpu_mib=peak_roma, what=what)
     if len(speeds) > 1:
         emit("train_epoch2plus", "moelab", tokens_per_s=sum(speeds[1:]) / len(speeds[1:]), epochs=len(speeds) - 1,
-             peak_gpu_mib=peak_roma, what=what, reg_by_epoch=[e.get("reg") for e in train.get("epochs", [])])
+             peak_gpu_mib=peak_roma, what=what, reg_by_epoch=[e.get("reg") for e in train.get("epochs", [])],
+             cache_hidden=train.get("cache_hidden"))
 
 mc = newest("mc_eval")
 if mc:

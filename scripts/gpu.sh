@@ -83,20 +83,20 @@ if has perf; then
   rm -rf /tmp/perf_runs && mkdir -p /tmp/perf_runs
   python3 benchmarks/make_long_mc.py /tmp/long_train.jsonl 2048
   python3 benchmarks/make_long_mc.py /tmp/long_eval.jsonl 256
-  python3 benchmarks/make_long_mc.py /tmp/long_warm.jsonl 16
-  build-gpu/bin/runexp benchmarks/mc_eval.toml "${real[@]}" --set data.warmup.path=/tmp/long_warm.jsonl \
-    --set data.eval.path=/tmp/long_eval.jsonl > "$OUT/mc_eval.log" 2>&1 || { tail -20 "$OUT/mc_eval.log"; status=1; }
+  build-gpu/bin/runexp benchmarks/mc_eval.toml "${real[@]}" --set data.eval.path=/tmp/long_eval.jsonl > "$OUT/mc_eval.log" 2>&1 || { tail -20 "$OUT/mc_eval.log"; status=1; }
   python3 benchmarks/hf_mc_peer.py /tmp/olmoe /tmp/long_eval.jsonl "$run_id" 32 > /tmp/hf_mc.jsonl 2> "$OUT/hf_mc.log" || status=1
   with_peak build-gpu/bin/runexp configs/roma_last5.toml "${real[@]}" --set data.train.path=/tmp/long_train.jsonl \
-    --set data.eval.path=/tmp/long_eval.jsonl --set train.epochs=5 --set train.lr=7e-5 --set train.warmup_steps=50 \
+    --set data.eval.path=/tmp/long_eval.jsonl --set train.epochs=${MOELAB_PERF_EPOCHS:-5} --set train.lr=7e-5 --set train.warmup_steps=50 \
     --set roma.lambda_warmup_steps=50 --set collect.batch_size=32 --set eval.batch_size=32 > "$OUT/roma.log" 2>&1 || { tail -20 "$OUT/roma.log"; status=1; }
   echo "{\"peak_gpu_mib\": $(cat /tmp/peak_mib)}" > /tmp/perf_runs/roma_peak.json
+  cp "$(ls -d /tmp/perf_runs/roma_last5/*/ | tail -1)/summary.json" "$OUT/roma_summary.json" || true
   if [[ ${MOELAB_PERF_COLLECT:-1} == 1 ]]; then
     for set in prose math code; do
       [[ -f /tmp/text/$set.txt ]] || { mkdir -p /tmp/text; python3 benchmarks/make_text.py configs/data/text/$set.txt /tmp/text/$set.txt 1600000 1; }
     done
-    python3 benchmarks/hf_collect_peer.py /tmp/olmoe 16 > /tmp/hf_collect.jsonl 2> "$OUT/hf_collect.log" || status=1
+    [[ ${MOELAB_PERF_HF_COLLECT:-1} == 1 ]] && { python3 benchmarks/hf_collect_peer.py /tmp/olmoe 16 > /tmp/hf_collect.jsonl 2> "$OUT/hf_collect.log" || status=1; }
     build-gpu/bin/runexp configs/routing_study.toml "${real[@]}" --set 'stages=["study"]' --set 'study.analyzers=[]' \
+      --set study.batch_tokens=16384 --set study.chunk_tokens=65536 \
       --set 'study.compare_with=""' --set study.full_probs=false --set study.max_tokens_per_set=340000 --set study.max_len=2048 \
       --set sets.prose.path=/tmp/text/prose.txt --set sets.math.path=/tmp/text/math.txt \
       --set sets.code.path=/tmp/text/code.txt > "$OUT/collect.log" 2>&1 || { tail -30 "$OUT/collect.log"; status=1; }
@@ -158,7 +158,7 @@ fi
 if has collect; then
   python3 benchmarks/hf_collect_peer.py /tmp/olmoe 16 | tee -a "$OUT/benchmarks.jsonl"
   with_peak build-gpu/bin/runexp configs/routing_study.toml "${real[@]}" --set 'stages=["study"]' --set 'study.analyzers=[]' \
-    --set 'study.compare_with=""' --set study.full_probs=false --set study.max_tokens_per_set=340000 --set study.max_len=2048 \
+    --set study.batch_tokens=16384 --set study.chunk_tokens=65536 --set 'study.compare_with=""' --set study.full_probs=false --set study.max_tokens_per_set=340000 --set study.max_len=2048 \
     --set sets.prose.path=/tmp/text/prose.txt --set sets.math.path=/tmp/text/math.txt \
     --set sets.code.path=/tmp/text/code.txt > "$OUT/collect.log" 2>&1 || { tail -30 "$OUT/collect.log"; exit 1; }
   python3 benchmarks/summarize_run.py collect /tmp/runs/routing_study "$(cat /tmp/peak_mib)" | tee -a "$OUT/benchmarks.jsonl"
