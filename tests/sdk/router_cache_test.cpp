@@ -77,22 +77,26 @@ TEST(RouterCache, AForwardStartedAtALayerFromItsCapturedInputHasTheFullForwardsL
   EXPECT_EQ(starts, 1);
   EXPECT_EQ(captures, 1);  // a started forward shows no input
   const Tensor real = mask.eq(1);
-  EXPECT_LT(max_difference(started.index({real}), full.index({real})), 1e-6);
-  EXPECT_LT(max_difference(model.hidden_states().index({real}), full_hidden.index({real})), 1e-6);
+  // The padding rows route to experts too, so the experts' matmuls see other row counts than in the full
+  // forward, and a BLAS may block them differently (MKL does, OpenBLAS here does not): real tokens then
+  // differ by float32 rounding, not more.
+  constexpr double kRealTokenTolerance = 1e-5;
+  EXPECT_LT(max_difference(started.index({real}), full.index({real})), kRealTokenTolerance);
+  EXPECT_LT(max_difference(model.hidden_states().index({real}), full_hidden.index({real})), kRealTokenTolerance);
   const Tensor real_rows = real.reshape(-1);
   ASSERT_EQ(model.routing().size(), 3u);
   for (std::size_t j = 0; j < 3; ++j) {
     const moelab::RouterTrace& trace = model.routing()[j];
     const moelab::RouterTrace& expected = full_routing[j + 3];
     EXPECT_EQ(trace.layer, static_cast<int>(j) + 3);
-    EXPECT_LT(max_difference(trace.logits.index({real_rows}), expected.logits.index({real_rows})), 1e-6) << trace.layer;
+    EXPECT_LT(max_difference(trace.logits.index({real_rows}), expected.logits.index({real_rows})), kRealTokenTolerance) << trace.layer;
     EXPECT_TRUE(torch::equal(trace.topk_ids.index({real_rows}), expected.topk_ids.index({real_rows}))) << trace.layer;
-    EXPECT_LT(max_difference(trace.topk_weights.index({real_rows}), expected.topk_weights.index({real_rows})), 1e-6) << trace.layer;
+    EXPECT_LT(max_difference(trace.topk_weights.index({real_rows}), expected.topk_weights.index({real_rows})), kRealTokenTolerance) << trace.layer;
   }
   // last_only picks each row's last real token from the started forward too.
   EXPECT_LT(max_difference(model.forward(ids, mask, nullptr, /*last_only=*/true).squeeze(1),
                            full.index({torch::arange(3), torch::tensor({6, 6, 4}, torch::kInt64)})),
-            1e-6);
+            kRealTokenTolerance);
   EXPECT_EQ(starts, 2);
 
   // An undefined input runs every layer (and shows layer 3's input); a KV-cache forward asks nothing.
