@@ -99,12 +99,24 @@ TEST(Config, UnknownHostKeysListTheAcceptedOnes) {
   EXPECT_THAT(error_of([&] { resolve_text(dir, std::string("sed = 3\n") + kBase); }),
               HasSubstr("(the top level accepts: name, seed, run_dir, plugin_path, log_level, stages)"));
   EXPECT_THAT(error_of([&] { resolve_text(dir, std::string(kBase) + "[model]\ndtyp = \"float32\"\n"); }),
-              HasSubstr("experiment.toml:12: unknown key 'dtyp' in [model] (did you mean 'dtype'?) ([model] accepts: path, device, dtype, quantized)"));
+              HasSubstr("experiment.toml:12: unknown key 'dtyp' in [model] (did you mean 'dtype'?) ([model] accepts: path, device, dtype, fused_kernels, grouped_mm, quantized)"));
   // A [model] made only by --set keeps the override's name in errors.
   EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"model.device=gpu"}); }),
               HasSubstr("--set model.device=gpu: key 'device' must be one of: auto, cpu, cuda; found \"gpu\""));
   EXPECT_THAT(error_of([&] { resolve_text(dir, "stages = \"neighbours\"\n" + std::string(kBase).substr(std::string(kBase).find('\n') + 1)); }),
               HasSubstr("key 'stages' must be array of strings"));
+}
+
+// The GPU fast paths (moe_model.h ForwardPaths) are on unless a key switches them off.
+TEST(Config, ModelFastPathsDefaultOnAndEachCanBeSwitchedOff) {
+  TempDir dir;
+  const auto defaults = resolve_text(dir, kBase).model;
+  EXPECT_TRUE(defaults.fused_kernels);
+  EXPECT_TRUE(defaults.grouped_mm);
+  const auto off = resolve_text(dir, kBase, {"model.fused_kernels=false", "model.grouped_mm=false"}).model;
+  EXPECT_FALSE(off.fused_kernels);
+  EXPECT_FALSE(off.grouped_mm);
+  EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"model.fused_kernels=1"}); }), HasSubstr("fused_kernels"));
 }
 
 TEST(Config, NumberRangesAreCheckedBeforeAnythingRuns) {
