@@ -389,33 +389,31 @@ class MoeModel final : public Model {
   // Tokens grouped by expert (one sort), then either one grouped matmul per projection (CUDA bf16,
   // no host sync) or one matmul chain per expert that received tokens.
   Tensor dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights) const {
+    const ExpertOrder order = expert_order(ids);
+    const Tensor counts = torch::bincount(ids.reshape(-1), {}, c_.num_experts);
     if (grouped_mm_) {
       // Rows move to expert order and back by gathers (their gradients too, see permute.h); each token's
       // k outputs are combined by one [1, k] x [k, H] product accumulated in float32: no scatter-add.
-      ExpertOrder order = expert_order(ids);
       Tensor sorted_x = to_expert_order(x, order);
-      Tensor ends = torch::bincount(ids.reshape(-1), {}, c_.num_experts).cumsum(0).to(torch::kInt32);
+      Tensor ends = counts.cumsum(0).to(torch::kInt32);
       Tensor hidden = silu_mul(compat::grouped_mm(sorted_x, L.expert_gate, ends), compat::grouped_mm(sorted_x, L.expert_up, ends), fused_);
       Tensor y = compat::grouped_mm(hidden, L.expert_down, ends);  // [N * k, H] in expert order
       if (fused_ && kernels::available(y) && kernels::available(weights))
         return kernels::unpermute_combine(y, order.order, weights.to(torch::kFloat32));
       return torch::bmm(weights.unsqueeze(1), from_expert_order(y, order)).squeeze(1);
     }
-    Tensor flat_ids = ids.reshape(-1);
-    Tensor order = flat_ids.argsort();
-    Tensor token_of = order.div(c_.router.top_k, "floor");
-    Tensor sorted_x = x.index_select(0, token_of);
-    Tensor sorted_w = weights.reshape(-1).index_select(0, order).unsqueeze(1);
+    Tensor sorted_x = x.index_select(0, order.token_of);
+    Tensor sorted_w = weights.reshape(-1).index_select(0, order.order).unsqueeze(1);
     Tensor out = torch::zeros_like(x);
-    Tensor counts = torch::bincount(flat_ids, {}, c_.num_experts).cpu();
-    const auto* count = counts.data_ptr<int64_t>();
+    const Tensor host_counts = counts.cpu();  // the loop's sizes: the one host read of this path
+    const auto* count = host_counts.data_ptr<int64_t>();
     int64_t start = 0;
     for (int64_t e = 0; e < c_.num_experts; ++e) {
       if (count[e] == 0) continue;
       Tensor xe = sorted_x.narrow(0, start, count[e]);
       Tensor ye = torch::matmul(silu_mul(torch::matmul(xe, L.expert_gate[e].t()), torch::matmul(xe, L.expert_up[e].t()), fused_),
                                 L.expert_down[e].t());
-      out.index_add_(0, token_of.narrow(0, start, count[e]), ye * sorted_w.narrow(0, start, count[e]));
+      out.index_add_(0, order.token_of.narrow(0, start, count[e]), ye * sorted_w.narrow(0, start, count[e]));
       start += count[e];
     }
     return out;
