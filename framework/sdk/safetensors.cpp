@@ -90,7 +90,7 @@ SafetensorsFile::SafetensorsFile(const fs::path& file) : path_(file), mapping_(s
       }
       continue;
     }
-    auto where = [&](const std::string& what) { bad(file, fmt::format("tensor '{}': {}", name, what)); };
+    auto where = [&, &name = name](const std::string& what) { bad(file, fmt::format("tensor '{}': {}", name, what)); };
     if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
       where("needs dtype, shape and data_offsets");
     Entry entry{};

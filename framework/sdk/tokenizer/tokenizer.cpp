@@ -209,7 +209,7 @@ class BpeTokenizer final : public Tokenizer {
     ignore_merges_ = m.get_or("ignore_merges", false);
     if (!m.has("vocab") || !m.json()["vocab"].is_object()) fail("model", "needs a \"vocab\" object");
     const JsonValue vocab = m["vocab"];
-    for (const auto& [token, id] : vocab.json().items()) add_token(token, checked_token_id(id, [&] { return vocab.entry(token); }));
+    for (const auto& [token, id] : vocab.json().items()) add_token(token, checked_token_id(id, [&, &token = token] { return vocab.entry(token); }));
     if (m.has("unk_token")) {
       const std::string unk = m["unk_token"].get<std::string>();
       unk_ = token_id(unk);

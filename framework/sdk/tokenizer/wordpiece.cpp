@@ -54,7 +54,7 @@ class WordPieceTokenizer final : public Tokenizer {
     if (!m.has("unk_token") || !m.json()["unk_token"].is_string()) fail("model", "WordPiece needs an unk_token");
     if (!m.has("vocab") || !m.json()["vocab"].is_object()) fail("model", "WordPiece needs a \"vocab\" object");
     const JsonValue vocab = m["vocab"];
-    for (const auto& [token, value] : vocab.json().items()) add(token, checked_token_id(value, [&] { return vocab.entry(token); }));
+    for (const auto& [token, value] : vocab.json().items()) add(token, checked_token_id(value, [&, &token = token] { return vocab.entry(token); }));
     prefix_ = m.get_or<std::string>("continuing_subword_prefix", "##");
     max_chars_ = m.get_or<std::size_t>("max_input_chars_per_word", 100);
     unk_ = token_id(m["unk_token"].get<std::string>());
