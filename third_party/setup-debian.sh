@@ -3,7 +3,7 @@
 set -eu
 packages="build-essential cmake ninja-build ccache libtorch-dev libboost-dev libtomlplusplus-dev libfmt-dev
 nlohmann-json3-dev libgtest-dev libgmock-dev libpcre2-dev libicu-dev gnuplot-nox
-clang libclang-rt-14-dev hipcc"
+clang libclang-rt-14-dev hipcc protobuf-compiler libprotobuf-dev libgloo-dev"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
