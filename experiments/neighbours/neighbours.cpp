@@ -30,7 +30,11 @@ class NeighboursStage final : public moelab::Stage {
       : settings_(options().read(config)),
         dataset_(context.make<moelab::Dataset>(settings_.dataset)),
         embedder_(context.make<moelab::Embedder>(settings_.embedder)),
-        context_(context) {}
+        context_(context) {
+    if (const long long others = static_cast<long long>(dataset_->size()) - 1; others >= 1 && settings_.k > others)
+      moelab::log::warn("[{}] k = {} ({}): a sample has only {} other samples to be neighbours, so k = {} is used", config.id(), settings_.k,
+                        config.where("k"), others, others);
+  }
 
   void run(const std::filesystem::path& out_dir, nlohmann::json& summary) override {
     const long long n = static_cast<long long>(dataset_->size());

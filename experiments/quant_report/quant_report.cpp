@@ -46,7 +46,8 @@ class QuantReport final : public moelab::Stage {
     for (std::size_t i = 0; i < full.size(); ++i) {
       nlohmann::json f = stage_summary(full[i]), q = stage_summary(quantized[i]);
       if (!q.contains("finetuned"))
-        throw std::runtime_error(fmt::format("[{}] stage [{}] has no finetuned result: set its routers to the recovered routers", config_.id(), quantized[i]));
+        throw std::runtime_error(fmt::format("[{}] stage [{}] has no recovered result (it scored the quantized model only): set its "
+                                             "routers to the recovered routers (\"@recover/routers.safetensors\")", config_.id(), quantized[i]));
       if (f["base"].contains("perplexity")) {
         scores.push_back({full[i], "perplexity", f["base"]["perplexity"].get<double>(), q["base"]["perplexity"].get<double>(),
                           q["finetuned"]["perplexity"].get<double>(), true});
@@ -57,6 +58,8 @@ class QuantReport final : public moelab::Stage {
                           q["finetuned"][metric]["accuracy"].get<double>(), false});
     }
     nlohmann::json rows = nlohmann::json::array();
+    // The stages' own summaries say "base" and "finetuned" (routers); here they are the quantized model
+    // (original routers) and the recovered one (quantized experts, finetuned routers).
     std::string table = "| task | metric | full precision | quantized | recovered | recovery of the loss |\n| --- | --- | --- | --- | --- | --- |\n";
     for (const auto& s : scores) {
       const double loss = s.full - s.quantized, regained = s.recovered - s.quantized;
@@ -68,10 +71,12 @@ class QuantReport final : public moelab::Stage {
       table += fmt::format("| {} | {} | {} | {} | {} | {} |\n", s.task, s.metric, shown(s.full), shown(s.quantized), shown(s.recovered),
                            meaningful ? fmt::format("{:.0f}%", 100 * regained / loss) : "n/a (quantization lost nothing)");
     }
+    table += "\nquantized: the quantized experts with the original routers; recovered: the quantized experts with the finetuned "
+             "routers; recovery of the loss: (recovered - quantized) / (full precision - quantized).\n";
     moelab::write_file_atomic(out_dir / "report.md", table);
     moelab::write_file_atomic(out_dir / "report.json", rows.dump(2) + "\n");
     summary = {{"rows", rows}};
-    moelab::log::info("quantization recovery:\n{}", table);
+    moelab::log::result("quantization recovery (full precision, quantized, recovered = quantized with finetuned routers):", table);
   }
 
  private:

@@ -90,7 +90,9 @@ class Quantize final : public moelab::Stage {
     long long fallbacks = 0, elements = 0;
     const auto started = std::chrono::steady_clock::now();
     const auto& layers = model.info().moe_layers;
-    moelab::Progress progress(fmt::format("quantize ({})", method), static_cast<long long>(layers.size()), "matrices");
+    const long long experts = model.info().num_experts;
+    moelab::Progress progress(fmt::format("quantize ({}) expert matrices", method), static_cast<long long>(layers.size()) * 3 * experts,
+                              "matrices");
     for (int layer : layers) {
       const auto layer_started = std::chrono::steady_clock::now();
       moelab::ExpertWeights ex = model.expert_weights(layer);
@@ -110,7 +112,9 @@ class Quantize final : public moelab::Stage {
           std::vector<int64_t> with_tokens, without;
           for (int64_t e : experts) (!gptq || tokens[e].item<int64_t>() > 0 ? with_tokens : without).push_back(e);
           for (int64_t e : without)
-            moelab::log::warn("quantize: layer {} expert {} received no calibration token; its {} falls back to RTN", layer, e, ex.names[p]);
+            moelab::log::warn_once("quantize.no_calibration_tokens",
+                                   "quantize: layer {} expert {} received no calibration token; its {} falls back to RTN (the summary "
+                                   "counts these as rtn_fallbacks)", layer, e, ex.names[p]);
           fallbacks += static_cast<long long>(without.size());
           for (bool use_gptq : {true, false}) {
             const auto& group = use_gptq ? with_tokens : without;
@@ -139,10 +143,10 @@ class Quantize final : public moelab::Stage {
           }
         }
         errors[ex.names[p]] = std::sqrt(err / std::max(norm, 1e-300));
+        progress.advance_steps(experts, experts, fmt::format("layer {} {}: relative error {:.4f}", layer, ex.names[p], errors[ex.names[p]].get<double>()));
       }
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - layer_started).count();
       context_.record_metrics({{"stage", config_.id()}, {"layer", layer}, {"seconds", seconds}, {"relative_weight_error", errors}});
-      progress.advance(3 * model.info().num_experts, fmt::format("layer {} relative error {}", layer, errors.dump()));
     }
     progress.finish();
     long long packed = 0;

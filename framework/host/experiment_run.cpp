@@ -8,6 +8,7 @@
 #include "moelab/lib/quantized_checkpoint.h"
 #include "moelab/lib/vocab_check.h"
 #include "moelab/stage.h"
+#include "provenance.h"
 #include "stage_keys.h"
 
 #include <boost/dll/runtime_symbol_info.hpp>
@@ -123,12 +124,16 @@ ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry
               {"started", now_text("%Y-%m-%dT%H:%M:%S")},
               {"attempt", attempt_},
               {"status", "running"},
-              {"versions", {{"moelab", kPluginAbiVersion}, {"libtorch", TORCH_VERSION}}},
+              {"versions", versions()},
+              {"provenance", provenance()},
               {"stages", nlohmann::json::object()}};
   write_summary();
 }
 
-ExperimentRun::~ExperimentRun() { log::set_file({}); }
+ExperimentRun::~ExperimentRun() {
+  log::summarize_repeats();  // a failed or interrupted run's repeated warnings; after a complete run there are none left
+  log::set_file({});
+}
 
 void ExperimentRun::record_metrics(nlohmann::json row) {
   row["time"] = now_text("%Y-%m-%dT%H:%M:%S");
@@ -150,6 +155,10 @@ std::shared_ptr<Plugin> ExperimentRun::make_component(const std::string& id, Kin
 fs::path resolve_model_folder(const ResolvedExperiment& experiment) {
   const std::string path = experiment.model.path.string();
   return path.rfind("builtin:", 0) == 0 ? builtin_model_folder(path.substr(8), Config(experiment.model_table).where("path")) : path;
+}
+
+fs::path tokenizer_file(const ResolvedExperiment& experiment, const fs::path& model_folder) {
+  return experiment.model.tokenizer.empty() ? model_folder / "tokenizer.json" : experiment.model.tokenizer;
 }
 
 const fs::path& ExperimentRun::model_folder() {
@@ -175,8 +184,12 @@ Model& ExperimentRun::model() {
 const Tokenizer& ExperimentRun::tokenizer() {
   if (tokenizer_) return *tokenizer_;
   model();
-  fs::path file = model_folder_ / "tokenizer.json";
-  if (!fs::exists(file)) throw std::runtime_error(fmt::format("model folder {} has no tokenizer.json", model_folder_.string()));
+  const fs::path file = tokenizer_file(experiment_, model_folder_);
+  if (!fs::exists(file))
+    throw std::runtime_error(experiment_.model.tokenizer.empty()
+                                 ? fmt::format("model folder {} has no tokenizer.json: set [model] tokenizer = \"PATH/tokenizer.json\"",
+                                               model_folder_.string())
+                                 : fmt::format("[model] tokenizer = \"{}\": no such file", file.string()));
   tokenizer_ = Tokenizer::from_file(file);
   check_tokenizer_fits_model(*tokenizer_, file, model_->info(), model_folder_);
   return *tokenizer_;
@@ -243,6 +256,7 @@ void ExperimentRun::run_stages() {
   summary_["finished"] = now_text("%Y-%m-%dT%H:%M:%S");
   summary_["status"] = "complete";
   write_summary();
+  log::summarize_repeats();
   log::info("run complete: {}", (run_dir_ / "summary.json").string());
 }
 

@@ -16,6 +16,8 @@ namespace moelab {
 
 // [model] path as a folder (built-in models sit beside the runexp binary).
 std::filesystem::path resolve_model_folder(const ResolvedExperiment& experiment);
+// The tokenizer.json a run reads: [model] tokenizer when set, else the one in `model_folder`.
+std::filesystem::path tokenizer_file(const ResolvedExperiment& experiment, const std::filesystem::path& model_folder);
 
 // A stage failed: its error is already in log.txt and summary.json (status "failed"); runexp exits 1.
 struct RunFailed : std::runtime_error {

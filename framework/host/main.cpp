@@ -6,6 +6,7 @@
 #include "moelab/lib/json_read.h"
 #include "moelab/lib/log.h"
 #include "plugin_registry.h"
+#include "provenance.h"
 #include "schema.h"
 
 #include "moelab/tokenizer.h"
@@ -132,6 +133,7 @@ int tokenize(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moelab::set_command_line(argc, argv);  // recorded in each run's summary.json "provenance"
   try {
     if (argc > 1 && std::string(argv[1]) == "tokenize") return tokenize(argc, argv);
     Arguments o = parse_args(argc, argv);

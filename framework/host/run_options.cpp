@@ -31,7 +31,9 @@ const Options<ModelOptions>& model_options() {
           .flag("grouped_mm", &ModelOptions::grouped_mm, true,
                 "one grouped matmul for all routed experts (CUDA, bfloat16); false: one matmul chain per expert")
           .path("quantized", &ModelOptions::quantized, "",
-                "moelab quantized checkpoint applied after loading (a quantize or finetune_lm stage's output)");
+                "moelab quantized checkpoint applied after loading (a quantize or finetune_lm stage's output)")
+          .path("tokenizer", &ModelOptions::tokenizer, "",
+                "a tokenizer.json to use instead of the model folder's (a model folder without one, or another tokenizer)");
   return options;
 }
 

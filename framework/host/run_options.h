@@ -29,6 +29,7 @@ struct ModelOptions {
   ModelDevice device = ModelDevice::automatic;
   ModelDtype dtype = ModelDtype::float32;
   std::filesystem::path quantized;  // "": none
+  std::filesystem::path tokenizer;  // "": the model folder's tokenizer.json
   bool fused_kernels = true;        // ForwardPaths (moe_model.h)
   bool grouped_mm = true;
 };

@@ -207,6 +207,9 @@ ResolvedExperiment resolve_experiment(const toml::table& merged, const fs::path&
   const toml::table& model_table = model_node ? *model_node->as_table() : no_model;
   out.model_table = check_table("model", model_table, {model_options().keys(), "[model]"}, file_where);
   out.model = model_options().read(Config(out.model_table));
+  if (!out.model.tokenizer.empty() && !fs::is_regular_file(out.model.tokenizer))
+    fail(Config(out.model_table).where("tokenizer"), fmt::format("[model] tokenizer = \"{}\": no such file (a tokenizer.json)",
+                                                                 out.model.tokenizer.string()));
 
   std::map<std::string, const toml::table*> tables;
   collect_components(merged, "", tables);

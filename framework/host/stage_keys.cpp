@@ -104,6 +104,7 @@ std::map<std::string, StageKey> stage_keys(const ResolvedExperiment& experiment,
     if (const toml::table* model = table_at(experiment.table, "model")) hashed.insert("model", *model);
     toml::table files;
     files.insert("model", file_state(model_folder));
+    if (!experiment.model.tokenizer.empty()) files.insert("tokenizer", file_state(experiment.model.tokenizer));
     toml::table tables;
     for (const std::string& id : tables_reached(experiment, registry, stage)) {
       const toml::table& table = *table_at(experiment.table, id);

@@ -424,8 +424,18 @@ class MoeModel final : public Model {
     check_checkpoint(c_, ckpt, folder);  // every tensor taken below is present with its shape
     // Always a copy (copy = true), never a view of the mapped file: a file overwritten or cut short
     // while the run goes on must not change the running model or kill it with SIGBUS.
+    long long total_bytes = 0;
+    for (const std::string& name : ckpt.names()) {
+      const SafetensorsFile& file = ckpt.file_of(name);
+      long long n = c10::elementSize(file.dtype(name));
+      for (int64_t d : file.shape(name)) n *= d;
+      total_bytes += n;
+    }
+    Progress progress = Progress::bytes("loading " + folder.filename().string(), total_bytes);
     auto take = [&](const std::string& name, std::optional<torch::ScalarType> dtype = std::nullopt) {
-      Tensor t = ckpt.get(name).to(device_, dtype.value_or(dtype_), /*non_blocking=*/false, /*copy=*/true).contiguous();
+      Tensor mapped = ckpt.get(name);
+      Tensor t = mapped.to(device_, dtype.value_or(dtype_), /*non_blocking=*/false, /*copy=*/true).contiguous();
+      progress.advance_steps(static_cast<long long>(mapped.nbytes()), 0, name);
       named_.emplace_back(name, t);
       return t;
     };
@@ -495,6 +505,8 @@ class MoeModel final : public Model {
       }
       layers_.push_back(std::move(L));
     }
+    progress.advance_steps(0);  // the final line without the last tensor's name
+    progress.finish();
   }
 
   void rebind_experts(const std::string& m, const Architecture& a, const Layer& L) {

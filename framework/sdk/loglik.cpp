@@ -1,5 +1,6 @@
 #include "moelab/lib/loglik.h"
 
+#include "moelab/lib/log.h"
 #include "moelab/lib/python_str.h"
 
 #include <fmt/format.h>
@@ -88,7 +89,7 @@ std::pair<torch::Tensor, torch::Tensor> targets_of(const std::vector<const std::
 
 // One right-padded row (context + continuation)[:-1] per request, longest first.
 void score_separately(Model& model, const std::vector<LoglikRequest>& requests, std::size_t batch_size, std::size_t max_length,
-                      std::vector<LoglikResult>& results) {
+                      std::vector<LoglikResult>& results, Progress& progress) {
   std::vector<std::vector<std::int64_t>> inputs(requests.size());
   for (std::size_t i = 0; i < requests.size(); ++i) {
     inputs[i] = kept_context(requests[i], max_length);
@@ -112,6 +113,7 @@ void score_separately(Model& model, const std::vector<LoglikRequest>& requests, 
     const Padded input = pad_rows(batch, pad, /*left_padding=*/false);
     const auto [targets, scored] = targets_of(continuations, at, static_cast<std::size_t>(input.ids.size(1)));
     collect(model.forward(input.ids.to(model.device()), input.mask.to(model.device())), targets, scored, rows, results);
+    progress.advance_steps(static_cast<long long>(rows.size()), static_cast<long long>(rows.size()));
   }
 }
 
@@ -125,7 +127,7 @@ struct PrefixGroup {
 // into a KV cache; then R rows per group (KVCache::replicas) of the context's last token and the
 // continuation[:-1], right-padded, whose logits are the continuation's predictions.
 void score_shared(Model& model, const std::vector<LoglikRequest>& requests, std::size_t batch_size, std::size_t max_length,
-                  std::vector<LoglikResult>& results) {
+                  std::vector<LoglikResult>& results, Progress& progress) {
   std::vector<PrefixGroup> groups;
   std::map<std::vector<std::int64_t>, std::size_t> open;  // kept context -> its group still taking rows
   for (std::size_t i = 0; i < requests.size(); ++i) {
@@ -170,6 +172,7 @@ void score_shared(Model& model, const std::vector<LoglikRequest>& requests, std:
       const auto [targets, scored] = targets_of(continuations, std::vector<std::size_t>(rows.size(), 0), static_cast<std::size_t>(input.ids.size(1)));
       torch::Tensor logits = model.forward(input.ids.to(model.device()), input.mask.to(model.device()), any_prefix ? &cache : nullptr);
       collect(logits, targets, scored, row_request, results);
+      progress.advance_steps(static_cast<long long>(row_request.size()), static_cast<long long>(row_request.size()));
     }
   }
 }
@@ -188,8 +191,9 @@ std::vector<LoglikResult> score_requests(Model& model, const std::vector<LoglikR
   }
   torch::NoGradGuard no_grad;
   std::vector<LoglikResult> results(requests.size());
-  if (shared_prefix) score_shared(model, requests, batch_size, max_length, results);
-  else score_separately(model, requests, batch_size, max_length, results);
+  Progress progress("loglik scoring", static_cast<long long>(requests.size()), "requests");
+  if (shared_prefix) score_shared(model, requests, batch_size, max_length, results, progress);
+  else score_separately(model, requests, batch_size, max_length, results, progress);
   return results;
 }
 

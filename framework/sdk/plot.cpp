@@ -108,8 +108,16 @@ std::string matrix_data(const std::string& name, const torch::Tensor& matrix) {
 
 // One colour map from data block `index` of NAME.dat, with its labels and colour box; a grey
 // background shows through NaN cells.
+// gnuplot tics: `set xtics ("5" 0, "7" 1)` for labels, or back to numbers.
+std::string tics(const char* axis, const std::vector<std::string>& labels) {
+  if (labels.empty()) return fmt::format("set {}tics autofreq\n", axis);
+  std::string out = fmt::format("set {}tics (", axis);
+  for (std::size_t i = 0; i < labels.size(); ++i) out += fmt::format("{}{} {}", i ? ", " : "", quoted(labels[i]), i);
+  return out + ")\n";
+}
+
 std::string heatmap_body(const std::string& name, long long index, const torch::Tensor& matrix, const PlotLabels& labels) {
-  return axis_labels(labels) + fmt::format(
+  return axis_labels(labels) + tics("x", labels.xticks) + tics("y", labels.yticks) + fmt::format(
       "set cblabel {}\nset rmargin 12\nset palette defined (0 '#f7fbff', 0.5 '#6baed6', 1 '#08306b')\n"
       "set object 1 rectangle from graph 0,0 to graph 1,1 behind fillcolor rgb '#d9d9d9' fillstyle solid 1.0 noborder\n"
       "set xrange [-0.5:{}]\nset yrange [-0.5:{}]\nset tics out\nplot {} index {} matrix with image notitle\n",

@@ -2,6 +2,7 @@
 
 #include "moelab/lib/files.h"
 #include "moelab/lib/json_read.h"
+#include "moelab/lib/log.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -10,8 +11,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 
 namespace moelab {
@@ -200,23 +203,41 @@ void write_safetensors(const fs::path& file, const std::vector<std::pair<std::st
                        const std::map<std::string, std::string>& metadata) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<torch::Tensor> cpu;
   std::size_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
-    std::size_t bytes = c.numel() * c.element_size();
-    header[name] = {{"dtype", dtype_name(c.scalar_type())}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    std::size_t bytes = t.numel() * t.element_size();
+    header[name] = {{"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    cpu.push_back(c);
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps tensor data 8-byte aligned
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((static_cast<std::uint64_t>(text.size()) >> (8 * i)) & 0xff);
-  out += text;
-  out.reserve(out.size() + offset);
-  for (const auto& c : cpu) out.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
-  write_file_atomic(file, out);
+  char size[8];
+  for (int i = 0; i < 8; ++i) size[i] = static_cast<char>((static_cast<std::uint64_t>(text.size()) >> (8 * i)) & 0xff);
+  // Streamed tensor by tensor into a temporary file renamed over `file` (as write_file_atomic does), so a
+  // checkpoint of many GB is never held twice in memory; a progress line for the large ones.
+  if (file.has_parent_path()) fs::create_directories(file.parent_path());
+  fs::path tmp = file;
+  tmp += fmt::format(".tmp.{}", ::getpid());
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw std::runtime_error(fmt::format("cannot write {}", tmp.string()));
+  std::optional<Progress> progress;
+  if (offset >= (std::size_t{1} << 30)) progress.emplace(Progress::bytes("writing " + file.filename().string(), static_cast<long long>(offset)));
+  bool ok = std::fwrite(size, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  for (const auto& [name, t] : tensors) {
+    if (!ok) break;
+    torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+    const std::size_t bytes = c.numel() * c.element_size();
+    ok = std::fwrite(c.data_ptr(), 1, bytes, f) == bytes;
+    if (progress) progress->advance_steps(static_cast<long long>(bytes));
+  }
+  ok = std::fflush(f) == 0 && ok;
+  ok = ::fsync(fileno(f)) == 0 && ok;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok) {
+    fs::remove(tmp);
+    throw std::runtime_error(fmt::format("writing {} failed (disk full?)", file.string()));
+  }
+  fs::rename(tmp, file);
 }
 
 }  // namespace moelab

@@ -84,16 +84,17 @@ class Coactivation final : public moelab::Analyzer {
         nlohmann::json top = top_lift(joint, expected, lift);
         nlohmann::json max_lift = top.empty() ? nlohmann::json(nullptr) : top[0]["lift"];
 
-        pairs.push_back({{"layer_a", l}, {"layer_b", m}, {"mean_max_conditional", predictability}, {"mean_abs_correlation", mean_abs},
+        const long long a = records.layer_label(l), b = records.layer_label(m);
+        pairs.push_back({{"layer_a", a}, {"layer_b", b}, {"mean_max_conditional", predictability}, {"mean_abs_correlation", mean_abs},
                          {"lift_information_bits", information}, {"max_lift", max_lift}, {"top_lift", top}});
-        csv << l << ',' << m << ',' << predictability << ',' << mean_abs << ',' << information << ','
+        csv << a << ',' << b << ',' << predictability << ',' << mean_abs << ',' << information << ','
             << (max_lift.is_null() ? std::string() : fmt::format("{}", max_lift.get<double>())) << '\n';
         predictability_matrix[l][m] = predictability;
         correlation_matrix[l][m] = correlation_matrix[m][l] = mean_abs;
         information_matrix[l][m] = information_matrix[m][l] = information;
         if (m == l + 1) {
-          write_matrix(out_dir / fmt::format("conditional_{}_{}.csv", l, m), conditional);
-          write_lift(out_dir / fmt::format("lift_{}_{}.csv", l, m), joint, expected, lift);
+          write_matrix(out_dir / fmt::format("conditional_{}_{}.csv", a, b), conditional);
+          write_lift(out_dir / fmt::format("lift_{}_{}.csv", a, b), joint, expected, lift);
           if (!first_conditional.defined()) {
             first_conditional = conditional;
             first_lift = lift;
@@ -104,13 +105,15 @@ class Coactivation final : public moelab::Analyzer {
 
     nlohmann::json figures = nlohmann::json::array();
     if (layers >= 2) {
-      const std::string layer_axis = "MoE layer (0 = the first MoE layer)";
+      const std::string layer_axis = "decoder layer (MoE layers only)";
+      std::vector<std::string> ticks;
+      for (long long l = 0; l < layers; ++l) ticks.push_back(std::to_string(records.layer_label(l)));
       figures.push_back(moelab::plot_heatmaps(
           out_dir, "pair_summary", "Cross-layer co-activation, per pair of MoE layers",
-          {{predictability_matrix, {"Predictability of layer m from layer l", "later MoE layer m", "earlier MoE layer l",
-                                    "mean over i of max_j P(j at m | i at l)"}},
-           {correlation_matrix, {"Indicator correlation", layer_axis, layer_axis, "mean |Pearson correlation| of the expert indicators"}},
-           {information_matrix, {"Dependence beyond chance", layer_axis, layer_axis, "KL(observed || independent co-activation), bits"}}},
+          {{predictability_matrix, {"Predictability of layer m from layer l", "later decoder layer m", "earlier decoder layer l",
+                                    "mean over i of max_j P(j at m | i at l)", ticks, ticks}},
+           {correlation_matrix, {"Indicator correlation", layer_axis, layer_axis, "mean |Pearson correlation| of the expert indicators", ticks, ticks}},
+           {information_matrix, {"Dependence beyond chance", layer_axis, layer_axis, "KL(observed || independent co-activation), bits", ticks, ticks}}},
           "Three quantities per pair of MoE layers l < m, each with its own colour scale; grey cells have no value. Left: mean over the "
           "experts i used at layer l of max_j P(expert j at m | expert i at l), drawn at x = m, y = l (row 0 at the bottom), so only "
           "the triangle below the diagonal has values. Middle: mean |Pearson correlation| between the two layers' expert indicator "

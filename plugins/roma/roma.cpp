@@ -77,6 +77,9 @@ class Roma final : public moelab::Objective {
     torch::Tensor e = context.make<moelab::Embedder>(settings_.embedder)->embed(texts);
     moelab::NeighbourGraph graph = moelab::nearest_neighbours(e, successful, settings_.k, settings_.sigma);
     const long long k = graph.index.size(1);
+    if (k < settings_.k)
+      moelab::log::warn("[{}] k = {} ({}): only {} correctly answered samples can be neighbours (one fewer for each of them), so k = {} is used",
+                        config.id(), settings_.k, config.where("k"), successful.size(), k);
     for (std::size_t i = 0; i < results.size(); ++i) {
       Neighbours n;
       n.weights = graph.weight[static_cast<long long>(i)];

@@ -54,8 +54,8 @@ class RouterGeometry final : public moelab::Analyzer {
       double effective_rank = std::exp(-(p * p.clamp_min(1e-300).log()).sum().item<double>());
       const long long r = std::min<long long>(settings_.subspace_rank > 0 ? settings_.subspace_rank : s.size(0), s.size(0));
       basis.push_back(v.narrow(0, 0, r).t());  // [hidden, r] orthonormal basis of the top row space
-      layers.push_back({{"layer", l}, {"effective_rank", effective_rank}, {"top_singular_value", s[0].item<double>()}});
-      for (long long i = 0; i < s.size(0); ++i) spectra << l << ',' << i << ',' << s[i].item<double>() << '\n';
+      layers.push_back({{"layer", records.layer_label(static_cast<long long>(l))}, {"effective_rank", effective_rank}, {"top_singular_value", s[0].item<double>()}});
+      for (long long i = 0; i < s.size(0); ++i) spectra << records.layer_label(static_cast<long long>(l)) << ',' << i << ',' << s[i].item<double>() << '\n';
     }
     nlohmann::json pairs = nlohmann::json::array();
     const auto count = static_cast<long long>(w.size());
@@ -78,25 +78,30 @@ class RouterGeometry final : public moelab::Analyzer {
         double mean_angle = angles.mean().item<double>(), max_angle = angles.max().item<double>();
         cosine_matrix[l][m] = cosine_matrix[m][l] = cosine;
         cka_matrix[l][m] = cka_matrix[m][l] = cka;
-        pairs.push_back({{"layer_a", l}, {"layer_b", m}, {"mean_row_cosine", cosine}, {"cka", cka},
+        const long long a = records.layer_label(static_cast<long long>(l)), b = records.layer_label(static_cast<long long>(m));
+        pairs.push_back({{"layer_a", a}, {"layer_b", b}, {"mean_row_cosine", cosine}, {"cka", cka},
                          {"mean_principal_angle_deg", mean_angle}, {"max_principal_angle_deg", max_angle}});
-        csv << l << ',' << m << ',' << cosine << ',' << cka << ',' << mean_angle << ',' << max_angle << '\n';
+        csv << a << ',' << b << ',' << cosine << ',' << cka << ',' << mean_angle << ',' << max_angle << '\n';
       }
     moelab::write_file_atomic(out_dir / "router_spectra.csv", spectra.str());
     moelab::write_file_atomic(out_dir / "router_similarity.csv", csv.str());
-    const std::string layer_axis = "MoE layer (0 = the first MoE layer)";
+    const std::string layer_axis = "decoder layer (MoE layers only)";
+    std::vector<std::string> ticks;
+    for (long long l = 0; l < count; ++l) ticks.push_back(std::to_string(records.layer_label(l)));
     nlohmann::json figures = {
         moelab::plot_heatmap(out_dir, "row_cosine", cosine_matrix,
-                             {"Router similarity: mean cosine of matched rows", layer_axis, layer_axis, "mean over e of cos(W_l[e], W_m[e])"},
+                             {"Router similarity: mean cosine of matched rows", layer_axis, layer_axis, "mean over e of cos(W_l[e], W_m[e])",
+                              ticks, ticks},
                              "Mean cosine similarity between expert e's router row at MoE layer l and at MoE layer m (symmetric; layers "
-                             "numbered among the MoE layers, 0 = the first)."),
+                             "labelled by their decoder layer index, as in the JSON and the logs)."),
         moelab::plot_heatmap(out_dir, "cka", cka_matrix,
-                             {"Router similarity: linear CKA over hidden dimensions", layer_axis, layer_axis, "linear CKA of W_l^T and W_m^T"},
+                             {"Router similarity: linear CKA over hidden dimensions", layer_axis, layer_axis, "linear CKA of W_l^T and W_m^T",
+                              ticks, ticks},
                              "Linear CKA between two MoE layers' gate matrices W [experts, hidden], computed on W^T: the samples are the "
                              "hidden dimensions (the residual-stream coordinates both layers read) and the features are each layer's "
                              "experts, centered over the hidden dimensions. It does not depend on how the experts are numbered (any "
                              "rotation of the experts, and scale, leave it unchanged); 1 = the two routers' logit maps agree up to such "
-                             "a transform. Symmetric; layers numbered among the MoE layers, 0 = the first."),
+                             "a transform. Symmetric; layers labelled by their decoder layer index."),
         moelab::plot_lines(out_dir, "spectra", spectra_series, {"Router singular-value spectra", "index", "singular value / largest"},
                            "Singular values of each layer's gate matrix, normalized by the largest; a fast decay means a low-rank router.", true)};
     return {{"layers", layers}, {"pairs", pairs}, {"figures", figures}};

@@ -17,6 +17,8 @@ namespace moelab {
 struct PlotLabels {
   std::string title, xlabel, ylabel;
   std::string colorbar = "";  // heatmaps: what the colours measure, written beside the colour box
+  // Heatmaps: a label per column / row (for example decoder layer indices); empty: 0, 1, ...
+  std::vector<std::string> xticks = {}, yticks = {};
 };
 
 // A matrix [rows, cols] as a colour map: column c at x = c, row r at y = r (row 0 at the bottom, so
