@@ -6,6 +6,7 @@
 #include "moelab/lib/interrupted.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/quantized_checkpoint.h"
+#include "moelab/lib/tensorboard.h"
 #include "moelab/lib/vocab_check.h"
 #include "moelab/stage.h"
 #include "provenance.h"
@@ -116,6 +117,7 @@ ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry
   log::debug("resolved config (defaults included):\n{}", config_text_);
   if (!resumed) write_file_atomic(run_dir_ / "config.resolved.toml", config_text_);
   metrics_.open(run_dir_ / "metrics.jsonl", std::ios::app);
+  if (experiment_.run.tensorboard) tb_ = std::make_unique<TensorBoardWriter>(run_dir_ / "tb");
 
   at::manual_seed(seed());
   summary_ = {{"experiment", experiment_.run.name},
@@ -139,6 +141,48 @@ void ExperimentRun::record_metrics(nlohmann::json row) {
   row["time"] = now_text("%Y-%m-%dT%H:%M:%S");
   row["attempt"] = attempt_;
   metrics_ << row.dump() << "\n" << std::flush;
+  to_tensorboard([&] { tb_->add_metrics_row(row); });
+}
+
+void ExperimentRun::record_histogram(const std::string& tag, const std::vector<double>& values, std::int64_t step) {
+  to_tensorboard([&] { tb_->add_histogram(tag, values, step); });
+}
+
+void ExperimentRun::record_image(const std::string& tag, const fs::path& png, std::int64_t step) {
+  if (!tb_) return;
+  const std::string bytes = read_file(png);
+  const auto [width, height] = png_size(bytes, png.string());
+  to_tensorboard([&] { tb_->add_image(tag, bytes, width, height, step); });
+}
+
+template <class Write>
+void ExperimentRun::to_tensorboard(Write&& write) {
+  if (!tb_) return;
+  try {
+    write();
+  } catch (const std::exception& e) {
+    log::warn("TensorBoard log {} stopped for the rest of this run: {}", tb_->file().string(), e.what());
+    tb_.reset();
+  }
+}
+
+// A finished stage in TensorBoard: its summary numbers, and every figure (.png) in its folder as an image.
+void ExperimentRun::stage_to_tensorboard(const std::string& id, const fs::path& stage_dir, const nlohmann::json& summary) {
+  if (!tb_) return;
+  to_tensorboard([&] { tb_->add_stage_summary(id, summary, 0); });
+  std::vector<fs::path> figures;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(stage_dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+    if (it->path().extension() == ".png" && it->is_regular_file(ec)) figures.push_back(it->path());
+  std::sort(figures.begin(), figures.end());
+  for (const fs::path& png : figures) {
+    fs::path name = fs::relative(png, stage_dir).replace_extension();
+    try {
+      record_image(id + "/" + name.generic_string(), png, 0);
+    } catch (const std::exception& e) {
+      log::warn("figure {} left out of the TensorBoard log: {}", png.string(), e.what());
+    }
+  }
 }
 
 std::shared_ptr<Plugin> ExperimentRun::make_component(const std::string& id, Kind kind) {
@@ -217,6 +261,7 @@ void ExperimentRun::run_stages() {
       summary_["stages"][id] = nlohmann::json::parse(read_file(stage_dir / "summary.json"));
       summary_["stages"][id]["reused_from"] = (reuse_from_ / id).string();
       write_summary();
+      stage_to_tensorboard(id, stage_dir, summary_["stages"][id]);
       log::info("{}: reused from {} (same config and inputs)", counter, (reuse_from_ / id).string());
       continue;
     }
@@ -243,6 +288,7 @@ void ExperimentRun::run_stages() {
     write_file_atomic(stage_dir / ".done", "done\nkey " + key.hash + "\n");
     summary_["stages"][id] = stage_summary;
     write_summary();
+    stage_to_tensorboard(id, stage_dir, stage_summary);
     log::info("stage [{}] done in {:.1f}s", id, seconds);
     // A stop asked for during the stage's last step: the stage is done, stop before the next one.
     if (interrupt_requested() && index < experiment_.run.stages.size()) {
@@ -272,7 +318,10 @@ void ExperimentRun::copy_metrics_of(const std::string& stage, const fs::path& fr
   if (!fs::exists(from / "metrics.jsonl")) return;
   std::istringstream lines(read_file(from / "metrics.jsonl"));
   for (std::string line; std::getline(lines, line);)
-    if (line.find("\"stage\":\"" + stage + "\"") != std::string::npos) metrics_ << line << "\n";
+    if (line.find("\"stage\":\"" + stage + "\"") != std::string::npos) {
+      metrics_ << line << "\n";
+      to_tensorboard([&] { tb_->add_metrics_row(nlohmann::json::parse(line)); });
+    }
   metrics_ << std::flush;
 }
 

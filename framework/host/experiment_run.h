@@ -3,6 +3,7 @@
 #pragma once
 
 #include "moelab/context.h"
+#include "moelab/lib/tensorboard.h"
 #include "plugin_registry.h"
 #include "run_lock.h"
 #include "schema.h"
@@ -48,7 +49,11 @@ class ExperimentRun final : public RunContext {
   const std::string& experiment_name() const override { return experiment_.run.name; }
   const std::filesystem::path& run_dir() const override { return run_dir_; }
   std::uint64_t seed() const override { return static_cast<std::uint64_t>(experiment_.run.seed); }
+  // Also TensorBoard scalars in <run>/tb/ (TensorBoardWriter::add_metrics_row), with `tensorboard = true`.
   void record_metrics(nlohmann::json row) override;
+  void record_histogram(const std::string& tag, const std::vector<double>& values, std::int64_t step) override;
+  // Throws naming the file when it cannot be read or is not a PNG.
+  void record_image(const std::string& tag, const std::filesystem::path& png, std::int64_t step) override;
   std::shared_ptr<Plugin> make_component(const std::string& id, Kind kind) override;
   const std::filesystem::path& model_folder() override;
   Model& model() override;
@@ -56,6 +61,10 @@ class ExperimentRun final : public RunContext {
 
  private:
   void write_summary();
+  // Runs one write to the TensorBoard log; an error is a warning and ends the log, never the run.
+  template <class Write>
+  void to_tensorboard(Write&& write);
+  void stage_to_tensorboard(const std::string& id, const std::filesystem::path& stage_dir, const nlohmann::json& summary);
   // Throws when the loaded model's files changed size or modification time since they were read.
   void check_model_unchanged() const;
   void copy_metrics_of(const std::string& stage, const std::filesystem::path& from);
@@ -71,6 +80,7 @@ class ExperimentRun final : public RunContext {
   std::unique_ptr<RunLock> lock_;
   int attempt_ = 1;
   std::ofstream metrics_;
+  std::unique_ptr<TensorBoardWriter> tb_;  // null: tensorboard = false, or its writes failed
   nlohmann::json summary_;
   std::unique_ptr<Model> model_;
   std::filesystem::path model_folder_;

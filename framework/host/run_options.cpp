@@ -12,7 +12,9 @@ const Options<RunOptions>& run_options() {
           .choice("log_level", &RunOptions::log_level, LogLevel::info,
                   {{"debug", LogLevel::debug}, {"info", LogLevel::info}, {"warn", LogLevel::warn}, {"error", LogLevel::error}},
                   "console log level")
-          .strings("stages", &RunOptions::stages, required, "ids of the stage tables to run, in order");
+          .strings("stages", &RunOptions::stages, required, "ids of the stage tables to run, in order")
+          .flag("tensorboard", &RunOptions::tensorboard, true,
+                "write TensorBoard event files to <run>/tb/ (every metrics row as scalars, stage summaries, histograms, figures)");
   return options;
 }
 

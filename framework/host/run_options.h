@@ -18,6 +18,7 @@ struct RunOptions {
   std::vector<std::string> plugin_path;
   LogLevel log_level = LogLevel::info;
   std::vector<std::string> stages;  // stage table ids, in order
+  bool tensorboard = true;          // TensorBoard event files in <run>/tb/
 };
 const Options<RunOptions>& run_options();
 

@@ -117,6 +117,9 @@ Stage::~Stage() = default;
 RunContext::~RunContext() = default;
 Model::~Model() = default;
 
+void RunContext::record_histogram(const std::string&, const std::vector<double>&, std::int64_t) {}
+void RunContext::record_image(const std::string&, const std::filesystem::path&, std::int64_t) {}
+
 std::filesystem::path RunContext::run_path(const std::filesystem::path& path) const {
   std::string text = path.string();
   return !text.empty() && text[0] == '@' ? run_dir() / text.substr(1) : path;

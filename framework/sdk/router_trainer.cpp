@@ -374,6 +374,10 @@ Options<RouterTraining> router_training_options(const RouterTrainingDefaults& d)
       .at_least(0)
       .integer("checkpoint_every", &RouterTraining::checkpoint_every, 200,
                "save a resumable checkpoint (<stage>/resume/) every N steps (0: only when interrupted)")
+      .at_least(0)
+      .integer("histogram_every", &RouterTraining::histogram_every, 50,
+               "TensorBoard (<run>/tb/): histograms of every MoE layer's router probabilities and expert load (share of routed "
+               "token slots per expert) on step 0 and every N steps (0: never)")
       .at_least(0);
 }
 
@@ -569,8 +573,34 @@ bool RouterTrainer::step(ObjectiveBatch batch, torch::optim::Optimizer& optimize
   }
   optimizer.step();
   context_.record_metrics(row);
+  if (settings_.histogram_every > 0 && at.step % settings_.histogram_every == 0 && batch.attention_mask.defined())
+    record_routing_histograms(batch.attention_mask, at.step);
   log_step(stage_, row, at.total_steps);
   return true;
+}
+
+void RouterTrainer::record_routing_histograms(const torch::Tensor& attention_mask, long long step) const {
+  torch::NoGradGuard no_grad;
+  const Model& model = context_.model();
+  const torch::Tensor real = attention_mask.reshape({-1}).to(torch::kBool);
+  auto as_vector = [](const torch::Tensor& t) {
+    torch::Tensor c = t.to(torch::kCPU, torch::kFloat64).contiguous();
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  };
+  for (const RouterTrace& trace : model.routing()) {
+    torch::Tensor logits = trace.logits.detach(), ids = trace.topk_ids;
+    if (real.numel() == logits.size(0)) {  // padding rows route too, but are not data
+      const torch::Tensor rows = real.to(logits.device());
+      logits = logits.index({rows});
+      ids = ids.index({rows});
+    }
+    if (ids.numel() == 0) continue;
+    const long long experts = logits.size(1);
+    const torch::Tensor load = torch::bincount(ids.reshape({-1}), {}, experts).to(torch::kFloat64) / static_cast<double>(ids.numel());
+    const std::string layer = "layer" + std::to_string(trace.layer);
+    context_.record_histogram(stage_ + "/router_probs/" + layer, as_vector(torch::softmax(logits.to(torch::kFloat32), -1)), step);
+    context_.record_histogram(stage_ + "/expert_load/" + layer, as_vector(load), step);
+  }
 }
 
 void RouterTrainer::require_finite_routers(const std::string& when) const {

@@ -37,6 +37,12 @@ void TinyRun::record_metrics(nlohmann::json row) {
   if (on_row_) on_row_(rows_.back());
 }
 
+void TinyRun::record_histogram(const std::string& tag, const std::vector<double>& values, std::int64_t step) {
+  histograms_.push_back({tag, values, {}, step});
+}
+
+void TinyRun::record_image(const std::string& tag, const fs::path& png, std::int64_t step) { images_.push_back({tag, {}, png, step}); }
+
 const fs::path& TinyRun::model_folder() { return tiny_folder(); }
 
 Model& TinyRun::model() {

@@ -25,11 +25,22 @@ class TinyRun : public RunContext {
   nlohmann::json run_stage(const std::string& id);
   const std::vector<nlohmann::json>& run_stages();
   const std::vector<nlohmann::json>& rows() const { return rows_; }
+  // What the stages gave record_histogram and record_image, in order.
+  struct Logged {
+    std::string tag;
+    std::vector<double> values;  // histograms
+    std::filesystem::path png;   // images
+    std::int64_t step;
+  };
+  const std::vector<Logged>& histograms() const { return histograms_; }
+  const std::vector<Logged>& images() const { return images_; }
 
   const std::string& experiment_name() const override { return experiment_.run.name; }
   const std::filesystem::path& run_dir() const override { return run_dir_; }
   std::uint64_t seed() const override { return static_cast<std::uint64_t>(experiment_.run.seed); }
   void record_metrics(nlohmann::json row) override;
+  void record_histogram(const std::string& tag, const std::vector<double>& values, std::int64_t step) override;
+  void record_image(const std::string& tag, const std::filesystem::path& png, std::int64_t step) override;
   const std::filesystem::path& model_folder() override;
   Model& model() override;
   const Tokenizer& tokenizer() override;
@@ -41,6 +52,7 @@ class TinyRun : public RunContext {
   torch::ScalarType dtype_;
   RowHook on_row_;
   std::vector<nlohmann::json> rows_;
+  std::vector<Logged> histograms_, images_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
 };

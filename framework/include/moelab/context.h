@@ -13,6 +13,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace moelab {
 
@@ -28,6 +29,11 @@ class RunContext {
 
   // Appends one JSON object as a line of metrics.jsonl (a "time" field is added).
   virtual void record_metrics(nlohmann::json row) = 0;
+  // Figures and distributions for the run's TensorBoard log (<run>/tb/, when `tensorboard = true`): a
+  // histogram of `values` (per-layer router probabilities, expert load), and a PNG file as an image.
+  // Tags read "<stage>/<name>". A context without a TensorBoard log ignores them.
+  virtual void record_histogram(const std::string& tag, const std::vector<double>& values, std::int64_t step);
+  virtual void record_image(const std::string& tag, const std::filesystem::path& png, std::int64_t step);
 
   // The experiment's model ([model] table), loaded on first use and shared by all stages, and the
   // tokenizer.json of its folder.

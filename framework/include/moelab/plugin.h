@@ -17,7 +17,7 @@ namespace moelab {
 class Config;
 class RunContext;
 
-constexpr int kPluginAbiVersion = 4;  // 4: typed options (ConfigKey ranges, component lists), objective needs, RunContext::model_folder
+constexpr int kPluginAbiVersion = 5;  // 5: RunContext::record_histogram, record_image (TensorBoard)
 
 enum class Kind { objective, dataset, sampler, analyzer, transform, embedder, stage };
 

@@ -43,6 +43,7 @@ struct RouterTraining {
   OnNonfinite on_nonfinite = OnNonfinite::stop;
   long long max_skipped_steps = 10;  // skip_step: more skipped steps than this stop training
   long long checkpoint_every = 200;  // save <stage>/resume/ every N steps (0: only when interrupted)
+  long long histogram_every = 50;    // TensorBoard histograms of router probabilities and expert load on step 0 and every N steps (0: never)
 };
 
 // The defaults a stage gives the training keys.
@@ -52,7 +53,7 @@ struct RouterTrainingDefaults {
 };
 // The keys of RouterTraining (objective, layers, last_layers, epochs, batch_size, lr, weight_decay,
 // warmup_steps, grad_clip, reg_grad_norm_every, cache_hidden, cache_hidden_device_gib, on_nonfinite, max_skipped_steps,
-// checkpoint_every), for Options::include.
+// checkpoint_every, histogram_every), for Options::include.
 Options<RouterTraining> router_training_options(const RouterTrainingDefaults& defaults);
 
 // What a stage trains on: `size` examples, and `batch`, one forward of the model over some of them
@@ -95,6 +96,8 @@ class RouterTrainer {
   // Throws, naming the tensors, unless every trained router weight is finite; `when` says which step left them.
   void require_finite_routers(const std::string& when) const;
   std::string nonfinite_report(const State& at, const nlohmann::json& row) const;
+  // Histograms of each MoE layer's router probabilities and expert load in this step's forward (real tokens only).
+  void record_routing_histograms(const torch::Tensor& attention_mask, long long step) const;
   nlohmann::json identity(const TrainingData& data) const;  // what a resume/ folder must have been saved by
   void save_resume(const std::filesystem::path& out_dir, const State& at, const nlohmann::json& identity,
                    torch::optim::Optimizer& optimizer) const;
