@@ -8,16 +8,26 @@
 // fields: letter), and the chosen scoring is logged. Reports every
 // accuracy, the paired difference with a bootstrap 95% interval and an exact McNemar p-value, and warns
 // when accuracy is within chance or one letter takes over 70% of the answers; predictions.json holds
-// each question's predictions and, for loglik, each choice's loglik and is_greedy.
+// each question's predictions and each choice's loglik and is_greedy (letter: of its letter token).
+// results.json and samples_<task>_<date>.jsonl are lm-evaluation-harness's output files for the model as
+// loaded (moelab/lib/lm_eval_results.h); with routers, finetuned/ holds the finetuned model's, one model
+// per results file as lm-eval writes them. Letter scoring is reported as the task "<task>_letter".
 #include "moelab/moelab.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/finite.h"
+#include "moelab/lib/lm_eval_results.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/loglik.h"
 #include "moelab/lib/multiple_choice.h"
 #include "moelab/lib/paired.h"
 #include "moelab/lib/prompt.h"
+#include "moelab/lib/python_str.h"
 #include "moelab/lib/router_checkpoint.h"
+
+#include <fmt/ranges.h>
+
+#include <chrono>
+#include <set>
 
 namespace {
 
@@ -27,6 +37,7 @@ const std::vector<std::pair<std::string, Scoring>> kScorings = {
 
 struct Settings {
   std::string dataset;
+  std::string task;
   std::filesystem::path routers;
   Scoring scoring;
   std::string loglik_template;
@@ -41,6 +52,9 @@ const moelab::Options<Settings>& options() {
   static const auto o =
       moelab::Options<Settings>("evaluate", moelab::Kind::stage, "0.3.0", "paired multiple-choice evaluation: base vs finetuned routers")
           .component("dataset", &Settings::dataset, moelab::Kind::dataset, "evaluation questions")
+          .string("task", &Settings::task, "",
+                  "lm-eval task name of the questions for results.json (arc_easy, arc_challenge, openbookqa, sciq, hellaswag, winogrande, "
+                  "piqa); empty: the records' form, or for ARC records the dataset table's name (data.arc_challenge)")
           .path("routers", &Settings::routers, "", "router checkpoint to compare with the base (\"@train/routers.safetensors\"); empty: base only")
           .choice("scoring", &Settings::scoring, Scoring::automatic, kScorings,
                   "auto: lm-eval's scoring of the dataset form (loglik for HellaSwag, Winogrande, PIQA; letter otherwise); letter: "
@@ -71,10 +85,18 @@ struct Scores {
   double accuracy = 0;
 };
 
-// One model's scoring: predictions per metric and, for loglik, each question's per-choice results.
+// One model's scoring: predictions per metric and each question's per-choice results (letter: the
+// log-probability of each choice's letter token after the prompt).
 struct Scored {
   std::map<std::string, Scores> metrics;
   std::vector<std::vector<moelab::LoglikResult>> choices;
+};
+
+// The task results.json reports: lm-eval's definition when the questions are one of its tasks.
+struct ResultsTask {
+  std::string name;
+  const moelab::lm_eval::TaskDefinition* lm_eval = nullptr;
+  nlohmann::ordered_json config;
 };
 
 class Evaluate final : public moelab::Stage {
@@ -88,6 +110,7 @@ class Evaluate final : public moelab::Stage {
     for (std::size_t i = 0; i < dataset_->size(); ++i) questions.push_back(question(dataset_->at(i)));
     if (questions.empty()) throw std::runtime_error(fmt::format("[{}] the dataset has no questions", config_.id()));
     scoring_ = resolve_scoring();
+    const ResultsTask task = resolve_task();
     if (scoring_ == Scoring::letter)
       for (std::size_t i = 0; i < dataset_->size(); ++i)
         letter_items_.push_back(moelab::prepare_item(dataset_->at(i), context_.tokenizer(), settings_.prompt, settings_.prompt.max_len));
@@ -97,14 +120,18 @@ class Evaluate final : public moelab::Stage {
 
     nlohmann::json report = {{"questions", questions.size()}, {"chance", chance}, {"scoring", moelab::choice_name(scoring_, kScorings)},
                              {"warnings", nlohmann::json::array()}};
+    auto started = std::chrono::system_clock::now();
     Scored base = score_all(model, questions, "base");
+    report["lm_eval"] = {{"task", task.name}, {"base", write_lm_eval(out_dir, "", task, base, questions, started, "")}};
     for (const auto& [metric, s] : base.metrics) report["base"][metric] = describe_scores(s, questions, chance, "base " + metric, report["warnings"]);
     Scored tuned;
     if (!settings_.routers.empty()) {
       std::filesystem::path file = context_.run_path(settings_.routers);
       moelab::RestoreModelOnExit restore(model, /*experts=*/false);
       auto moved = moelab::apply_router_checkpoint(file, model);
+      started = std::chrono::system_clock::now();
       tuned = score_all(model, questions, "finetuned");
+      report["lm_eval"]["finetuned"] = write_lm_eval(out_dir, "finetuned", task, tuned, questions, started, file.string());
       for (const auto& [metric, s] : tuned.metrics) {
         report["finetuned"][metric] = describe_scores(s, questions, chance, "finetuned " + metric, report["warnings"]);
         report["paired"][metric] = paired(base.metrics.at(metric), s);
@@ -168,10 +195,168 @@ class Evaluate final : public moelab::Stage {
     return chosen;
   }
 
+  // The task results.json names: `task` when set (an lm-eval name whose form the records have), else the
+  // records' form (ARC: the dataset table's name when it is arc_easy or arc_challenge), else the dataset
+  // table's name. Letter scoring is not lm-eval's scoring of these tasks: its results are "<task>_letter".
+  ResultsTask resolve_task() const {
+    std::set<std::string> forms;
+    for (std::size_t i = 0; i < dataset_->size(); ++i) forms.insert(form_of(dataset_->at(i)).first);
+    const std::string table = settings_.dataset.substr(settings_.dataset.rfind('.') + 1);
+    ResultsTask task;
+    if (!settings_.task.empty()) {
+      task.lm_eval = moelab::lm_eval::find_task(settings_.task);
+      std::vector<std::string> names;
+      for (const auto& t : moelab::lm_eval::tasks()) names.push_back(t.name);
+      if (!task.lm_eval)
+        throw std::runtime_error(fmt::format("[{}] task = \"{}\" ({}): not an lm-eval task moelab's dataset forms implement; expected one of {}",
+                                             config_.id(), settings_.task, config_.where("task"), fmt::join(names, ", ")));
+      for (std::size_t i = 0; i < dataset_->size(); ++i) {
+        const std::string form = form_of(dataset_->at(i)).first;
+        if (form != task.lm_eval->form)
+          throw std::runtime_error(fmt::format("[{}] task = \"{}\" ({}): {} holds a record of the {} form; lm-eval's {} reads the {} form "
+                                               "(export it with scripts/hf_to_moelab_jsonl.py), or leave task empty",
+                                               config_.id(), settings_.task, config_.where("task"), dataset_->at(i).origin, form, settings_.task,
+                                               task.lm_eval->form));
+      }
+    } else if (forms.size() == 1 && *forms.begin() == "arc") {
+      task.lm_eval = moelab::lm_eval::find_task(table);
+      if (task.lm_eval && task.lm_eval->form != "arc") task.lm_eval = nullptr;
+    } else if (forms.size() == 1) {
+      task.lm_eval = moelab::lm_eval::find_task(*forms.begin());
+    }
+    task.name = task.lm_eval ? task.lm_eval->name : table;
+    if (!task.lm_eval)
+      moelab::log::info("evaluate [{}]: results.json names the task \"{}\" (the dataset table); set task = \"arc_challenge\" (or another lm-eval "
+                        "task name) when the records are that task", config_.id(), task.name);
+    moelab::lm_eval::TaskDefinition definition;
+    if (task.lm_eval) {
+      definition = *task.lm_eval;
+    } else {
+      definition.name = task.name;
+      definition.dataset_path = dataset_file(dataset_->at(0));
+      definition.doc_to_text = settings_.loglik_template;
+      for (const auto& t : moelab::lm_eval::tasks())
+        if (forms.size() == 1 && t.form == *forms.begin()) definition.doc_to_text = t.doc_to_text;
+      definition.doc_to_target = "answer";
+      definition.doc_to_choice = "choices";
+    }
+    if (scoring_ == Scoring::letter) {
+      task.name += "_letter";
+      definition.name = task.name;
+      definition.doc_to_text = settings_.prompt.question_template;  // moelab's template: {choices} is one choice_template line per choice
+      definition.doc_to_choice = "letters";
+      definition.decontamination_query = nullptr;
+    }
+    nlohmann::json source = {{"stage", config_.id()},
+                             {"dataset", settings_.dataset},
+                             {"file", dataset_file(dataset_->at(0))},
+                             {"scoring", moelab::choice_name(scoring_, kScorings)}};
+    if (scoring_ == Scoring::letter) source["choice_template"] = settings_.prompt.choice_template;
+    if (scoring_ == Scoring::letter && !settings_.prompt.chat_template.empty()) source["chat_template"] = settings_.prompt.chat_template;
+    task.config = moelab::lm_eval::task_config(definition, {{"moelab", source}});
+    return task;
+  }
+
+  static std::string dataset_file(const moelab::Example& ex) { return ex.origin.substr(0, ex.origin.rfind(':')); }
+
+  // The (context, continuation) requests of question i as lm-eval logs them: the loglik requests, or the
+  // prompt and each letter token's text.
+  std::vector<std::pair<std::string, std::string>> arguments_of(std::size_t i) const {
+    std::vector<std::pair<std::string, std::string>> out;
+    if (scoring_ == Scoring::letter) {
+      const moelab::McItem& item = letter_items_[i];
+      for (std::int64_t id : item.letter_ids) out.emplace_back(item.prompt, context_.tokenizer().decode({id}));
+      return out;
+    }
+    for (const auto& r : requests_of(dataset_->at(i))) out.emplace_back(r.at("context").get<std::string>(), r.at("continuation").get<std::string>());
+    return out;
+  }
+
+  // results.json and samples_<task>_<date>.jsonl in out_dir/<folder> for one model (routers: its router
+  // checkpoint, empty for the model as loaded); returns the files' paths in the stage folder.
+  nlohmann::json write_lm_eval(const std::filesystem::path& out_dir, const std::string& folder, const ResultsTask& task, const Scored& scored,
+                               const std::vector<Question>& questions, std::chrono::system_clock::time_point started, const std::string& routers) const {
+    moelab::lm_eval::TaskResult result;
+    result.name = task.name;
+    result.config = task.config;
+    result.version = task.lm_eval ? task.lm_eval->version : 1.0;
+    const std::map<std::string, std::string> lm_eval_metric = {{"acc", "acc"}, {"acc_norm", "acc_norm"}, {"letter", "acc"}};
+    result.config["metric_list"] = nlohmann::ordered_json::array();
+    for (const auto& [metric, s] : scored.metrics) {
+      result.metrics.push_back(lm_eval_metric.at(metric));
+      result.config["metric_list"].push_back({{"metric", result.metrics.back()}, {"aggregation", "mean"}, {"higher_is_better", true}});
+    }
+    for (std::size_t i = 0; i < questions.size(); ++i) {
+      moelab::lm_eval::Sample sample;
+      sample.doc = dataset_->at(i).record;  // as the dataset prepared it, without its lm-eval requests (they are the arguments)
+      if (sample.doc.is_object()) sample.doc.erase("lm_eval");
+      sample.arguments = arguments_of(i);
+      sample.resps = scored.choices.at(i);
+      const std::size_t gold = static_cast<std::size_t>(questions[i].answer);
+      sample.target = gold;
+      if (task.lm_eval && task.lm_eval->target_is_continuation && scoring_ == Scoring::loglik)
+        sample.target = std::string(moelab::py::lstrip(sample.arguments.at(gold).second));
+      for (const auto& [metric, s] : scored.metrics) sample.metrics[lm_eval_metric.at(metric)] = s.correct[i] ? 1.0 : 0.0;
+      result.samples.push_back(std::move(sample));
+    }
+    moelab::Model& model = context_.model();
+    moelab::lm_eval::RunInfo run;
+    const std::string pretrained = context_.model_folder().string();
+    const std::string dtype = model.dtype() == torch::kBFloat16 ? "bfloat16"
+                              : model.dtype() == torch::kFloat32 ? "float32"
+                              : model.dtype() == torch::kFloat64 ? "float64"
+                                                                  : c10::toString(model.dtype());
+    run.model_args = fmt::format("pretrained={},dtype={}", pretrained, dtype);
+    run.model_name = pretrained;
+    if (!routers.empty()) {
+      run.model_args += ",routers=" + routers;
+      run.model_name = routers;  // as lm-eval names a model by its peft= adapter over pretrained=
+    }
+    long long parameters = 0;
+    for (const auto& [name, weight] : model.named_weights()) parameters += weight.numel();
+    run.config_extra = {{"batch_size", settings_.batch_size},
+                        {"batch_sizes", nlohmann::json::array()},
+                        {"device", model.device().str()},
+                        {"use_cache", nullptr},
+                        {"limit", nullptr},
+                        {"bootstrap_iters", settings_.bootstrap},
+                        {"gen_kwargs", nullptr},
+                        {"random_seed", context_.seed()},
+                        {"numpy_seed", nullptr},
+                        {"torch_seed", nullptr},
+                        {"fewshot_seed", nullptr},
+                        {"model_dtype", dtype},
+                        {"model_num_parameters", parameters},
+                        {"add_bos_token", settings_.add_bos_token}};
+    run.max_length = static_cast<long long>(settings_.prompt.max_len);
+    run.git_hash = git_commit();
+    run.start = started;
+    run.end = std::chrono::system_clock::now();
+    const std::string samples = fmt::format("samples_{}_{}.jsonl", task.name, moelab::lm_eval::date_id(run.end));
+    const std::filesystem::path dir = out_dir / folder;
+    std::filesystem::create_directories(dir);
+    moelab::write_file_atomic(dir / "results.json", moelab::lm_eval::results_file({result}, run).dump(2) + "\n");
+    moelab::write_file_atomic(dir / samples, moelab::lm_eval::samples_file(result));
+    return {{"results", (std::filesystem::path(folder) / "results.json").string()}, {"samples", (std::filesystem::path(folder) / samples).string()}};
+  }
+
+  // The moelab commit the run records (summary.json's versions.git_commit), or null when unknown.
+  nlohmann::json git_commit() const {
+    const std::filesystem::path file = context_.run_dir() / "summary.json";
+    if (!std::filesystem::exists(file)) return nullptr;
+    const nlohmann::json summary = nlohmann::json::parse(moelab::read_file(file), nullptr, /*allow_exceptions=*/false);
+    const nlohmann::json* commit = summary.is_object() && summary.contains("versions") && summary["versions"].is_object() &&
+                                           summary["versions"].contains("git_commit")
+                                       ? &summary["versions"]["git_commit"]
+                                       : nullptr;
+    if (!commit || !commit->is_string() || commit->get<std::string>() == "unknown") return nullptr;
+    return *commit;
+  }
+
   Scored score_all(moelab::Model& model, const std::vector<Question>& questions, const char* label) {
     Scored out;
     if (scoring_ == Scoring::letter) {
-      out.metrics["letter"] = score_letters(model, questions);
+      out.metrics["letter"] = score_letters(model, questions, out.choices);
     } else {
       out = score_continuations(model, questions);
     }
@@ -279,7 +464,9 @@ class Evaluate final : public moelab::Stage {
       }
   }
 
-  Scores score_letters(moelab::Model& model, const std::vector<Question>& questions) {
+  // Predictions from the letter tokens' logits; `choices` gets each letter's log-probability after the
+  // prompt and whether it is the vocabulary's argmax there (lm-eval's loglik of the letter continuation).
+  Scores score_letters(moelab::Model& model, const std::vector<Question>& questions, std::vector<std::vector<moelab::LoglikResult>>& choices) {
     torch::NoGradGuard no_grad;
     const std::vector<moelab::McItem>& items = letter_items_;
     std::vector<long long> predicted_all;
@@ -294,7 +481,16 @@ class Evaluate final : public moelab::Stage {
       last = last.cpu();
       torch::Tensor options = last.gather(1, batch.letter_ids.clamp_min(0)).masked_fill(batch.letter_ids.lt(0), -INFINITY);
       torch::Tensor predicted = options.argmax(1);
-      for (std::size_t r = 0; r < rows.size(); ++r) predicted_all.push_back(predicted[static_cast<long long>(r)].item<int64_t>());
+      torch::Tensor logprobs = last.to(torch::kFloat64).log_softmax(1).gather(1, batch.letter_ids.clamp_min(0));
+      torch::Tensor greedy = batch.letter_ids.eq(last.argmax(1, /*keepdim=*/true));
+      for (std::size_t r = 0; r < rows.size(); ++r) {
+        predicted_all.push_back(predicted[static_cast<long long>(r)].item<int64_t>());
+        choices.emplace_back();
+        for (std::size_t c = 0; c < rows[r]->letter_ids.size(); ++c) {
+          const auto rc = static_cast<long long>(c);
+          choices.back().push_back({logprobs[static_cast<long long>(r)][rc].item<double>(), greedy[static_cast<long long>(r)][rc].item<bool>()});
+        }
+      }
     }
     return from_predictions(std::move(predicted_all), questions);
   }
