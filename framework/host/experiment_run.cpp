@@ -46,25 +46,6 @@ fs::path newest_run(const fs::path& experiment_dir) {
   return *std::max_element(runs.begin(), runs.end());
 }
 
-// The key a finished stage was run with ("" for a stage finished before keys were recorded; no marker: not finished).
-std::optional<std::string> done_key(const fs::path& stage_dir) {
-  const fs::path marker = stage_dir / ".done";
-  if (!fs::exists(marker)) return std::nullopt;
-  const std::string text = read_file(marker);
-  const std::size_t at = text.find("key ");
-  return at == std::string::npos ? std::string() : text.substr(at + 4, text.find('\n', at) - at - 4);
-}
-
-// Copies a finished stage's folder, as hard links where the file system allows (nothing is written twice).
-void copy_stage(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::create_hard_links, ec);
-  if (ec) {
-    fs::remove_all(to);
-    fs::copy(from, to, fs::copy_options::recursive);
-  }
-}
-
 // Built-in models sit beside the binary: <bin>/../models/<name> (build tree) or <bin>/../share/moelab/models/<name>.
 std::string builtin_model_folder(const std::string& name, const std::string& where) {
   fs::path bin = boost::dll::program_location().parent_path();
@@ -95,23 +76,34 @@ int earlier_attempts(const fs::path& run_dir) {
 }
 }  // namespace
 
-ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume)
-    : experiment_(std::move(experiment)), registry_(registry), config_text_(to_toml(experiment_.table)) {
+ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume, RunPlacement placement)
+    : experiment_(std::move(experiment)), registry_(registry), config_text_(to_toml(experiment_.table)), reuse_(std::move(placement.reuse)) {
   fs::path experiment_dir = experiment_.run.run_dir / experiment_.run.name;
-  if (resume) {
+  fs::path reuse_from;  // --resume with a changed config: the earlier run whose stages may be reused
+  if (!placement.run_dir.empty()) {
+    fs::create_directories(placement.run_dir);
+    if (fs::exists(placement.run_dir / "config.resolved.toml")) {
+      if (read_file(placement.run_dir / "config.resolved.toml") != config_text_)
+        throw std::runtime_error(fmt::format("run folder {} holds a run of another config (its config.resolved.toml differs); it can "
+                                             "only be continued with the same config", placement.run_dir.string()));
+      run_dir_ = placement.run_dir;
+    }
+  } else if (resume) {
     fs::path earlier = newest_run(experiment_dir);
     if (!earlier.empty() && read_file(earlier / "config.resolved.toml") == config_text_) run_dir_ = earlier;
-    else reuse_from_ = earlier;
+    else reuse_from = earlier;
   }
   bool resumed = !run_dir_.empty();
-  if (!resumed) run_dir_ = new_run_dir(experiment_dir);
+  if (!resumed) run_dir_ = placement.run_dir.empty() ? new_run_dir(experiment_dir) : placement.run_dir;
+  if (!reuse_from.empty()) reuse_.add_run(reuse_from, "the earlier run " + reuse_from.filename().string());
   lock_ = std::make_unique<RunLock>(run_dir_);
   if (resumed) attempt_ = earlier_attempts(run_dir_) + 1;
   log::set_file(run_dir_ / "log.txt");
-  if (resume && !resumed && reuse_from_.empty()) log::info("--resume: no earlier run of '{}'; starting a new run", experiment_.run.name);
-  if (!reuse_from_.empty())
+  if (resume && placement.run_dir.empty() && !resumed && reuse_from.empty())
+    log::info("--resume: no earlier run of '{}'; starting a new run", experiment_.run.name);
+  if (!reuse_from.empty())
     log::info("--resume: the newest run of '{}' ({}) has another config; starting a new run that reuses its stages whose config "
-              "and inputs are unchanged", experiment_.run.name, reuse_from_.string());
+              "and inputs are unchanged", experiment_.run.name, reuse_from.string());
   if (resumed) log::info("resuming run {} (attempt {}, seed {})", run_dir_.string(), attempt_, seed());
   else log::info("starting run {} (seed {})", run_dir_.string(), seed());
   log::debug("resolved config (defaults included):\n{}", config_text_);
@@ -254,15 +246,16 @@ void ExperimentRun::run_stages() {
     } else if (done) {
       log::info("{}: done before, but its inputs changed since (a model or data file); running it again", counter);
     }
-    if (!reuse_from_.empty() && done_key(reuse_from_ / id) == key.hash) {
+    // Held until the stage is done: a sweep point that needs the same stage waits, then reuses it.
+    std::unique_ptr<StageCache::Lock> computing = reuse_.lock(key.hash, counter);
+    if (std::optional<StageCache::Hit> hit = reuse_.find(id, key.hash)) {
       fs::remove_all(stage_dir);
-      copy_stage(reuse_from_ / id, stage_dir);
-      copy_metrics_of(id, reuse_from_);
+      copy_stage(hit->stage_dir, stage_dir);
+      copy_metrics_of(id, hit->stage_dir.parent_path());
       summary_["stages"][id] = nlohmann::json::parse(read_file(stage_dir / "summary.json"));
-      summary_["stages"][id]["reused_from"] = (reuse_from_ / id).string();
+      summary_["stages"][id]["reused_from"] = hit->stage_dir.string();
       write_summary();
-      stage_to_tensorboard(id, stage_dir, summary_["stages"][id]);
-      log::info("{}: reused from {} (same config and inputs)", counter, (reuse_from_ / id).string());
+      log::info("{}: reused from {} (same config and inputs): {}", counter, hit->label, hit->stage_dir.string());
       continue;
     }
     fs::remove(stage_dir / ".done");

@@ -7,6 +7,7 @@
 #include "plugin_registry.h"
 #include "run_lock.h"
 #include "schema.h"
+#include "stage_cache.h"
 
 #include <fstream>
 #include <memory>
@@ -30,13 +31,21 @@ struct RunInterrupted : RunFailed {
   using RunFailed::RunFailed;
 };
 
+// Where a run goes when the caller chooses (a sweep's points): its folder and the runs it may reuse stages from.
+struct RunPlacement {
+  std::filesystem::path run_dir;  // "": a new folder under <run_dir>/<name> (with resume: the newest one)
+  StageCache reuse;               // further sources of finished stages, and the stage lock folder
+};
+
 class ExperimentRun final : public RunContext {
  public:
   // resume: continue the newest run folder if its resolved config is the same (stages already done are
   // skipped); otherwise start a new folder that reuses (hard-links) the newest run's finished stages
   // whose key (stage_keys.h) is unchanged.
   // The run folder is locked while this object lives (a second process on it fails at once).
-  ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume);
+  // placement.run_dir: this folder instead (continued when it holds the same resolved config, an error
+  // when it holds another, a new run when it is empty or missing).
+  ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume, RunPlacement placement = {});
   ~ExperimentRun() override;
 
   // Runs the stages in order. A stage that throws is recorded (log.txt, summary.json "status": "failed"
@@ -76,7 +85,7 @@ class ExperimentRun final : public RunContext {
   const PluginRegistry& registry_;
   std::string config_text_;
   std::filesystem::path run_dir_;
-  std::filesystem::path reuse_from_;  // --resume with a changed config: the earlier run whose stages may be reused
+  StageCache reuse_;  // runs whose finished stages may be reused (--resume with a changed config, a sweep's points)
   std::unique_ptr<RunLock> lock_;
   int attempt_ = 1;
   std::ofstream metrics_;
