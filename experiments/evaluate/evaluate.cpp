@@ -332,11 +332,14 @@ class Evaluate final : public moelab::Stage {
     run.git_hash = git_commit();
     run.start = started;
     run.end = std::chrono::system_clock::now();
-    const std::string samples = fmt::format("samples_{}_{}.jsonl", task.name, moelab::lm_eval::date_id(run.end));
+    const std::string date = moelab::lm_eval::date_id(run.end);
+    const std::string samples = fmt::format("samples_{}_{}.jsonl", task.name, date);
     const std::filesystem::path dir = out_dir / folder;
     std::filesystem::create_directories(dir);
     moelab::write_file_atomic(dir / "results.json", moelab::lm_eval::results_file({result}, run).dump(2) + "\n");
     moelab::write_file_atomic(dir / samples, moelab::lm_eval::samples_file(result));
+    // lm-eval's own name for the results file, which its tools look for (results_<date>.json, the samples' date).
+    std::filesystem::create_symlink("results.json", dir / ("results_" + date + ".json"));
     return {{"results", (std::filesystem::path(folder) / "results.json").string()}, {"samples", (std::filesystem::path(folder) / samples).string()}};
   }
 

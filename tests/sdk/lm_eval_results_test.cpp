@@ -132,6 +132,12 @@ TEST(LmEvalResults, HellaswagResultsAndSamplesAreTheStagesOwnNumbers) {
   EXPECT_EQ(e.summary["lm_eval"]["task"], "hellaswag");
   EXPECT_EQ(e.summary["lm_eval"]["base"]["results"], "results.json");
   EXPECT_THAT(e.samples_name, testing::MatchesRegex("samples_hellaswag_[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}-[0-9]{2}-[0-9]{2}\\.[0-9]{6}\\.jsonl"));
+  // lm-eval's tools find results_<date>.json, with the samples' date: a link to results.json.
+  const std::string date = e.samples_name.substr(std::string("samples_hellaswag_").size(), 26);
+  const fs::path named = e.out / ("results_" + date + ".json");
+  ASSERT_TRUE(fs::is_symlink(named)) << named;
+  EXPECT_EQ(fs::read_symlink(named), "results.json");
+  EXPECT_EQ(json::parse(moelab::read_file(named)), e.results);
   expect_matches_stage(e.results, e.samples, "hellaswag", e.summary["base"], e.predictions, "base", {"acc", "acc_norm"});
   EXPECT_EQ(e.results["versions"]["hellaswag"], 1.0);
   EXPECT_EQ(e.results["configs"]["hellaswag"]["dataset_path"], "Rowan/hellaswag");
