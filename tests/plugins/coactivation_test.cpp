@@ -120,7 +120,7 @@ TEST(Coactivation, SummaryFigureHasOnePanelAndColourBoxPerQuantity) {
   EXPECT_THAT(caption, testing::Not(testing::HasSubstr("bove the diagonal")));
   const std::string script = moelab::read_file(dir.path() / "pair_summary.gp");
   EXPECT_THAT(script, testing::HasSubstr("set multiplot layout 1,3"));
-  EXPECT_THAT(script, testing::HasSubstr("set xlabel 'later MoE layer m'\nset ylabel 'earlier MoE layer l'"));
+  EXPECT_THAT(script, testing::HasSubstr("set xlabel 'later decoder layer m'\nset ylabel 'earlier decoder layer l'\nset xtics ('0' 0, '1' 1, '2' 2)"));
   EXPECT_THAT(script, testing::HasSubstr("set cblabel 'mean over i of max_j P(j at m | i at l)'"));
   EXPECT_THAT(script, testing::HasSubstr("set cblabel 'mean |Pearson correlation| of the expert indicators'"));
   EXPECT_THAT(script, testing::HasSubstr("set cblabel 'KL(observed || independent co-activation), bits'"));

@@ -63,8 +63,25 @@ TEST(RouterGeometry, CkaFigureNamesItsSamplesAndAxes) {
   EXPECT_THAT(cka["caption"].get<std::string>(), testing::Not(testing::HasSubstr("experts as samples")));
   const std::string script = moelab::read_file(dir.path() / "cka.gp");
   EXPECT_THAT(script, testing::HasSubstr("set title 'Router similarity: linear CKA over hidden dimensions'"));
-  EXPECT_THAT(script, testing::HasSubstr("set xlabel 'MoE layer (0 = the first MoE layer)'\nset ylabel 'MoE layer (0 = the first MoE layer)'"));
+  EXPECT_THAT(script, testing::HasSubstr("set xlabel 'decoder layer (MoE layers only)'\nset ylabel 'decoder layer (MoE layers only)'"));
   EXPECT_THAT(script, testing::HasSubstr("set cblabel 'linear CKA of W_l^T and W_m^T'"));
+}
+
+// Layers are named by their decoder layer index in the JSON, the CSV and the figures' ticks, as in the logs.
+TEST(RouterGeometry, LayersAreNamedByTheirDecoderLayerIndex) {
+  moelab::test::TempDir dir;
+  torch::manual_seed(3);
+  moelab::RoutingRecords records;
+  records.routers = {torch::randn({4, 16}), torch::randn({4, 16}), torch::randn({4, 16})};
+  records.layers = {1, 3, 5};
+  auto out = moelab::test::analyze_with(dir, "router_geometry", records);
+  EXPECT_EQ(out["layers"][2]["layer"], 5);
+  EXPECT_EQ(out["pairs"][0]["layer_a"], 1);
+  EXPECT_EQ(out["pairs"][0]["layer_b"], 3);
+  EXPECT_THAT(moelab::read_file(dir.path() / "router_similarity.csv"), testing::HasSubstr("\n3,5,"));
+  EXPECT_THAT(moelab::read_file(dir.path() / "router_spectra.csv"), testing::HasSubstr("\n5,0,"));
+  const std::string script = moelab::read_file(dir.path() / "cka.gp");
+  EXPECT_THAT(script, testing::HasSubstr("set xtics ('1' 0, '3' 1, '5' 2)\nset ytics ('1' 0, '3' 1, '5' 2)"));
 }
 
 }  // namespace
