@@ -146,9 +146,37 @@ class Generate final : public moelab::Stage {
     for (const auto& o : outputs) lines += o.dump() + "\n";
     moelab::write_file_atomic(out_dir / "generations.jsonl", lines);
     summary["prompts"] = tasks.size();
+    moelab::log::result(fmt::format("[{}] generate ({} prompts):", config_.id(), tasks.size()), results_table(summary, scores));
   }
 
  private:
+  // One row per sampler (mean of each metric, tokens/s) and, for two samplers, the paired difference with
+  // its bootstrap 95% interval (and McNemar p for 0/1 metrics).
+  std::string results_table(const nlohmann::json& summary, const std::map<std::string, std::map<std::string, std::vector<double>>>& scores) const {
+    if (samplers_.empty() || !scores.count(samplers_[0].first)) return "";
+    std::vector<std::string> metrics;
+    for (const auto& [metric, values] : scores.at(samplers_[0].first)) metrics.push_back(metric);
+    std::string table = "| sampler |", rule = "| --- |";
+    for (const auto& m : metrics) table += " " + m + " |", rule += " --- |";
+    table += " tokens/s |\n" + rule + " --- |\n";
+    for (const auto& [name, sampler] : samplers_) {
+      table += "| " + name + " |";
+      for (const auto& m : metrics) table += fmt::format(" {:.4f} |", summary[name].value(m, 0.0));
+      table += fmt::format(" {:.1f} |\n", summary[name]["tokens_per_second"].get<double>());
+    }
+    if (summary.contains("paired")) {
+      table += fmt::format("| {} - {} |", samplers_[1].first, samplers_[0].first);
+      for (const auto& m : metrics) {
+        const nlohmann::json& p = summary["paired"][m];
+        table += fmt::format(" {:+.4f} [{:+.4f}, {:+.4f}]{} |", p["difference"].get<double>(), p["bootstrap_95"][0].get<double>(),
+                             p["bootstrap_95"][1].get<double>(),
+                             p.contains("mcnemar_p") ? fmt::format(" McNemar p={:.3g}", p["mcnemar_p"].get<double>()) : "");
+      }
+      table += " |\n";
+    }
+    return table;
+  }
+
   std::vector<Task> read_tasks() const {
     moelab::PromptFormat mc = settings_.prompt, qa = mc;
     qa.question_template = settings_.qa_template;
