@@ -8,6 +8,7 @@
 // the host in one go; with async, the copy runs on a side stream into pinned memory while the next
 // forward runs, and a writer thread writes the chunk files behind a bounded queue.
 #include "moelab/moelab.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/plot.h"
@@ -101,7 +102,10 @@ class ChunkWriter {
     if (buffered_ == 0) return;
     std::vector<std::pair<std::string, Tensor>> tensors;
     for (auto& [name, parts] : buffer_) tensors.emplace_back(name, torch::cat(parts));
-    const fs::path file = dir_ / fmt::format("chunk_{:05d}.safetensors", chunks_);
+    // torchrun: each rank writes the chunks of its share of the forwards; the names sort in one-process order.
+    const fs::path file = dir_ / (moelab::distributed::world_size() > 1
+                                      ? fmt::format("chunk_r{:03d}_{:05d}.safetensors", moelab::distributed::rank(), chunks_)
+                                      : fmt::format("chunk_{:05d}.safetensors", chunks_));
     try {
       moelab::write_safetensors(file, tensors, {{"moelab", meta_.dump()}});
       bytes_ += static_cast<long long>(fs::file_size(file));
@@ -343,6 +347,7 @@ class Collect final : public moelab::Stage {
     }
     summary["collection"] = collection;
     summary["sets"] = set_names;
+    if (!moelab::distributed::is_main()) return;  // torchrun: rank 0 analyzes every rank's chunks and writes the report
 
     moelab::RoutingRecords records = load_records(out_dir / "chunks" / "primary");
     fill_model_parts(model, records, set_names);
@@ -458,7 +463,10 @@ class Collect final : public moelab::Stage {
       pending.reset();
       record_written();
     };
-    for (const Batch& batch : batches) {
+    // torchrun: this rank runs its contiguous share of the forwards (the same forwards as one process).
+    const auto [b0, b1] = moelab::distributed::shard_range(batches.size());
+    for (std::size_t b = b0; b < b1; ++b) {
+      const Batch& batch = batches[b];
       ForwardInput in = forward_input(windows, batch, model.info().pad_token_id, do_export);
       const auto forward_started = std::chrono::steady_clock::now();
       model.forward(in.ids, in.mask, nullptr, /*last_only=*/true);
@@ -479,22 +487,53 @@ class Collect final : public moelab::Stage {
     else writer.flush();
     record_written();
     progress.finish();
+    long long all_tokens = writer.tokens(), all_chunks = writer.chunks(), all_bytes = writer.bytes();
+    if (moelab::distributed::active()) {  // every rank's counts, and its exported documents in one-process order
+      nlohmann::json mine = nlohmann::json::array();
+      for (const auto& r : exported)
+        mine.push_back({r.key, r.set, r.input_text, r.token_id, r.token_text, r.correct_answer, r.routing});
+      const std::vector<nlohmann::json> all = moelab::distributed::all_gather_json(
+          {{"tokens", writer.tokens()}, {"chunks", writer.chunks()}, {"bytes", writer.bytes()}, {"slots", slots}, {"real", tokens},
+           {"forward_seconds", forward_seconds}, {"exported", do_export ? mine : nlohmann::json::array()}},
+          fmt::format("[{}] gathering the {} collection", config_.id(), state));
+      all_tokens = all_chunks = all_bytes = tokens = slots = 0;
+      exported.clear();
+      for (const auto& part : all) {
+        all_tokens += part["tokens"].get<long long>();
+        all_chunks += part["chunks"].get<long long>();
+        all_bytes += part["bytes"].get<long long>();
+        tokens += part["real"].get<long long>();
+        slots += part["slots"].get<long long>();
+        forward_seconds = std::max(forward_seconds, part["forward_seconds"].get<double>());
+        for (const auto& e : part["exported"]) {
+          moelab::RoutingResult r;
+          r.key = e[0].get<std::string>();
+          r.set = e[1].get<std::string>();
+          r.input_text = e[2].get<std::string>();
+          r.token_id = e[3].get<std::int64_t>();
+          r.token_text = e[4].get<std::string>();
+          r.correct_answer = e[5].get<std::string>();
+          r.routing = e[6].get<std::map<int, std::vector<double>>>();
+          exported.push_back(std::move(r));
+        }
+      }
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    if (do_export) moelab::write_routing_results(export_dir / "routing_results.json", exported);
+    if (do_export && moelab::distributed::is_main()) moelab::write_routing_results(export_dir / "routing_results.json", exported);
     const auto forwards = static_cast<long long>(batches.size());
-    nlohmann::json out = {{"tokens", writer.tokens()}, {"chunks", writer.chunks()}, {"disk_bytes", writer.bytes()},
-                          {"disk_bytes_per_token", writer.tokens() ? static_cast<double>(writer.bytes()) / writer.tokens() : 0.0},
-                          {"seconds", seconds}, {"tokens_per_second", writer.tokens() / std::max(seconds, 1e-9)},
+    nlohmann::json out = {{"tokens", all_tokens}, {"chunks", all_chunks}, {"disk_bytes", all_bytes},
+                          {"disk_bytes_per_token", all_tokens ? static_cast<double>(all_bytes) / all_tokens : 0.0},
+                          {"seconds", seconds}, {"tokens_per_second", all_tokens / std::max(seconds, 1e-9)},
                           {"forwards", forwards}, {"batch_tokens", settings_.batch_tokens},
                           {"mean_tokens_per_forward", forwards ? static_cast<double>(tokens) / forwards : 0.0},
                           {"padding_share", slots ? 1.0 - static_cast<double>(tokens) / slots : 0.0},
                           {"forward_seconds", forward_seconds}, {"forward_tokens_per_second", tokens / std::max(forward_seconds, 1e-9)},
                           {"async", settings_.async}};
-    context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", writer.chunks()}, {"tokens", writer.tokens()},
+    context_.record_metrics({{"stage", config_.id()}, {"state", state}, {"chunks", all_chunks}, {"tokens", all_tokens},
                              {"tokens_per_second", out["tokens_per_second"]}, {"forwards", forwards}, {"forward_seconds", forward_seconds}});
     moelab::log::info("collect {}: {} tokens at {:.0f} tokens/s ({:.1f} s; the forwards alone {:.1f} s, {:.0f} tokens/s), {} forwards of "
                       "{:.0f} tokens on average ({:.1f}% padding), {:.1f} bytes per token on disk",
-                      state, writer.tokens(), out["tokens_per_second"].get<double>(), seconds, forward_seconds,
+                      state, all_tokens, out["tokens_per_second"].get<double>(), seconds, forward_seconds,
                       out["forward_tokens_per_second"].get<double>(), forwards, out["mean_tokens_per_forward"].get<double>(),
                       100 * out["padding_share"].get<double>(), out["disk_bytes_per_token"].get<double>());
     return out;

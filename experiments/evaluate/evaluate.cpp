@@ -13,6 +13,7 @@
 // loaded (moelab/lib/lm_eval_results.h); with routers, finetuned/ holds the finetuned model's, one model
 // per results file as lm-eval writes them. Letter scoring is reported as the task "<task>_letter".
 #include "moelab/moelab.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/finite.h"
 #include "moelab/lib/lm_eval_results.h"
@@ -145,8 +146,10 @@ class Evaluate final : public moelab::Stage {
       if (!settings_.routers.empty()) row["finetuned"] = prediction_row(tuned, questions[i], i);
       per_item.push_back(row);
     }
-    moelab::write_file_atomic(out_dir / "predictions.json", per_item.dump(1) + "\n");
-    moelab::write_file_atomic(out_dir / "report.md", human(report));
+    if (moelab::distributed::is_main()) {  // torchrun: every rank holds the gathered results; rank 0 writes them
+      moelab::write_file_atomic(out_dir / "predictions.json", per_item.dump(1) + "\n");
+      moelab::write_file_atomic(out_dir / "report.md", human(report));
+    }
     summary = report;
     moelab::log::info("evaluate:\n{}", human(report));
   }
@@ -335,11 +338,13 @@ class Evaluate final : public moelab::Stage {
     const std::string date = moelab::lm_eval::date_id(run.end);
     const std::string samples = fmt::format("samples_{}_{}.jsonl", task.name, date);
     const std::filesystem::path dir = out_dir / folder;
-    std::filesystem::create_directories(dir);
-    moelab::write_file_atomic(dir / "results.json", moelab::lm_eval::results_file({result}, run).dump(2) + "\n");
-    moelab::write_file_atomic(dir / samples, moelab::lm_eval::samples_file(result));
-    // lm-eval's own name for the results file, which its tools look for (results_<date>.json, the samples' date).
-    std::filesystem::create_symlink("results.json", dir / ("results_" + date + ".json"));
+    if (moelab::distributed::is_main()) {
+      std::filesystem::create_directories(dir);
+      moelab::write_file_atomic(dir / "results.json", moelab::lm_eval::results_file({result}, run).dump(2) + "\n");
+      moelab::write_file_atomic(dir / samples, moelab::lm_eval::samples_file(result));
+      // lm-eval's own name for the results file, which its tools look for (results_<date>.json, the samples' date).
+      std::filesystem::create_symlink("results.json", dir / ("results_" + date + ".json"));
+    }
     return {{"results", (std::filesystem::path(folder) / "results.json").string()}, {"samples", (std::filesystem::path(folder) / samples).string()}};
   }
 
@@ -430,8 +435,16 @@ class Evaluate final : public moelab::Stage {
         acc_norm = acc_norm && std::find(metrics.begin(), metrics.end(), "acc_norm") != metrics.end();
       }
     }
-    std::vector<moelab::LoglikResult> results = moelab::score_requests(model, requests, settings_.batch_size, settings_.prompt.max_len,
-                                                                               settings_.shared_prefix);
+    // torchrun: this rank scores the requests of its contiguous share of the questions; all are gathered in order.
+    const auto [q0, q1] = moelab::distributed::shard_range(questions.size());
+    const std::vector<moelab::LoglikRequest> mine(requests.begin() + static_cast<std::ptrdiff_t>(first[q0]),
+                                                  requests.begin() + static_cast<std::ptrdiff_t>(first[q1]));
+    nlohmann::json scored = nlohmann::json::array();
+    for (const auto& r : moelab::score_requests(model, mine, settings_.batch_size, settings_.prompt.max_len, settings_.shared_prefix))
+      scored.push_back({r.loglik, r.is_greedy});
+    std::vector<moelab::LoglikResult> results;
+    for (const auto& r : moelab::distributed::gather_list(scored, fmt::format("[{}] gathering the log-likelihoods", config_.id())))
+      results.push_back({r[0].is_number() ? r[0].get<double>() : std::nan(""), r[1].get<bool>()});  // JSON writes NaN as null
     require_finite_logliks(model, requests, results, first);
     Scored out;
     std::vector<long long> acc, norm;
@@ -472,9 +485,11 @@ class Evaluate final : public moelab::Stage {
   Scores score_letters(moelab::Model& model, const std::vector<Question>& questions, std::vector<std::vector<moelab::LoglikResult>>& choices) {
     torch::NoGradGuard no_grad;
     const std::vector<moelab::McItem>& items = letter_items_;
-    std::vector<long long> predicted_all;
+    nlohmann::json mine = nlohmann::json::array();  // per question: [prediction, [[loglik, is_greedy] per letter]]
     const std::size_t batch_size = settings_.batch_size;
-    for (std::size_t start = 0; start < items.size(); start += batch_size) {
+    // torchrun: this rank runs its contiguous share of the batches (the same batches as one process).
+    const auto [b0, b1] = moelab::distributed::shard_range((items.size() + batch_size - 1) / batch_size);
+    for (std::size_t start = b0 * batch_size; start < std::min(items.size(), b1 * batch_size); start += batch_size) {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
@@ -487,13 +502,19 @@ class Evaluate final : public moelab::Stage {
       torch::Tensor logprobs = last.to(torch::kFloat64).log_softmax(1).gather(1, batch.letter_ids.clamp_min(0));
       torch::Tensor greedy = batch.letter_ids.eq(last.argmax(1, /*keepdim=*/true));
       for (std::size_t r = 0; r < rows.size(); ++r) {
-        predicted_all.push_back(predicted[static_cast<long long>(r)].item<int64_t>());
-        choices.emplace_back();
+        nlohmann::json letters = nlohmann::json::array();
         for (std::size_t c = 0; c < rows[r]->letter_ids.size(); ++c) {
           const auto rc = static_cast<long long>(c);
-          choices.back().push_back({logprobs[static_cast<long long>(r)][rc].item<double>(), greedy[static_cast<long long>(r)][rc].item<bool>()});
+          letters.push_back({logprobs[static_cast<long long>(r)][rc].item<double>(), greedy[static_cast<long long>(r)][rc].item<bool>()});
         }
+        mine.push_back({predicted[static_cast<long long>(r)].item<int64_t>(), letters});
       }
+    }
+    std::vector<long long> predicted_all;
+    for (const auto& q : moelab::distributed::gather_list(mine, fmt::format("[{}] gathering the predictions", config_.id()))) {
+      predicted_all.push_back(q[0].get<long long>());
+      choices.emplace_back();
+      for (const auto& c : q[1]) choices.back().push_back({c[0].is_number() ? c[0].get<double>() : std::nan(""), c[1].get<bool>()});
     }
     return from_predictions(std::move(predicted_all), questions);
   }

@@ -2,6 +2,7 @@
 // exp of the mean next-token negative log-likelihood. With `routers`, the same windows are scored
 // again under that router checkpoint (quantized vs recovered in one stage).
 #include "moelab/moelab.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/calibration.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/router_checkpoint.h"
@@ -61,18 +62,25 @@ class Perplexity final : public moelab::Stage {
   nlohmann::json score(moelab::Model& model, const Tensor& windows, const char* label) {
     torch::NoGradGuard no_grad;
     const long long batch = settings_.batch_size;
-    double nll = 0;
-    long long tokens = 0;
-    moelab::Progress progress(fmt::format("perplexity ({})", label), (windows.size(0) + batch - 1) / batch, "tokens");
-    for (long long start = 0; start < windows.size(0); start += batch) {
+    // torchrun: this rank scores its contiguous share of the batches; the batches' sums are gathered and
+    // added in one-process order, so the result is the same to the last bit.
+    const auto [b0, b1] = moelab::distributed::shard_range(static_cast<std::size_t>((windows.size(0) + batch - 1) / batch));
+    nlohmann::json sums = nlohmann::json::array();
+    moelab::Progress progress(fmt::format("perplexity ({})", label), static_cast<long long>(b1 - b0), "tokens");
+    for (long long start = static_cast<long long>(b0) * batch; start < std::min<long long>(windows.size(0), static_cast<long long>(b1) * batch); start += batch) {
       Tensor ids = windows.narrow(0, start, std::min(batch, windows.size(0) - start));
       Tensor logp = model.forward(ids, {}).log_softmax(-1);
       Tensor targets = ids.narrow(1, 1, ids.size(1) - 1).to(logp.device());
-      nll -= logp.narrow(1, 0, ids.size(1) - 1).gather(2, targets.unsqueeze(2)).sum().item<double>();
-      tokens += targets.numel();
+      sums.push_back({logp.narrow(1, 0, ids.size(1) - 1).gather(2, targets.unsqueeze(2)).sum().item<double>(), targets.numel()});
       progress.advance(ids.numel());
     }
     progress.finish();
+    double nll = 0;
+    long long tokens = 0;
+    for (const auto& s : moelab::distributed::gather_list(sums, fmt::format("[{}] gathering the log-likelihood sums", config_.id()))) {
+      nll -= s[0].is_number() ? s[0].get<double>() : std::nan("");  // JSON writes NaN as null
+      tokens += s[1].get<long long>();
+    }
     const double ppl = std::exp(nll / static_cast<double>(tokens));
     moelab::log::info("perplexity [{}]: {:.4f} over {} predicted tokens", label, ppl, tokens);
     return {{"perplexity", ppl}, {"tokens", tokens}, {"mean_nll", nll / static_cast<double>(tokens)}};

@@ -2,6 +2,7 @@
 
 #include "log_sink.h"
 #include "moe_model.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/interrupted.h"
 #include "moelab/lib/log.h"
@@ -78,6 +79,12 @@ int earlier_attempts(const fs::path& run_dir) {
 
 ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume, RunPlacement placement)
     : experiment_(std::move(experiment)), registry_(registry), config_text_(to_toml(experiment_.table)), reuse_(std::move(placement.reuse)) {
+  if (!distributed::is_main()) {  // torchrun (#17): rank 0 picks, locks and writes the run folder; the others use it
+    run_dir_ = distributed::share_from_main("run_dir", "");
+    attempt_ = std::stoi(distributed::share_from_main("attempt", ""));
+    at::manual_seed(seed());
+    return;
+  }
   fs::path experiment_dir = experiment_.run.run_dir / experiment_.run.name;
   fs::path reuse_from;  // --resume with a changed config: the earlier run whose stages may be reused
   if (!placement.run_dir.empty()) {
@@ -98,6 +105,8 @@ ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry
   if (!reuse_from.empty()) reuse_.add_run(reuse_from, "the earlier run " + reuse_from.filename().string());
   lock_ = std::make_unique<RunLock>(run_dir_);
   if (resumed) attempt_ = earlier_attempts(run_dir_) + 1;
+  distributed::share_from_main("run_dir", run_dir_.string());
+  distributed::share_from_main("attempt", std::to_string(attempt_));
   log::set_file(run_dir_ / "log.txt");
   if (resume && placement.run_dir.empty() && !resumed && reuse_from.empty())
     log::info("--resume: no earlier run of '{}'; starting a new run", experiment_.run.name);
@@ -121,6 +130,9 @@ ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry
               {"versions", versions()},
               {"provenance", provenance()},
               {"stages", nlohmann::json::object()}};
+  if (distributed::active())  // torchrun: how this run was split (its results equal one process's, README "Several GPUs")
+    summary_["distributed"] = {{"world_size", distributed::world_size()}, {"backend", distributed::backend_name()},
+                               {"timeout_s", distributed::timeout_s()}};
   write_summary();
 }
 
@@ -130,6 +142,7 @@ ExperimentRun::~ExperimentRun() {
 }
 
 void ExperimentRun::record_metrics(nlohmann::json row) {
+  if (!distributed::is_main()) return;
   row["time"] = now_text("%Y-%m-%dT%H:%M:%S");
   row["attempt"] = attempt_;
   metrics_ << row.dump() << "\n" << std::flush;
@@ -210,7 +223,9 @@ Model& ExperimentRun::model() {
   if (m.device == ModelDevice::cuda && !torch::cuda::is_available())
     throw std::runtime_error(fmt::format("[model] device = \"cuda\" ({}), but this LibTorch sees no CUDA device", table.where("device")));
   bool cuda = m.device == ModelDevice::cuda || (m.device == ModelDevice::automatic && torch::cuda::is_available());
-  model_ = load_model(path, cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU),
+  const torch::Device gpu = distributed::active() ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(distributed::local_rank()))
+                                                  : torch::Device(torch::kCUDA);  // torchrun: GPU LOCAL_RANK
+  model_ = load_model(path, cuda ? gpu : torch::Device(torch::kCPU),
                       m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32, ForwardPaths{m.fused_kernels, m.grouped_mm});
   if (!m.quantized.empty()) apply_quantized_checkpoint(run_path(m.quantized), *model_);
   model_files_state_ = file_state(path);
@@ -247,8 +262,13 @@ void ExperimentRun::run_stages() {
       log::info("{}: done before, but its inputs changed since (a model or data file); running it again", counter);
     }
     // Held until the stage is done: a sweep point that needs the same stage waits, then reuses it.
-    std::unique_ptr<StageCache::Lock> computing = reuse_.lock(key.hash, counter);
-    if (std::optional<StageCache::Hit> hit = reuse_.find(id, key.hash)) {
+    std::unique_ptr<StageCache::Lock> computing = distributed::is_main() ? reuse_.lock(key.hash, counter) : nullptr;
+    std::optional<StageCache::Hit> hit = distributed::is_main() ? reuse_.find(id, key.hash) : std::nullopt;
+    if (distributed::share_from_main("reused/" + id, hit ? "yes" : "no") == "yes" && !hit) {  // torchrun: rank 0 copies it
+      distributed::barrier("after reusing stage [" + id + "]");
+      continue;
+    }
+    if (hit) {
       fs::remove_all(stage_dir);
       copy_stage(hit->stage_dir, stage_dir);
       copy_metrics_of(id, hit->stage_dir.parent_path());
@@ -256,9 +276,10 @@ void ExperimentRun::run_stages() {
       summary_["stages"][id]["reused_from"] = hit->stage_dir.string();
       write_summary();
       log::info("{}: reused from {} (same config and inputs): {}", counter, hit->label, hit->stage_dir.string());
+      distributed::barrier("after reusing stage [" + id + "]");
       continue;
     }
-    fs::remove(stage_dir / ".done");
+    if (distributed::is_main()) fs::remove(stage_dir / ".done");
     fs::create_directories(stage_dir);
     log::info("{} ({})", counter, experiment_.components.at(id).plugin);
     auto started = std::chrono::steady_clock::now();
@@ -267,6 +288,7 @@ void ExperimentRun::run_stages() {
       check_model_unchanged();
       std::dynamic_pointer_cast<Stage>(make_component(id, Kind::stage))->run(stage_dir, stage_summary);
       check_model_unchanged();
+      distributed::barrier("after stage [" + id + "]");  // torchrun: every rank's part is done before rank 0 marks it done
     } catch (const Interrupted& e) {
       record_failure(id, stage_dir, stage_summary, e.what(), "interrupted");
       throw RunInterrupted(e.what());
@@ -276,9 +298,11 @@ void ExperimentRun::run_stages() {
     }
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     stage_summary["seconds"] = seconds;
-    write_file_atomic(stage_dir / "summary.json", stage_summary.dump(2) + "\n");
-    write_file_atomic(stage_dir / "stage_key.toml", key.text + "\n");
-    write_file_atomic(stage_dir / ".done", "done\nkey " + key.hash + "\n");
+    if (distributed::is_main()) {
+      write_file_atomic(stage_dir / "summary.json", stage_summary.dump(2) + "\n");
+      write_file_atomic(stage_dir / "stage_key.toml", key.text + "\n");
+      write_file_atomic(stage_dir / ".done", "done\nkey " + key.hash + "\n");
+    }
     summary_["stages"][id] = stage_summary;
     write_summary();
     stage_to_tensorboard(id, stage_dir, stage_summary);
@@ -328,6 +352,7 @@ void ExperimentRun::record_failure(const std::string& stage, const fs::path& sta
   summary_["stages"][stage] = stage_summary;
   summary_["status"] = status;
   summary_["error"] = error;
+  if (!distributed::is_main()) return;
   try {
     write_file_atomic(stage_dir / "summary.json", stage_summary.dump(2) + "\n");
     write_summary();
@@ -336,6 +361,8 @@ void ExperimentRun::record_failure(const std::string& stage, const fs::path& sta
   }
 }
 
-void ExperimentRun::write_summary() { write_file_atomic(run_dir_ / "summary.json", summary_.dump(2) + "\n"); }
+void ExperimentRun::write_summary() {
+  if (distributed::is_main()) write_file_atomic(run_dir_ / "summary.json", summary_.dump(2) + "\n");
+}
 
 }  // namespace moelab

@@ -1,6 +1,7 @@
 // runexp: runs an experiment file. See `runexp --help`.
 #include "experiment_file.h"
 #include "experiment_run.h"
+#include "launch.h"
 #include "compare.h"
 #include "input_check.h"
 #include "objective_check.h"
@@ -17,6 +18,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
+
+#include <torch/cuda.h>
 
 #include <chrono>
 
@@ -227,6 +230,7 @@ int main(int argc, char** argv) {
     }
     std::filesystem::path file = std::filesystem::absolute(o.file);
     toml::table merged = moelab::load_experiment(file, o.overrides);
+    const moelab::distributed::Settings distributed = moelab::take_distributed_table(merged, file);
     auto extra = moelab::experiment_plugin_path(merged);
     folders.insert(folders.end(), extra.begin(), extra.end());
     registry.scan(folders);
@@ -241,15 +245,22 @@ int main(int argc, char** argv) {
       return moelab::run_sweep(request, registry);
     }
     if (o.dry_run) {
-      std::cout << moelab::to_toml(experiment.table);
+      toml::table shown = experiment.table;
+      shown.insert("distributed", moelab::distributed_table(distributed));
+      std::cout << moelab::to_toml(shown);
       return 0;
     }
     if (!o.verbose) moelab::log::set_level(experiment.run.log_level);
+    const moelab::ModelDevice device = experiment.model.device;
+    moelab::DistributedSession session(distributed, device == moelab::ModelDevice::cuda ||
+                                                        (device == moelab::ModelDevice::automatic && torch::cuda::is_available()),
+                                       o.verbose);
     moelab::RunPlacement placement;
     placement.run_dir = o.run_folder;
     if (!o.sweep_dir.empty()) placement.reuse = moelab::sweep_stage_cache(o.sweep_dir, o.run_folder);
     moelab::ExperimentRun run(std::move(experiment), registry, o.resume, std::move(placement));
     run.run_stages();
+    session.finish();
     return 0;
   } catch (const moelab::RunInterrupted&) {
     return 130;  // 128 + SIGINT, as a shell reports a program stopped by Ctrl-C; logged by the run

@@ -1,5 +1,6 @@
 #include "moelab/lib/router_trainer.h"
 
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/finite.h"
 #include "moelab/lib/interrupted.h"
 #include "moelab/lib/log.h"
@@ -22,12 +23,14 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 namespace moelab {
 
@@ -429,7 +432,7 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
   torch::optim::AdamW optimizer(params_, torch::optim::AdamWOptions(settings_.lr).weight_decay(settings_.weight_decay));
   const fs::path checkpoint = out_dir / "routers.safetensors";
   // This stage is not done, so a checkpoint here is an unfinished attempt's: no later stage may apply it.
-  if (fs::exists(checkpoint)) {
+  if (distributed::is_main() && fs::exists(checkpoint)) {
     log::warn("[{}] removing {}, left by an unfinished earlier attempt of this stage", stage_, checkpoint.string());
     fs::remove(checkpoint);
   }
@@ -458,12 +461,20 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
     if (at.start == 0) at.rng.shuffle(at.order);
     std::vector<std::size_t> rows(at.order.begin() + static_cast<std::ptrdiff_t>(at.start),
                                   at.order.begin() + static_cast<std::ptrdiff_t>(std::min(at.order.size(), at.start + batch_size)));
-    if (cache) cache->arm(rows);
-    ObjectiveBatch batch = data.batch(rows, objective_->needs());
-    if (cache) cache->complete(batch);
-    const long long batch_tokens = batch.attention_mask.sum().item<int64_t>();
+    // torchrun: this rank's contiguous part of the global batch (all of it in one process).
+    const auto [first_row, end_row] = distributed::shard_range(rows.size());
+    rows = std::vector<std::size_t>(rows.begin() + static_cast<std::ptrdiff_t>(first_row), rows.begin() + static_cast<std::ptrdiff_t>(end_row));
+    ObjectiveBatch batch;  // no rows on this rank (a last batch smaller than the world): attention_mask undefined
+    if (!rows.empty()) {
+      if (cache) cache->arm(rows);
+      batch = data.batch(rows, objective_->needs());
+      if (cache) cache->complete(batch);
+    }
+    long long batch_tokens = batch.attention_mask.defined() ? batch.attention_mask.sum().item<int64_t>() : 0;
     nlohmann::json row;
-    if (step(std::move(batch), optimizer, lr_schedule.at(at.step), at, row)) {
+    const bool applied = step(std::move(batch), optimizer, lr_schedule.at(at.step), at, row);
+    if (distributed::active()) batch_tokens = global_tokens_;  // every rank's
+    if (applied) {
       for (const auto& [name, value] : row.items())
         if (!is_bookkeeping(name) && name != "lr" && name != "reg_grad_norm") at.sums[name] += value.get<double>();
       ++at.counted;
@@ -491,8 +502,11 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
       at.counted = 0;
     }
     if (at.step == at.total_steps) break;  // a request now is left for whoever runs next: this training is complete
-    if (interrupt_flag.exchange(false)) {
+    // Under torchrun every rank stops at the same step: step() shares the ranks' requests.
+    if (distributed::active() ? std::exchange(stop_requested_, false) : interrupt_flag.load()) {
+      interrupt_flag.store(false);
       save_resume(out_dir, at, id, optimizer);
+      distributed::barrier("after saving " + (out_dir / "resume").string());
       throw Interrupted(fmt::format("[{}] interrupted after step {}/{}; {} holds the routers, AdamW state and data position: "
                                     "run the same command with --resume to continue from step {}",
                                     stage_, at.step, at.total_steps, (out_dir / "resume").string(), at.step + 1));
@@ -511,8 +525,12 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
                           {"warmup_steps", settings_.warmup_steps}, {"grad_clip", settings_.grad_clip}, {"steps", at.step},
                           {"seed", context_.seed()}};
   hyper.update(stage_settings);
-  save_router_checkpoint(checkpoint, model, layers_, base_, as_metadata(hyper));
-  remove_tree(out_dir / "resume");
+  if (distributed::world_size() > 1) hyper["world_size"] = distributed::world_size();
+  if (distributed::is_main()) {
+    save_router_checkpoint(checkpoint, model, layers_, base_, as_metadata(hyper));
+    remove_tree(out_dir / "resume");
+  }
+  distributed::barrier("after writing " + checkpoint.string());
   nlohmann::json moved = nlohmann::json::object();
   torch::NoGradGuard no_grad;
   for (int l : layers_) moved[std::to_string(l)] = ((model.router_weight(l) - base_[l]).norm() / base_[l].norm()).item<double>();
@@ -536,17 +554,26 @@ nlohmann::json RouterTrainer::train(const TrainingData& data, const fs::path& ou
 
 bool RouterTrainer::step(ObjectiveBatch batch, torch::optim::Optimizer& optimizer, double lr, State& at, nlohmann::json& row) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  const bool has_rows = batch.attention_mask.defined();
   batch.trained_layers = layers_;
   batch.top_k = context_.model().info().top_k;
   batch.step = at.step;
-  LossTerms loss = objective_->compute(batch);
-  row = {{"stage", stage_}, {"epoch", at.epoch}, {"step", at.step}, {"attempt", at.attempt}, {"lr", lr}, {"loss", loss.total.item<double>()}};
-  for (const auto& [name, value] : loss.parts) {
-    row[name] = value.item<double>();
-    if (name == "reg" && at.step % settings_.reg_grad_norm_every == 0) row["reg_grad_norm"] = grad_norm(value, params_);
-  }
+  row = {{"stage", stage_}, {"epoch", at.epoch}, {"step", at.step}, {"attempt", at.attempt}, {"lr", lr}};
+  LossTerms loss;
   optimizer.zero_grad();
-  loss.total.backward();
+  if (has_rows) {
+    loss = objective_->compute(batch);
+    row["loss"] = loss.total.item<double>();
+    for (const auto& [name, value] : loss.parts) {
+      row[name] = value.item<double>();
+      if (name == "reg" && at.step % settings_.reg_grad_norm_every == 0) row["reg_grad_norm"] = grad_norm(value, params_);
+    }
+    loss.total.backward();
+  }
+  if (distributed::active()) {
+    reduce_step(batch, row);
+    loss.total = torch::tensor(row["loss"].get<double>());
+  }
   if (settings_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(params_, settings_.grad_clip);
   // One read per step: the loss, each router's gradient, and each router as the last step left it, all finite.
   std::vector<torch::Tensor> finite{torch::isfinite(loss.total.detach()).reshape({1})};
@@ -601,6 +628,56 @@ void RouterTrainer::record_routing_histograms(const torch::Tensor& attention_mas
     context_.record_histogram(stage_ + "/router_probs/" + layer, as_vector(torch::softmax(logits.to(torch::kFloat32), -1)), step);
     context_.record_histogram(stage_ + "/expert_load/" + layer, as_vector(load), step);
   }
+}
+
+// The step's share of the global batch that this rank's loss averages over: its examples for
+// multiple-choice objectives, else its scored tokens (targets other than -100), else its real tokens.
+double RouterTrainer::share_of(const ObjectiveBatch& batch) const {
+  if (!batch.attention_mask.defined()) return 0;
+  if (objective_->needs().choices) return static_cast<double>(batch.attention_mask.size(0));
+  if (batch.target_ids.defined()) return static_cast<double>(batch.target_ids.ne(-100).sum().item<int64_t>());
+  return static_cast<double>(batch.attention_mask.sum().item<int64_t>());
+}
+
+// Data parallel (#17): each rank's router gradients, weighted by its share of the global batch, summed
+// over ranks (bucketed all-reduce), so that every rank holds the gradient one process gets from the whole
+// batch; the row's loss terms become the same weighted means, global_tokens_ the batch's real tokens, and
+// a stop request of any rank a stop of all.
+void RouterTrainer::reduce_step(const ObjectiveBatch& batch, nlohmann::json& row) {
+  nlohmann::json mine = nlohmann::json::object();
+  for (const auto& [name, value] : row.items())
+    if (!is_bookkeeping(name) && value.is_number()) mine[name] = value;
+  const double share = share_of(batch);
+  const long long tokens = batch.attention_mask.defined() ? batch.attention_mask.sum().item<int64_t>() : 0;
+  const std::string step = fmt::format("[{}] step {}", stage_, row["step"].get<long long>() + 1);
+  const std::vector<nlohmann::json> all = distributed::all_gather_json(
+      {{"share", share}, {"tokens", tokens}, {"stop", interrupt_requested()}, {"values", mine}}, step + ": sharing the ranks' losses");
+  double total_share = 0;
+  global_tokens_ = 0;
+  std::map<std::string, std::pair<double, double>> sums;  // name -> (sum of share * value, sum of shares)
+  for (const auto& r : all) {
+    const double s = r["share"].get<double>();
+    total_share += s;
+    global_tokens_ += r["tokens"].get<long long>();
+    stop_requested_ = stop_requested_ || r["stop"].get<bool>();
+    for (const auto& [name, value] : r["values"].items()) {
+      sums[name].first += s * (value.is_number() ? value.get<double>() : std::numeric_limits<double>::quiet_NaN());  // JSON has no NaN
+      sums[name].second += s;
+    }
+  }
+  for (const auto& [name, sum] : sums) {
+    // A value every rank has alike (lr, lambda) stays as it is; a loss term becomes the weighted mean.
+    bool alike = true;
+    for (const auto& r : all) alike = alike && r["values"].contains(name) && r["values"][name] == all[0]["values"][name];
+    row[name] = alike ? all[0]["values"][name].get<double>() : sum.first / sum.second;
+  }
+  std::vector<torch::Tensor> grads;
+  for (auto& p : params_) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    p.mutable_grad().mul_(total_share > 0 ? share / total_share : 0.0);
+    grads.push_back(p.grad());
+  }
+  distributed::all_reduce_sum(grads, step + ": all-reduce of the router gradients");
 }
 
 void RouterTrainer::require_finite_routers(const std::string& when) const {
@@ -658,6 +735,7 @@ nlohmann::json RouterTrainer::identity(const TrainingData& data) const {
 void RouterTrainer::save_resume(const fs::path& out_dir, const State& at, const nlohmann::json& identity,
                                 torch::optim::Optimizer& optimizer) const {
   require_finite_routers(fmt::format("after step {}/{}", at.step, at.total_steps));
+  if (!distributed::is_main()) return;  // torchrun: every rank holds the same state; rank 0 writes it
   const fs::path dir = out_dir / "resume", tmp = out_dir / "resume.tmp", old = out_dir / "resume.old";
   remove_tree(tmp);
   fs::create_directories(tmp);
@@ -689,7 +767,7 @@ void RouterTrainer::save_resume(const fs::path& out_dir, const State& at, const 
 }
 
 bool RouterTrainer::load_resume(const fs::path& out_dir, State& at, const nlohmann::json& identity, torch::optim::Optimizer& optimizer) {
-  remove_tree(out_dir / "resume.tmp");  // an unfinished save
+  if (distributed::is_main()) remove_tree(out_dir / "resume.tmp");  // an unfinished save
   fs::path dir = out_dir / "resume";
   if (!fs::exists(dir / "state.safetensors")) dir = out_dir / "resume.old";  // stopped between the two renames of a save
   if (!fs::exists(dir / "state.safetensors")) return false;

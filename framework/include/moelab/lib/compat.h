@@ -14,7 +14,20 @@
 #include <ATen/ops/scaled_dot_product_attention.h>
 #endif
 
+// c10d's base class of ProcessGroupGloo/ProcessGroupNCCL, whose collectives moelab calls: ProcessGroup in
+// 1.13, Backend from 2.0 (where ProcessGroup dispatches to Backends).
+namespace c10d {
+class ProcessGroup;
+class Backend;
+}  // namespace c10d
+
 namespace moelab::compat {
+
+#if MOELAB_TORCH_AT_LEAST(2, 0)
+using C10dBackend = c10d::Backend;
+#else
+using C10dBackend = c10d::ProcessGroup;
+#endif
 
 // at::_grouped_mm (LibTorch >= 2.8): one kernel for all experts' matmuls over tokens sorted by expert.
 constexpr bool kHasGroupedMm = MOELAB_TORCH_AT_LEAST(2, 8);

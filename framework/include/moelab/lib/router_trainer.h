@@ -6,6 +6,9 @@
 // later steps run only the layers from there (cache_hidden).
 // A NaN/Inf loss, router gradient or router weight stops training with an error (or skips the step);
 // an interrupt (moelab/lib/interrupted.h) saves <stage>/resume/, from which train() continues.
+// Under torchrun each rank runs its contiguous part of every global batch and the router gradients are
+// averaged over ranks (weighted by each rank's share), so the routers equal one process's to rounding;
+// rank 0 alone writes files.
 #pragma once
 
 #include "moelab/context.h"
@@ -96,6 +99,9 @@ class RouterTrainer {
   // Throws, naming the tensors, unless every trained router weight is finite; `when` says which step left them.
   void require_finite_routers(const std::string& when) const;
   std::string nonfinite_report(const State& at, const nlohmann::json& row) const;
+  // torchrun (moelab/lib/distributed.h): the rank's weight in the global batch, and the step's reduction.
+  double share_of(const ObjectiveBatch& batch) const;
+  void reduce_step(const ObjectiveBatch& batch, nlohmann::json& row);
   // Histograms of each MoE layer's router probabilities and expert load in this step's forward (real tokens only).
   void record_routing_histograms(const torch::Tensor& attention_mask, long long step) const;
   nlohmann::json identity(const TrainingData& data) const;  // what a resume/ folder must have been saved by
@@ -110,6 +116,8 @@ class RouterTrainer {
   std::vector<int> layers_;
   std::map<int, torch::Tensor> base_;
   std::vector<torch::Tensor> params_;
+  bool stop_requested_ = false;  // torchrun: a rank asked to stop (SIGINT/SIGTERM) in this step
+  long long global_tokens_ = 0;  // torchrun: real tokens of this step's global batch
   std::vector<std::string> param_names_;  // checkpoint names of params_ ("model.layers.5.mlp.gate.weight")
 };
 
