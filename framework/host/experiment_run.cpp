@@ -102,7 +102,7 @@ ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry
   }
   bool resumed = !run_dir_.empty();
   if (!resumed) run_dir_ = placement.run_dir.empty() ? new_run_dir(experiment_dir) : placement.run_dir;
-  if (!reuse_from.empty()) reuse_.add_run(reuse_from, "the earlier run " + reuse_from.filename().string());
+  if (!reuse_from.empty()) reuse_.add_run(reuse_from, "");  // logged by its path, as the stage it reuses
   lock_ = std::make_unique<RunLock>(run_dir_);
   if (resumed) attempt_ = earlier_attempts(run_dir_) + 1;
   distributed::share_from_main("run_dir", run_dir_.string());
@@ -275,7 +275,8 @@ void ExperimentRun::run_stages() {
       summary_["stages"][id] = nlohmann::json::parse(read_file(stage_dir / "summary.json"));
       summary_["stages"][id]["reused_from"] = hit->stage_dir.string();
       write_summary();
-      log::info("{}: reused from {} (same config and inputs): {}", counter, hit->label, hit->stage_dir.string());
+      if (hit->label.empty()) log::info("{}: reused from {} (same config and inputs)", counter, hit->stage_dir.string());
+      else log::info("{}: reused from {} (same config and inputs): {}", counter, hit->label, hit->stage_dir.string());
       distributed::barrier("after reusing stage [" + id + "]");
       continue;
     }

@@ -25,12 +25,17 @@ std::optional<std::string> done_key(const fs::path& stage_dir) {
 }
 
 void copy_stage(const fs::path& from, const fs::path& to) {
+  // Into a partial folder renamed into place: a copy cut short never looks finished (its .done is inside).
+  const fs::path partial = to.string() + ".partial";
+  fs::remove_all(partial);
   std::error_code ec;
-  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::create_hard_links, ec);
+  fs::copy(from, partial, fs::copy_options::recursive | fs::copy_options::create_hard_links, ec);
   if (ec) {
-    fs::remove_all(to);
-    fs::copy(from, to, fs::copy_options::recursive);
+    fs::remove_all(partial);
+    fs::copy(from, partial, fs::copy_options::recursive);
   }
+  fs::remove_all(to);
+  fs::rename(partial, to);
 }
 
 void StageCache::add_run(const fs::path& run_dir, const std::string& label) { sources_.emplace_back(run_dir, label); }

@@ -17,7 +17,8 @@ namespace moelab {
 // when the folder has no .done marker (not finished).
 std::optional<std::string> done_key(const std::filesystem::path& stage_dir);
 
-// Copies a finished stage's folder, as hard links where the file system allows (nothing is written twice).
+// Copies a finished stage's folder over `to`, as hard links where the file system allows (nothing is
+// written twice), through a partial folder renamed into place.
 void copy_stage(const std::filesystem::path& from, const std::filesystem::path& to);
 
 class StageCache {
@@ -27,7 +28,7 @@ class StageCache {
     std::string label;                // the source run as the log names it
   };
 
-  // Finished stages of `run_dir` may be reused; `label` names it in the log ("point 1 (k=3)").
+  // Finished stages of `run_dir` may be reused; `label` names it in the log ("point 1 (k=3)"; "": its path).
   void add_run(const std::filesystem::path& run_dir, const std::string& label);
   // Stages are computed under a lock per key in `dir` (created when needed).
   void set_lock_dir(const std::filesystem::path& dir) { lock_dir_ = dir; }

@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
+#include <torch/cuda.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -276,6 +277,24 @@ TEST(Sweep, ParsesValuesAsTomlListsAndRefusesBadAxes) {
   r = run_command(runexp_binary() + " " + file.string() + kGrid + " --dry-run");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("point 4/4: roma.lambda=2, roma.k=4"));
+}
+
+// GPU box (two or more CUDA devices): --jobs 2 gives each point its own GPU through CUDA_VISIBLE_DEVICES,
+// and the two points still compute the collection once.
+TEST(Sweep, JobsGiveEachRunningPointItsOwnGpu) {
+  if (torch::cuda::device_count() < 2) GTEST_SKIP() << "needs two CUDA devices";
+  TempDir dir;
+  const fs::path file = dir.write("grid.toml", roma_experiment());
+  auto r = run_command("env -u CUDA_VISIBLE_DEVICES " + runexp_binary() + " " + file.string() + " --sweep roma.k=2,4 --jobs 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("point 1/2 (roma.k=2): started on GPU 0"));
+  EXPECT_THAT(r.output, HasSubstr("point 2/2 (roma.k=4): started on GPU 1"));
+  EXPECT_THAT(r.output, HasSubstr("sweep: stage [collect] computed in point(s) "));
+  EXPECT_THAT(r.output, HasSubstr("; reused (same config and inputs) in point(s) "));
+  for (const auto& p : points_of(only_sweep(dir.path() / "runs" / "grid"))) {
+    const auto summary = nlohmann::json::parse(moelab::read_file(p.run_dir / "summary.json"));
+    EXPECT_EQ(summary["provenance"]["devices"]["cuda_count"], 1) << p.run_dir;
+  }
 }
 
 TEST(Cli, VersionAndDidYouMean) {
