@@ -1,6 +1,7 @@
 #include "input_check.h"
 
 #include "architecture.h"
+#include "experiment_run.h"
 #include "moelab/lib/vocab_check.h"
 #include "moelab/tokenizer.h"
 #include "stage_keys.h"
@@ -36,7 +37,7 @@ void check_layer_list(const toml::node& node, const std::string& id, const Confi
 
 void check_inputs(const ResolvedExperiment& experiment, const PluginRegistry& registry, const fs::path& model_folder) {
   const ModelConfig model = read_model_config(model_folder);
-  if (const fs::path file = model_folder / "tokenizer.json"; fs::exists(file)) {
+  if (const fs::path file = tokenizer_file(experiment, model_folder); fs::exists(file)) {
     ModelInfo info;
     info.vocab_size = model.vocab_size;
     check_tokenizer_fits_model(*Tokenizer::from_file(file), file, info, model_folder);

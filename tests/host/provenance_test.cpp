@@ -123,6 +123,24 @@ TEST(TokenizerKey, ModelTokenizerPointsAtATokenizerJsonElsewhere) {
               testing::AllOf(HasSubstr("experiment.toml:4"), HasSubstr("[model] tokenizer"), HasSubstr("no such file")));
 }
 
+// --dry-run opens [model] tokenizer and checks its ids against the model's vocabulary.
+TEST(TokenizerKey, DryRunChecksTheNamedTokenizerAgainstTheModel) {
+  TempDir dir;
+  const fs::path bare = model_without_tokenizer(dir);
+  nlohmann::json tok = moelab::read_json(kTiny / "tokenizer.json");
+  tok["added_tokens"].push_back({{"id", 5000}, {"content", "<|beyond|>"}, {"single_word", false}, {"lstrip", false},
+                                 {"rstrip", false}, {"normalized", false}, {"special", true}});
+  const fs::path big = dir.write("big/tokenizer.json", tok.dump());
+  const std::string base = neighbours_experiment(3) + "[model]\npath = \"" + bare.string() + "\"\n";
+  auto r = run_command(runexp_binary() + " " + dir.write("ok.toml", base + "tokenizer = \"" + (kTiny / "tokenizer.json").string() + "\"\n").string() +
+                       " --dry-run");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tokenizer = "));
+  r = run_command(runexp_binary() + " " + dir.write("big.toml", base + "tokenizer = \"" + big.string() + "\"\n").string() + " --dry-run");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, testing::AllOf(HasSubstr(big.string()), HasSubstr("token id 5000"), HasSubstr("outside the model's vocabulary")));
+}
+
 TEST(TokenizerKey, StageKeysChangeWhenTheTokenizerFileChanges) {
   TempDir dir;
   const fs::path bare = model_without_tokenizer(dir);
