@@ -436,7 +436,9 @@ int run_sweep(const SweepRequest& request, const PluginRegistry& registry) {
   for (Point& p : points) {
     std::vector<std::string> overrides = request.overrides;
     for (std::size_t a = 0; a < request.axes.size(); ++a) overrides.push_back(request.axes[a].key + "=" + p.values[a]);
-    ResolvedExperiment e = resolve_experiment(load_experiment(request.experiment, overrides), request.experiment, registry);
+    toml::table merged = load_experiment(request.experiment, overrides);
+    merged.erase("distributed");  // how many processes run a point (torchrun) is each point's runexp's business (launch.h)
+    ResolvedExperiment e = resolve_experiment(merged, request.experiment, registry);
     if (experiment_dir.empty()) experiment_dir = e.run.run_dir / e.run.name, name = e.run.name;
   }
   if (request.dry_run) {
