@@ -1,15 +1,14 @@
 // TensorBoard event files: every record read back with the SDK's compiled Event protobuf and both of its
-// TFRecord CRCs checked by a CRC32C written here (not the writer's), values and steps equal to what was
-// logged, a flipped byte caught by the CRCs, and a tiny run whose <run>/tb/ holds its training losses,
+// TFRecord CRCs checked by a CRC32C of the test's own (tensorboard_decode.h), values and steps equal to what
+// was logged, a flipped byte caught by the CRCs, and a tiny run whose <run>/tb/ holds its training losses,
 // expert-load histograms, stage summary and the figures of a reused stage.
 // With MOELAB_TB_CHECK_DIR set, the end-to-end run is copied there with tb_expected.json for
 // benchmarks/tb_check.py (TensorBoard's own reader, on the GPU box).
 #include "moelab/lib/files.h"
 #include "moelab/lib/tensorboard.h"
+#include "tensorboard_decode.h"
 #include "test_run.h"
 #include "tiny_run.h"
-
-#include "event.pb.h"
 
 #include <boost/crc.hpp>
 #include <gmock/gmock.h>
@@ -25,50 +24,24 @@
 namespace {
 
 namespace fs = std::filesystem;
-namespace pb = moelab::tensorboard;
+using moelab::test::crc32c;
+using moelab::test::DecodedEvent;
+using moelab::test::DecodedHistogram;
+using moelab::test::DecodedImage;
+using moelab::test::DecodedValue;
 using moelab::test::error_of;
+using moelab::test::read_events;
 using moelab::test::TempDir;
 using testing::HasSubstr;
 
 const std::string kData = std::string(MOELAB_SOURCE_DIR) + "/configs/data";
 
-// CRC32C (Castagnoli, reflected polynomial 0x82F63B78) bit by bit, and TFRecord's mask.
-std::uint32_t crc32c(const std::string& bytes) {
-  std::uint32_t crc = 0xFFFFFFFFu;
-  for (unsigned char b : bytes) {
-    crc ^= b;
-    for (int i = 0; i < 8; ++i) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-  }
-  return ~crc;
-}
 std::uint32_t masked(std::uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xa282ead8u; }
 
 std::uint64_t le(const std::string& bytes, std::size_t at, int n) {
   std::uint64_t v = 0;
   for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(bytes[at + static_cast<std::size_t>(i)]);
   return v;
-}
-
-// The events of a TFRecord file; throws naming the record and which CRC does not match.
-std::vector<pb::Event> read_events(const fs::path& file) {
-  const std::string bytes = moelab::read_file(file);
-  std::vector<pb::Event> events;
-  std::size_t at = 0;
-  for (int record = 0; at < bytes.size(); ++record) {
-    if (bytes.size() - at < 12) throw std::runtime_error("record " + std::to_string(record) + ": truncated header");
-    const std::uint64_t length = le(bytes, at, 8);
-    if (le(bytes, at + 8, 4) != masked(crc32c(bytes.substr(at, 8))))
-      throw std::runtime_error("record " + std::to_string(record) + ": length CRC mismatch");
-    if (bytes.size() - at - 12 < length + 4) throw std::runtime_error("record " + std::to_string(record) + ": truncated data");
-    const std::string data = bytes.substr(at + 12, length);
-    if (le(bytes, at + 12 + length, 4) != masked(crc32c(data)))
-      throw std::runtime_error("record " + std::to_string(record) + ": data CRC mismatch");
-    pb::Event event;
-    if (!event.ParseFromString(data)) throw std::runtime_error("record " + std::to_string(record) + ": not an Event");
-    events.push_back(event);
-    at += 12 + length + 4;
-  }
-  return events;
 }
 
 fs::path only_event_file(const fs::path& dir) {
@@ -106,27 +79,27 @@ std::string tiny_png(int w, int h) {
 
 // Checks a histogram against the values it was made of: summary numbers, every bucket's count equal to
 // the values in [previous limit, limit), and each non-empty bucket one of TensorBoard's default buckets.
-void expect_histogram_of(const pb::HistogramProto& h, const std::vector<double>& values) {
+void expect_histogram_of(const DecodedHistogram& h, const std::vector<double>& values) {
   double min = DBL_MAX, max = -DBL_MAX, sum = 0, squares = 0;
   for (double v : values) min = std::min(min, v), max = std::max(max, v), sum += v, squares += v * v;
-  EXPECT_EQ(h.min(), min);
-  EXPECT_EQ(h.max(), max);
-  EXPECT_EQ(h.num(), static_cast<double>(values.size()));
-  EXPECT_DOUBLE_EQ(h.sum(), sum);
-  EXPECT_DOUBLE_EQ(h.sum_squares(), squares);
-  ASSERT_EQ(h.bucket_limit_size(), h.bucket_size());
-  ASSERT_GT(h.bucket_size(), 0);
-  EXPECT_EQ(h.bucket_limit(h.bucket_limit_size() - 1), DBL_MAX);
+  EXPECT_EQ(h.min, min);
+  EXPECT_EQ(h.max, max);
+  EXPECT_EQ(h.num, static_cast<double>(values.size()));
+  EXPECT_DOUBLE_EQ(h.sum, sum);
+  EXPECT_DOUBLE_EQ(h.sum_squares, squares);
+  ASSERT_EQ(h.bucket_limit.size(), h.bucket.size());
+  ASSERT_FALSE(h.bucket.empty());
+  EXPECT_EQ(h.bucket_limit.back(), DBL_MAX);
   const std::vector<double>& limits = moelab::tensorboard_bucket_limits();
   double total = 0;
-  for (int i = 0; i < h.bucket_size(); ++i) {
-    const double lower = i == 0 ? -DBL_MAX : h.bucket_limit(i - 1), upper = h.bucket_limit(i);
+  for (std::size_t i = 0; i < h.bucket.size(); ++i) {
+    const double lower = i == 0 ? -DBL_MAX : h.bucket_limit[i - 1], upper = h.bucket_limit[i];
     if (i > 0) EXPECT_LT(lower, upper);
     double in_range = 0;
     for (double v : values) in_range += (v >= lower && v < upper) || (i == 0 && v == -DBL_MAX) ? 1 : 0;
-    EXPECT_EQ(h.bucket(i), in_range) << "bucket [" << lower << ", " << upper << ")";
-    total += h.bucket(i);
-    if (h.bucket(i) > 0 && i > 0) {
+    EXPECT_EQ(h.bucket[i], in_range) << "bucket [" << lower << ", " << upper << ")";
+    total += h.bucket[i];
+    if (h.bucket[i] > 0 && i > 0) {
       auto at = std::lower_bound(limits.begin(), limits.end(), upper);
       ASSERT_TRUE(at != limits.begin() && at != limits.end() && *at == upper) << upper;
       EXPECT_EQ(*(at - 1), lower) << "a non-empty bucket is one default bucket";
@@ -176,33 +149,33 @@ TEST(TensorBoard, ScalarsHistogramsAndImagesDecodeWithTheirStepsAndValues) {
     // Every call is on disk when it returns (no buffering until the writer closes).
     EXPECT_EQ(read_events(file).size(), 5u);
   }
-  std::vector<pb::Event> events = read_events(file);
+  std::vector<DecodedEvent> events = read_events(file);
   ASSERT_EQ(events.size(), 5u);
-  EXPECT_EQ(events[0].file_version(), "brain.Event:2");
-  EXPECT_GT(events[0].wall_time(), 1.7e9);
+  EXPECT_EQ(events[0].file_version, "brain.Event:2");
+  EXPECT_GT(events[0].wall_time, 1.7e9);
   for (std::size_t i = 1; i < events.size(); ++i) {
-    ASSERT_TRUE(events[i].has_summary());
-    ASSERT_EQ(events[i].summary().value_size(), 1);
-    EXPECT_GE(events[i].wall_time(), events[i - 1].wall_time());
+    ASSERT_TRUE(events[i].has_summary);
+    ASSERT_EQ(events[i].values.size(), 1u);
+    EXPECT_GE(events[i].wall_time, events[i - 1].wall_time);
   }
-  EXPECT_EQ(events[1].step(), 0);
-  EXPECT_EQ(events[1].summary().value(0).tag(), "train/loss");
-  EXPECT_EQ(events[1].summary().value(0).simple_value(), 1.25f);
-  EXPECT_EQ(events[2].step(), 7);
-  EXPECT_EQ(events[2].summary().value(0).simple_value(), 0.8125f);
-  const pb::Summary::Value& histo = events[3].summary().value(0);
-  EXPECT_EQ(events[3].step(), 7);
-  EXPECT_EQ(histo.tag(), "train/expert_load/layer3");
-  ASSERT_TRUE(histo.has_histo());
-  expect_histogram_of(histo.histo(), values);
-  const pb::Summary::Value& image = events[4].summary().value(0);
-  EXPECT_EQ(events[4].step(), 9);
-  EXPECT_EQ(image.tag(), "collect/usage/load");
-  ASSERT_TRUE(image.has_image());
-  EXPECT_EQ(image.image().width(), 5);
-  EXPECT_EQ(image.image().height(), 3);
-  EXPECT_EQ(image.image().colorspace(), 3);
-  EXPECT_EQ(image.image().encoded_image_string(), png);
+  EXPECT_EQ(events[1].step, 0);
+  EXPECT_EQ(events[1].values[0].tag, "train/loss");
+  EXPECT_EQ(events[1].values[0].simple_value, 1.25f);
+  EXPECT_EQ(events[2].step, 7);
+  EXPECT_EQ(events[2].values[0].simple_value, 0.8125f);
+  const DecodedValue& histo = events[3].values[0];
+  EXPECT_EQ(events[3].step, 7);
+  EXPECT_EQ(histo.tag, "train/expert_load/layer3");
+  ASSERT_EQ(histo.kind, DecodedValue::Kind::histogram);
+  expect_histogram_of(histo.histo, values);
+  const DecodedValue& image = events[4].values[0];
+  EXPECT_EQ(events[4].step, 9);
+  EXPECT_EQ(image.tag, "collect/usage/load");
+  ASSERT_EQ(image.kind, DecodedValue::Kind::image);
+  EXPECT_EQ(image.image.width, 5);
+  EXPECT_EQ(image.image.height, 3);
+  EXPECT_EQ(image.image.colorspace, 3);
+  EXPECT_EQ(image.image.png, png);
 }
 
 TEST(TensorBoard, AFlippedByteIsACrcFailure) {
@@ -244,8 +217,8 @@ TEST(TensorBoard, MetricsRowsAndStageSummariesBecomeScalars) {
                          0);
   }
   std::vector<std::tuple<std::string, std::int64_t, float>> got;
-  for (const pb::Event& e : read_events(file))
-    if (e.has_summary()) got.emplace_back(e.summary().value(0).tag(), e.step(), e.summary().value(0).simple_value());
+  for (const DecodedEvent& e : read_events(file))
+    if (e.has_summary) got.emplace_back(e.values[0].tag, e.step, e.values[0].simple_value);
   const std::vector<std::tuple<std::string, std::int64_t, float>> expected = {
       {"ft/epoch", 3, 0.0f}, {"ft/loss", 3, 1.5f}, {"ft/lr", 3, 0.5f}, {"ft/loss", 2, 1.0f},
       {"collect/usage/numbers/entropy", 0, 2.0f}, {"collect/usage/numbers/entropy", 1, 1.5f},
@@ -285,17 +258,17 @@ TEST(TensorBoard, ATinyRunLogsItsLossesHistogramsSummaryAndReusedFigures) {
   run->record_image("probe/figure", png, 6);
   EXPECT_THAT(error_of([&] { run->record_image("probe/bad", run_dir / "metrics.jsonl", 0); }), HasSubstr("metrics.jsonl: not a PNG image"));
 
-  const std::vector<pb::Event> events = read_events(only_event_file(run_dir / "tb"));
+  const std::vector<DecodedEvent> events = read_events(only_event_file(run_dir / "tb"));
   ASSERT_FALSE(events.empty());
-  EXPECT_EQ(events[0].file_version(), "brain.Event:2");
+  EXPECT_EQ(events[0].file_version, "brain.Event:2");
   std::map<std::string, std::map<std::int64_t, float>> scalars;
-  std::map<std::string, std::map<std::int64_t, pb::HistogramProto>> histograms;
-  std::map<std::string, pb::Summary::Image> images;
-  for (const pb::Event& e : events)
-    for (const pb::Summary::Value& v : e.summary().value()) {
-      if (v.has_histo()) histograms[v.tag()][e.step()] = v.histo();
-      else if (v.has_image()) images[v.tag()] = v.image();
-      else scalars[v.tag()][e.step()] = v.simple_value();
+  std::map<std::string, std::map<std::int64_t, DecodedHistogram>> histograms;
+  std::map<std::string, DecodedImage> images;
+  for (const DecodedEvent& e : events)
+    for (const DecodedValue& v : e.values) {
+      if (v.kind == DecodedValue::Kind::histogram) histograms[v.tag][e.step] = v.histo;
+      else if (v.kind == DecodedValue::Kind::image) images[v.tag] = v.image;
+      else if (v.kind == DecodedValue::Kind::scalar) scalars[v.tag][e.step] = v.simple_value;
     }
   int steps = 0;
   for (const nlohmann::json& row : metrics_rows(run_dir)) {
@@ -321,19 +294,19 @@ TEST(TensorBoard, ATinyRunLogsItsLossesHistogramsSummaryAndReusedFigures) {
     ASSERT_EQ(histograms[load].size(), trained ? 3u : 2u) << load;
     for (const auto& [step, h] : histograms[load]) {
       EXPECT_TRUE(step == 0 || step == 3 || (trained && step == 6)) << load << " at step " << step;
-      EXPECT_EQ(h.num(), static_cast<double>(info.num_experts)) << load;  // one share per expert
-      EXPECT_NEAR(h.sum(), 1.0, 1e-9) << load;                            // the shares of all routed slots
+      EXPECT_EQ(h.num, static_cast<double>(info.num_experts)) << load;  // one share per expert
+      EXPECT_NEAR(h.sum, 1.0, 1e-9) << load;                            // the shares of all routed slots
     }
-    const pb::HistogramProto& probs = histograms["train/router_probs/layer" + std::to_string(layer)][0];
-    EXPECT_GE(probs.min(), 0.0);
-    EXPECT_LE(probs.max(), 1.0);
-    EXPECT_NEAR(probs.sum() * info.num_experts, probs.num(), 1e-3 * probs.num());  // each token's probabilities sum to 1
+    const DecodedHistogram& probs = histograms["train/router_probs/layer" + std::to_string(layer)][0];
+    EXPECT_GE(probs.min, 0.0);
+    EXPECT_LE(probs.max, 1.0);
+    EXPECT_NEAR(probs.sum * info.num_experts, probs.num, 1e-3 * probs.num);  // each token's probabilities sum to 1
   }
   ASSERT_EQ(histograms["probe/values"].size(), 1u);
   expect_histogram_of(histograms["probe/values"][5], probe);
   ASSERT_TRUE(images.count("probe/figure"));
-  EXPECT_EQ(images["probe/figure"].encoded_image_string(), moelab::read_file(png));
-  EXPECT_EQ(images["probe/figure"].width(), 4);
+  EXPECT_EQ(images["probe/figure"].png, moelab::read_file(png));
+  EXPECT_EQ(images["probe/figure"].width, 4);
 
   nlohmann::json expected = {{"histograms", {{{"tag", "probe/values"}, {"step", 5}, {"values", probe}}}},
                              {"images", {{{"tag", "probe/figure"}, {"step", 6}, {"file", "probe.png"}, {"width", 4}, {"height", 2}}}}};
@@ -354,10 +327,10 @@ TEST(TensorBoard, ATinyRunLogsItsLossesHistogramsSummaryAndReusedFigures) {
   second.run_stages();
   std::map<std::string, int> tags;
   std::string logged_figure;
-  for (const pb::Event& e : read_events(only_event_file(second.run_dir() / "tb")))
-    for (const pb::Summary::Value& v : e.summary().value()) {
-      ++tags[v.tag()];
-      if (v.tag() == "train/plots/loss") logged_figure = v.image().encoded_image_string();
+  for (const DecodedEvent& e : read_events(only_event_file(second.run_dir() / "tb")))
+    for (const DecodedValue& v : e.values) {
+      ++tags[v.tag];
+      if (v.tag == "train/plots/loss") logged_figure = v.image.png;
     }
   EXPECT_EQ(tags["train/loss"], 8);
   EXPECT_EQ(tags["train/summary/steps"], 1);
