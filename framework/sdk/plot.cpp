@@ -164,7 +164,7 @@ nlohmann::json plot_lines(const fs::path& dir, const std::string& name, const st
     }
     data << '\n';
   }
-  std::string body = axis_labels(labels) +
+  std::string body = axis_labels(labels) + (labels.xticks.empty() ? "" : tics("x", labels.xticks)) +
                      fmt::format("set key outside right\nset grid\n{}plot for [i=2:{}] {} using 1:i with linespoints pt 7 ps 0.5 title columnheader(i)\n",
                                  log_y ? "set logscale y\n" : "", series.size() + 1, quoted(name + ".dat"));
   return draw(dir, name, data.str(), body, caption);

@@ -106,8 +106,7 @@ class Coactivation final : public moelab::Analyzer {
     nlohmann::json figures = nlohmann::json::array();
     if (layers >= 2) {
       const std::string layer_axis = "decoder layer (MoE layers only)";
-      std::vector<std::string> ticks;
-      for (long long l = 0; l < layers; ++l) ticks.push_back(std::to_string(records.layer_label(l)));
+      const std::vector<std::string> ticks = records.layer_labels(layers);
       figures.push_back(moelab::plot_heatmaps(
           out_dir, "pair_summary", "Cross-layer co-activation, per pair of MoE layers",
           {{predictability_matrix, {"Predictability of layer m from layer l", "later decoder layer m", "earlier decoder layer l",

@@ -63,7 +63,7 @@ class ExpertUsage final : public moelab::Analyzer {
     out["mean_max_over_mean"] = all.max_over_mean.mean().item<double>();
     out["mean_normalized_entropy"] = all.entropy.mean().item<double>();
     out["figures"] = nlohmann::json::array();
-    out["figures"].push_back(moelab::plot_heatmap(out_dir, "usage_heatmap", all.share, {"Expert usage (share of top-k slots)", "expert", "MoE layer index"},
+    out["figures"].push_back(moelab::plot_heatmap(out_dir, "usage_heatmap", all.share, {"Expert usage (share of top-k slots)", "expert", "decoder layer", "", {}, records.layer_labels(all.share.size(0))},
                                                     "Share of each layer's top-k slots taken by each expert, over all sets; a balanced layer is one flat colour."));
     if (records.set_ids.defined() && records.set_names.size() > 1) {
       for (std::size_t s = 0; s < records.set_names.size(); ++s) {

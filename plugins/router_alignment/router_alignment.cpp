@@ -61,7 +61,7 @@ class RouterAlignment final : public moelab::Analyzer {
     out["mean_angle_deg"] = angles.mean().item<double>();
     moelab::write_file_atomic(out_dir / "router_alignment.csv", csv.str());
     out["figures"] = {moelab::plot_heatmap(
-        out_dir, "alignment_heatmap", angles, {"Router row vs expert input subspace (degrees)", "expert", "MoE layer index"},
+        out_dir, "alignment_heatmap", angles, {"Router row vs expert input subspace (degrees)", "expert", "decoder layer", "", {}, records.layer_labels(layers)},
         fmt::format("Angle between each expert's router row and the top-{} right singular directions of its gate and up projections; "
                     "a random direction scores about {:.1f} degrees.", rank, baseline))};
     return out;

@@ -86,8 +86,7 @@ class RouterGeometry final : public moelab::Analyzer {
     moelab::write_file_atomic(out_dir / "router_spectra.csv", spectra.str());
     moelab::write_file_atomic(out_dir / "router_similarity.csv", csv.str());
     const std::string layer_axis = "decoder layer (MoE layers only)";
-    std::vector<std::string> ticks;
-    for (long long l = 0; l < count; ++l) ticks.push_back(std::to_string(records.layer_label(l)));
+    const std::vector<std::string> ticks = records.layer_labels(count);
     nlohmann::json figures = {
         moelab::plot_heatmap(out_dir, "row_cosine", cosine_matrix,
                              {"Router similarity: mean cosine of matched rows", layer_axis, layer_axis, "mean over e of cos(W_l[e], W_m[e])",

@@ -55,7 +55,7 @@ class RoutingDiff final : public moelab::Analyzer {
     moelab::write_file_atomic(out_dir / "routing_diff.csv", csv.str());
     out["figures"] = {moelab::plot_lines(out_dir, "diff_by_layer",
                                          {{"changed top-k set", changed.mean(0)}, {"changed top-1", top1_changed.mean(0)}, {"usage shift (TV)", shift}},
-                                         {"Routing changes between the two router states", "MoE layer index", "share"},
+                                         {"Routing changes between the two router states", "decoder layer", "share", "", records.layer_labels(shift.size(0))},
                                          "Per layer: share of tokens whose top-k expert set or top-1 expert changed, and the total variation "
                                          "distance between the two expert-usage distributions.")};
     return out;

@@ -69,7 +69,7 @@ class RoutingEntropy final : public moelab::Analyzer {
         series.emplace_back("entropy (" + records.set_names[s] + ")", h);
       }
     moelab::write_file_atomic(out_dir / "routing_entropy.csv", csv.str());
-    out["figures"] = {moelab::plot_lines(out_dir, "entropy_by_layer", series, {"Routing entropy and top-1 margin", "MoE layer index", "value"},
+    out["figures"] = {moelab::plot_lines(out_dir, "entropy_by_layer", series, {"Routing entropy and top-1 margin", "decoder layer", "value", "", records.layer_labels(records.topk_ids.size(1))},
                                          "Mean per-token router entropy (normalized by log E; 1 is uniform) and top-1 margin per layer, overall and per set.")};
     return out;
   }

@@ -64,7 +64,7 @@ class Specialization final : public moelab::Analyzer {
     out["figures"] = {
         moelab::plot_bars(out_dir, "kl_by_set", names, bars, {"Specialization: KL(set usage || overall usage)", "text set", "KL (nats)"},
                           "How far each text set's expert usage is from the overall usage, averaged over layers; 0 means the set routes like everything else."),
-        moelab::plot_lines(out_dir, "kl_by_layer", series, {"Specialization per layer", "MoE layer index", "KL (nats)"},
+        moelab::plot_lines(out_dir, "kl_by_layer", series, {"Specialization per layer", "decoder layer", "KL (nats)", "", records.layer_labels(records.topk_ids.size(1))},
                            "KL divergence of each set's expert usage from the overall usage, per layer.")};
     return out;
   }

@@ -48,6 +48,25 @@ TEST(RoutingEntropy, UniformRoutingIsMaximalAndOneHotIsZero) {
   expect_png_figures(dir, out);
 }
 
+// Figures number layers by their decoder layer index, as the JSON and the logs do (a model whose MoE layers
+// are 1, 3 and 5 shows 1, 3, 5 on the axis, not 0, 1, 2).
+TEST(RoutingFigures, LayerAxesShowDecoderLayerIndices) {
+  TempDir dir;
+  torch::manual_seed(5);
+  moelab::RoutingRecords records{torch::randint(0, 4, {16, 3, 1}, torch::kInt64), torch::ones({16, 3, 1}), 4};
+  records.probs = torch::softmax(torch::randn({16, 3, 4}, torch::kFloat64), -1);
+  records.layers = {1, 3, 5};
+  for (const std::string plugin : {"routing_entropy", "expert_usage"}) {
+    TempDir out_dir;
+    auto out = moelab::test::analyze_with(out_dir, plugin, records);
+    if (out.contains("layers")) EXPECT_EQ(out["layers"][2]["layer"], 5) << plugin;
+    const std::string script = moelab::read_file(out_dir.path() / (out["figures"][0]["file"].get<std::string>().replace(
+                                                                       out["figures"][0]["file"].get<std::string>().size() - 4, 4, ".gp")));
+    EXPECT_THAT(script, testing::HasSubstr("tics ('1' 0, '3' 1, '5' 2)")) << plugin;
+    EXPECT_THAT(script, testing::HasSubstr("'decoder layer'")) << plugin;
+  }
+}
+
 TEST(RoutingEntropy, ReadsRecordedEntropyAndMarginWithoutProbabilities) {
   TempDir dir;
   moelab::RoutingRecords records{torch::zeros({2, 1, 1}, torch::kInt64), torch::ones({2, 1, 1}), 8};

@@ -28,6 +28,13 @@ struct RoutingRecords {
   const RoutingRecords* compare = nullptr;  // the same tokens under a second router state (compare mode), or null
 
   long long layer_label(long long l) const { return layers.empty() ? l : layers.at(l); }
+  // layer_label of the first `count` MoE layers as text: plot tick labels, so figures number layers as
+  // the JSON and the logs do.
+  std::vector<std::string> layer_labels(long long count) const {
+    std::vector<std::string> labels;
+    for (long long l = 0; l < count; ++l) labels.push_back(std::to_string(layer_label(l)));
+    return labels;
+  }
   // Indices [n] of the tokens of text set s.
   torch::Tensor rows_of_set(std::size_t s) const;
 };

@@ -17,7 +17,8 @@ namespace moelab {
 struct PlotLabels {
   std::string title, xlabel, ylabel;
   std::string colorbar = "";  // heatmaps: what the colours measure, written beside the colour box
-  // Heatmaps: a label per column / row (for example decoder layer indices); empty: 0, 1, ...
+  // A label per column / row of a heatmap, per x of plot_lines (xticks; for example decoder layer
+  // indices); empty: 0, 1, ...
   std::vector<std::string> xticks = {}, yticks = {};
 };
 
