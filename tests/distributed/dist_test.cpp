@@ -146,6 +146,32 @@ TEST(Distributed, ShardRangesAreContiguousInOrderAndCoverEverythingOnce) {
   EXPECT_EQ(moelab::distributed::gather_list(nlohmann::json::array({1, 2}), "test"), nlohmann::json::array({1, 2}));
 }
 
+// [distributed] is checked as every table is (an unknown key or a wrong choice names the file and line),
+// shown by --dry-run with its defaults, and left out of the run's config.resolved.toml.
+TEST(Distributed, TableIsCheckedAndShownByDryRun) {
+  TempDir dir;
+  const std::string base = "stages = []\n[model]\npath = \"builtin:tiny-olmoe\"\ndevice = \"cpu\"\n";
+  auto shown = moelab::test::run_command(moelab::test::runexp_binary() + " " + dir.write("a.toml", base + "[distributed]\nbackend = \"gloo\"\n").string() +
+                                         " --dry-run");
+  ASSERT_EQ(shown.status, 0) << shown.output;
+  EXPECT_THAT(shown.output, HasSubstr("[distributed]\nbackend = 'gloo'\ntimeout_s = 600.0"));
+  auto typo = moelab::test::run_command(moelab::test::runexp_binary() + " " + dir.write("b.toml", base + "[distributed]\nbackned = \"gloo\"\n").string() +
+                                        " --dry-run");
+  EXPECT_EQ(typo.status, 1);
+  EXPECT_THAT(typo.output, HasSubstr("unknown key 'backned'"));
+  EXPECT_THAT(typo.output, HasSubstr("b.toml:6"));
+  auto choice = moelab::test::run_command(moelab::test::runexp_binary() + " " + dir.write("c.toml", base + "[distributed]\nbackend = \"mpi\"\n").string() +
+                                          " --dry-run");
+  EXPECT_EQ(choice.status, 1);
+  EXPECT_THAT(choice.output, HasSubstr("mpi"));
+  // NCCL on a CPU model is refused before any rendezvous, naming the key.
+  auto nccl = moelab::test::run_command("RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 " + moelab::test::runexp_binary() + " " +
+                                        dir.write("d.toml", base + "[distributed]\nbackend = \"nccl\"\n").string() + " --set run_dir=" +
+                                        (dir.path() / "runs").string());
+  EXPECT_EQ(nccl.status, 1);
+  EXPECT_THAT(nccl.output, HasSubstr("[distributed] backend = \"nccl\""));
+}
+
 TEST(Distributed, TwoGlooRanksFinetuneAndEvaluateAsOneProcess) {
   TempDir dir;
   // batch_size 25: the 64 questions make batches of 25, 25 and 14, split 13 + 12 and 7 + 7 over the ranks, so
