@@ -307,8 +307,6 @@ void write_results(const fs::path& sweep_dir, const std::string& name, const std
   std::string figures;
   for (std::size_t a = 0; a < axes.size(); ++a) {
     if (axes[a].values.size() < 2) continue;
-    std::vector<std::string> ticks;
-    for (std::size_t v = 0; v < axes[a].values.size(); ++v) ticks.push_back(fmt::format("{}: {}", v, axes[a].values[v]));
     for (const std::string& metric : varying) {
       std::vector<std::pair<std::string, std::vector<double>>> lines;
       for (std::size_t i = 0; i < points.size(); ++i) {
@@ -337,8 +335,9 @@ void write_results(const fs::path& sweep_dir, const std::string& name, const std
       std::vector<std::pair<std::string, torch::Tensor>> series;
       for (const auto& [title, ys] : lines) series.emplace_back(title, torch::tensor(ys, torch::kFloat64));
       const std::string file = file_name(metric + "-vs-" + axes[a].key);
-      nlohmann::json figure = plot_lines(sweep_dir / "plots", file, series,
-                                         {metric, fmt::format("{} ({})", axes[a].key, fmt::join(ticks, ", ")), metric}, caption);
+      PlotLabels labels{metric, axes[a].key, metric};
+      labels.xticks = axes[a].values;  // the swept values, evenly spaced in the order given
+      nlohmann::json figure = plot_lines(sweep_dir / "plots", file, series, labels, caption);
       figures += fmt::format("- [{}](plots/{}): {}\n", file, figure["file"].get<std::string>(), caption);
     }
   }
