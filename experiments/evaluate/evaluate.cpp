@@ -151,7 +151,7 @@ class Evaluate final : public moelab::Stage {
       moelab::write_file_atomic(out_dir / "report.md", human(report));
     }
     summary = report;
-    moelab::log::info("evaluate:\n{}", human(report));
+    moelab::log::result(fmt::format("[{}] evaluate:", config_.id()), human(report));
   }
 
  private:

@@ -275,6 +275,7 @@ void ExperimentRun::run_stages() {
       summary_["stages"][id] = nlohmann::json::parse(read_file(stage_dir / "summary.json"));
       summary_["stages"][id]["reused_from"] = hit->stage_dir.string();
       write_summary();
+      stage_to_tensorboard(id, stage_dir, summary_["stages"][id]);
       if (hit->label.empty()) log::info("{}: reused from {} (same config and inputs)", counter, hit->stage_dir.string());
       else log::info("{}: reused from {} (same config and inputs): {}", counter, hit->label, hit->stage_dir.string());
       distributed::barrier("after reusing stage [" + id + "]");
