@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <numeric>
 
 namespace {
 
@@ -37,6 +38,8 @@ struct Settings {
   std::vector<std::string> stop;
   bool add_special_tokens;
   std::size_t batch_size;
+  bool static_cache, sort_by_length;
+  long long read_every;
   std::string qa_template;
   moelab::PromptOptions prompt;
 };
@@ -57,6 +60,15 @@ const moelab::Options<Settings>& options() {
           .flag("add_special_tokens", &Settings::add_special_tokens, true,
                 "prompts get the special tokens of tokenizer.json's post_processor, as HF's tokenizer(text) (Llama 2: BOS)")
           .integer("batch_size", &Settings::batch_size, 8, "prompts decoded together")
+          .at_least(1)
+          .flag("static_cache", &Settings::static_cache, true,
+                "decode into a KV cache allocated once per batch for its longest prompt + max_new_tokens positions and written "
+                "in place (false: a cache that grows by a concatenation per token); both give the same tokens")
+          .flag("sort_by_length", &Settings::sort_by_length, true,
+                "batches group prompts of similar length, longest first (less padding); generations.jsonl keeps the dataset's order")
+          .integer("read_every", &Settings::read_every, 8,
+                   "decoding steps between the host's reads of the new tokens (stop strings, all rows ended); stop ids end a row on "
+                   "the device at every step, so any value gives the same text")
           .at_least(1)
           .string("qa_template", &Settings::qa_template, "Question: {question}\nAnswer:", "prompt of a record without choices ({question})")
           .include(&Settings::prompt, moelab::prompt_options());
@@ -254,64 +266,94 @@ class Generate final : public moelab::Stage {
     moelab::Model& model = context_.model();
     const moelab::Tokenizer& tokenizer = context_.tokenizer();
     const std::size_t batch_size = settings_.batch_size, max_len = settings_.prompt.max_len;
-    std::vector<std::string> texts;
+    std::vector<moelab::McItem> prompts(tasks.size());
+    for (std::size_t i = 0; i < tasks.size(); ++i) {
+      std::vector<std::int64_t>& ids = prompts[i].prompt_ids;
+      ids = tokenizer.encode(tasks[i].prompt, settings_.add_special_tokens);
+      if (ids.empty()) throw std::runtime_error(fmt::format("prompt of '{}' is empty", tasks[i].id));
+      if (ids.size() > max_len) ids.erase(ids.begin(), ids.end() - static_cast<long>(max_len));
+    }
+    // Batches of prompts of similar length (less padding) when sort_by_length; texts keep the dataset's order.
+    std::vector<std::size_t> order(tasks.size());
+    std::iota(order.begin(), order.end(), 0);
+    if (settings_.sort_by_length)
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return prompts[a].prompt_ids.size() > prompts[b].prompt_ids.size(); });
+    std::vector<std::string> texts(tasks.size());
     moelab::Progress progress("generate " + name, static_cast<long long>((tasks.size() + batch_size - 1) / batch_size), "tokens");
     for (std::size_t start = 0; start < tasks.size(); start += batch_size) {
-      std::vector<moelab::McItem> items;
-      for (std::size_t i = start; i < std::min(tasks.size(), start + batch_size); ++i) {
-        moelab::McItem item;
-        item.prompt_ids = tokenizer.encode(tasks[i].prompt, settings_.add_special_tokens);
-        if (item.prompt_ids.empty()) throw std::runtime_error(fmt::format("prompt of '{}' is empty", tasks[i].id));
-        if (item.prompt_ids.size() > max_len) item.prompt_ids.erase(item.prompt_ids.begin(), item.prompt_ids.end() - static_cast<long>(max_len));
-        items.push_back(std::move(item));
-      }
       std::vector<const moelab::McItem*> rows;
-      for (const auto& item : items) rows.push_back(&item);
+      std::vector<std::size_t> members(order.begin() + static_cast<std::ptrdiff_t>(start),
+                                       order.begin() + static_cast<std::ptrdiff_t>(std::min(tasks.size(), start + batch_size)));
+      for (std::size_t i : members) rows.push_back(&prompts[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
       const std::int64_t width = batch.input_ids.size(1);
       moelab::KVCache cache;
+      if (settings_.static_cache) {
+        cache.capacity = width - 1 + max_new_;
+        cache.capacity_key = fmt::format("[{}] prompt.max_len + max_new_tokens", config_.id());
+      }
       if (width > 1) model.forward(batch.input_ids.narrow(1, 0, width - 1), batch.attention_mask.narrow(1, 0, width - 1), &cache, true);
       torch::Tensor last = batch.input_ids.narrow(1, width - 1, 1).to(model.device());
       // Every row's tokens so far for the pickers (repetition_penalty), -1 on the left padding.
       torch::Tensor history = batch.input_ids.masked_fill(batch.attention_mask.eq(0), -1).to(model.device());
+      const auto on_device = torch::dtype(torch::kInt64).device(model.device());
+      const torch::Tensor stop_ids = torch::tensor(stop_ids_, torch::kInt64).to(model.device());
+      // On the device: each step's token per row (-1 once the row met a stop id, which is not kept).
+      torch::Tensor decoded = torch::full({static_cast<std::int64_t>(rows.size()), max_new_}, -1, on_device);
+      torch::Tensor ended = torch::zeros({static_cast<std::int64_t>(rows.size())}, on_device.dtype(torch::kBool));
       std::vector<std::vector<std::int64_t>> out(rows.size());
       std::vector<bool> done(rows.size(), false);
-      long long before = generated;
+      long long before = generated, read = 0;
       CountTopkChanges count_changes(model, cache, static_cast<long long>(rows.size()), changes);
       for (long long step = 0; step < max_new_; ++step) {
         torch::Tensor next = sampler.next(model, last, cache, static_cast<std::int64_t>(start) * max_new_ + step, history);
-        torch::Tensor host = next.cpu();
+        if (stop_ids.numel() > 0) ended.logical_or_(torch::isin(next, stop_ids));
+        decoded.select(1, step).copy_(next.masked_fill(ended, -1));
+        last = next.unsqueeze(1);
+        history = torch::cat({history, last}, 1);
+        if ((step + 1) % settings_.read_every != 0 && step + 1 != max_new_) continue;
+        // The host's read: new tokens of the rows still going, stop strings, and whether every row ended.
+        const torch::Tensor host = decoded.narrow(1, read, step + 1 - read).cpu();
+        read = step + 1;
         bool all_done = true;
         for (std::size_t r = 0; r < rows.size(); ++r) {
           if (done[r]) continue;
-          std::int64_t token = host[static_cast<std::int64_t>(r)].item<std::int64_t>();
-          if (std::find(stop_ids_.begin(), stop_ids_.end(), token) != stop_ids_.end()) {
-            done[r] = true;
-            continue;
+          const std::size_t kept = out[r].size();
+          const auto* fresh = host[static_cast<std::int64_t>(r)].data_ptr<std::int64_t>();
+          for (std::int64_t i = 0; i < host.size(1) && !done[r]; ++i) {
+            if (fresh[i] < 0) done[r] = true;
+            else out[r].push_back(fresh[i]);
           }
-          out[r].push_back(token);
-          ++generated;
-          if (!stops_.empty()) {
-            std::string text = tokenizer.decode(out[r]);
-            for (const auto& stop : stops_)
-              if (!stop.empty() && text.find(stop) != std::string::npos) done[r] = true;
-          }
+          if (end_at_stop_string(tokenizer, out[r], kept)) done[r] = true;
+          generated += static_cast<long long>(out[r].size() - kept);
           all_done = all_done && done[r];
         }
         if (all_done) break;
-        last = next.unsqueeze(1);
-        history = torch::cat({history, last}, 1);
       }
-      for (const auto& ids : out) {
-        std::string text = tokenizer.decode(ids);
+      for (std::size_t r = 0; r < out.size(); ++r) {
+        std::string text = tokenizer.decode(out[r]);
         for (const auto& stop : stops_)
           if (!stop.empty() && text.find(stop) != std::string::npos) text = text.substr(0, text.find(stop));
-        texts.push_back(text);
+        texts[members[r]] = text;
       }
       progress.advance(generated - before);
     }
     progress.finish();
     return texts;
+  }
+
+  // Whether the row's text now holds a stop string; if so its tokens end with the one that completed the
+  // first (as if each token had been checked when it came). Tokens before `checked` were checked before.
+  bool end_at_stop_string(const moelab::Tokenizer& tokenizer, std::vector<std::int64_t>& tokens, std::size_t checked) const {
+    auto has_stop = [&](std::size_t count) {
+      const std::string text = tokenizer.decode({tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(count)});
+      return std::any_of(stops_.begin(), stops_.end(), [&](const std::string& stop) { return !stop.empty() && text.find(stop) != std::string::npos; });
+    };
+    if (stops_.empty() || tokens.size() == checked || !has_stop(tokens.size())) return false;
+    std::size_t count = checked + 1;
+    while (count < tokens.size() && !has_stop(count)) ++count;
+    tokens.resize(count);
+    return true;
   }
 
   moelab::Config config_;  // for where a key was set (generation_config.json fills only unset keys)

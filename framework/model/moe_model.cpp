@@ -124,19 +124,43 @@ class MoeModel final : public Model {
     const int64_t R = cache ? cache->replicas : 1;
     if (R < 1 || B % R != 0) throw std::runtime_error(fmt::format("forward: {} rows are not a multiple of the cache's {} replicas", B, R));
     Tensor mask = attention_mask.defined() ? attention_mask.to(device_, torch::kBool) : torch::ones({B, T}, torch::dtype(torch::kBool).device(device_));
+    const bool fixed = cache && cache->capacity > 0;
     int64_t past = cache ? cache->length() : 0;
-    Tensor past_mask = past > 0 ? cache->mask.to(device_, torch::kBool) : torch::zeros({B / R, 0}, mask.options());
-    Tensor full_mask = torch::cat({R > 1 ? past_mask.repeat_interleave(R, 0) : past_mask, mask}, 1);  // [B, S]
+    if (fixed) prepare_static(*cache, B / R, T);
+    // Static cache: where this forward's tokens go (a device index, so the host never asks where).
+    Tensor fresh_index = fixed ? cache->cursor + torch::arange(T, cache->cursor.options()) : Tensor();
+    Tensor past_mask = fixed ? cache->mask.to(torch::kBool)
+                             : past > 0 ? cache->mask.to(device_, torch::kBool) : torch::zeros({B / R, 0}, mask.options());
+    Tensor past_rows = R > 1 ? past_mask.repeat_interleave(R, 0) : past_mask;
     // Positions count real tokens only, so left padding gives the same positions as no padding.
-    Tensor positions = (full_mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).narrow(1, past, T);
+    Tensor positions = fixed ? (past_rows.sum(1, /*keepdim=*/true) + mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0)
+                             : (torch::cat({past_rows, mask}, 1).to(torch::kInt64).cumsum(1) - 1).clamp_min(0).narrow(1, past, T);
     // allowed[b, i, j]: query i may see key j (causal, not padding; itself always, to keep pad rows finite).
-    Tensor key_index = torch::arange(past + T, torch::dtype(torch::kInt64).device(device_));
-    Tensor query_index = torch::arange(past, past + T, torch::dtype(torch::kInt64).device(device_));
-    Tensor causal = key_index.unsqueeze(0) <= query_index.unsqueeze(1);  // [T, S]
-    Tensor allowed = (causal.unsqueeze(0) & full_mask.unsqueeze(1)) | (key_index.unsqueeze(0) == query_index.unsqueeze(1)).unsqueeze(0);
-    allowed = allowed.unsqueeze(1);  // [B, 1, T, S]
-    // Sliding layers: query i sees keys j > i - sliding_window (cache indices, as transformers' mask).
-    Tensor windowed = c_.sliding_window > 0 ? allowed & (key_index.unsqueeze(0) > query_index.unsqueeze(1) - c_.sliding_window) : Tensor();
+    // A growing cache: keys are the cached sequence then the fresh tokens. A static one: its slots after
+    // this forward's write (one row), or its slots before the write then the fresh tokens (replicas).
+    Tensor allowed, windowed;
+    if (!fixed) {
+      Tensor full_mask = torch::cat({past_rows, mask}, 1);  // [B, S]
+      Tensor key_index = torch::arange(past + T, torch::dtype(torch::kInt64).device(device_));
+      Tensor query_index = torch::arange(past, past + T, torch::dtype(torch::kInt64).device(device_));
+      std::tie(allowed, windowed) = visibility(full_mask, key_index, query_index);
+    } else if (R == 1) {
+      cache->mask.index_copy_(1, fresh_index, mask.to(torch::kInt64));
+      std::tie(allowed, windowed) =
+          visibility(cache->mask.to(torch::kBool), torch::arange(cache->capacity, fresh_index.options()), fresh_index);
+    } else {
+      // Slots before the write are all earlier than every query (causal by construction); no diagonal there.
+      Tensor fresh_key = torch::arange(T, fresh_index.options());
+      auto [fresh_allowed, fresh_windowed] = visibility(mask, fresh_key, fresh_key);
+      Tensor slots = torch::arange(cache->capacity, fresh_index.options());
+      Tensor past_allowed = past_rows.unsqueeze(1).expand({B, T, cache->capacity}).unsqueeze(1);
+      allowed = torch::cat({past_allowed, fresh_allowed}, -1);
+      if (c_.sliding_window > 0) {
+        Tensor in_window = (slots.unsqueeze(0) > fresh_index.unsqueeze(1) - c_.sliding_window).unsqueeze(0).unsqueeze(0);
+        windowed = torch::cat({past_allowed & in_window, fresh_windowed}, -1);
+      }
+      cache->mask.index_copy_(1, fresh_index, first_replicas(mask, R).to(torch::kInt64));
+    }
     // Unpadded rows without a cache need no mask: the fused kernels' causal mode (flash attention) takes
     // over. Only a mask given on the host is inspected (a device mask would cost a synchronisation).
     const bool unpadded = !attention_mask.defined() || (!attention_mask.is_cuda() && attention_mask.all().item<bool>());
@@ -160,11 +184,16 @@ class MoeModel final : public Model {
       const Layer& L = layers_[i];
       const Tensor& visible = c_.sliding_layer[i] ? windowed : allowed;
       Tensor h = norm(x, L.input_norm);
-      x = x + (c_.arch.mla ? mla_attention(L, h, freqs, visible, cache, i) : attention(L, h, freqs, visible, cache, i));
+      x = x + (c_.arch.mla ? mla_attention(L, h, freqs, visible, cache, fresh_index, i) : attention(L, h, freqs, visible, cache, fresh_index, i));
       h = norm(x, L.post_norm);
       x = x + (L.moe ? moe(L, h, i) : L.dense(h, fused_));
     }
-    if (cache) cache->mask = torch::cat({past_mask, first_replicas(mask, R)}, 1).to(torch::kInt64);
+    if (fixed) {
+      cache->cursor.add_(T);
+      cache->filled += T;
+    } else if (cache) {
+      cache->mask = torch::cat({past_mask, first_replicas(mask, R)}, 1).to(torch::kInt64);
+    }
     x = norm(x, final_norm_);
     hidden_ = x;
     if (last_only) {
@@ -233,6 +262,38 @@ class MoeModel final : public Model {
     return x * r.cos2 + rotate_half(x) * r.sin2;
   }
 
+  // Which keys each query sees: allowed [B, 1, T, S] from the keys' mask [B, S] and the keys' and queries'
+  // sequence indices; `windowed` the same within the sliding window (undefined without one).
+  std::pair<Tensor, Tensor> visibility(const Tensor& key_mask, const Tensor& key_index, const Tensor& query_index) const {
+    Tensor causal = key_index.unsqueeze(0) <= query_index.unsqueeze(1);  // [T, S]
+    Tensor itself = (key_index.unsqueeze(0) == query_index.unsqueeze(1)).unsqueeze(0);
+    Tensor allowed = ((causal.unsqueeze(0) & key_mask.unsqueeze(1)) | itself).unsqueeze(1);
+    // Sliding layers: query i sees keys j > i - sliding_window (cache indices, as transformers' mask).
+    Tensor windowed = c_.sliding_window > 0 ? allowed & (key_index.unsqueeze(0) > query_index.unsqueeze(1) - c_.sliding_window) : Tensor();
+    return {allowed, windowed};
+  }
+
+  // A static cache's first forward allocates its mask and cursor (the layers' slots follow in attention);
+  // every forward must fit in it.
+  void prepare_static(KVCache& cache, int64_t rows, int64_t T) const {
+    const std::string key = cache.capacity_key.empty() ? "KVCache::capacity" : cache.capacity_key;
+    if (cache.filled + T > cache.capacity)
+      throw std::runtime_error(fmt::format("the KV cache holds {} positions ({}); {} more after the {} cached would need {}", cache.capacity,
+                                           key, T, cache.filled, cache.filled + T));
+    if (!cache.mask.defined()) {
+      cache.mask = torch::zeros({rows, cache.capacity}, torch::dtype(torch::kInt64).device(device_));
+      cache.cursor = torch::zeros({1}, torch::dtype(torch::kInt64).device(device_));
+    } else if (cache.mask.size(0) != rows) {
+      throw std::runtime_error(fmt::format("forward: the static KV cache holds {} rows, this forward continues {}", cache.mask.size(0), rows));
+    }
+  }
+
+  // A static cache's slot of one layer, allocated on first use: [rows, heads, capacity, dim] like `fresh`.
+  static Tensor& static_slot(Tensor& slot, const Tensor& fresh, const KVCache& cache) {
+    if (!slot.defined()) slot = torch::zeros({cache.mask.size(0), fresh.size(1), cache.capacity, fresh.size(3)}, fresh.options());
+    return slot;
+  }
+
   // Rows r % replicas == 0 of x [B, ...] -> [B / replicas, ...].
   static Tensor first_replicas(const Tensor& x, int64_t replicas) {
     if (replicas == 1) return x;
@@ -286,7 +347,8 @@ class MoeModel final : public Model {
     return unfold(torch::matmul(fold(probs.narrow(-1, 0, S)), v_past)) + torch::matmul(probs.narrow(-1, S, T), v_new);
   }
 
-  Tensor attention(const Layer& L, const Tensor& h, const Rotary& freqs, const Tensor& allowed, KVCache* cache, int i) const {
+  Tensor attention(const Layer& L, const Tensor& h, const Rotary& freqs, const Tensor& allowed, KVCache* cache, const Tensor& fresh_index,
+                   int i) const {
     const int64_t B = h.size(0), T = h.size(1), D = c_.head_dim;
     auto project = [&](const Tensor& w, const Tensor& b) { return b.defined() ? torch::matmul(h, w.t()) + b : torch::matmul(h, w.t()); };
     Tensor q = project(L.q, L.q_bias), k = project(L.k, L.k_bias), v = project(L.v, L.v_bias);
@@ -308,8 +370,13 @@ class MoeModel final : public Model {
     }
     rotate(q, k, freqs);
     const int64_t R = replicas_of(cache);
-    Tensor k_past = cache ? cache->first[i] : Tensor(), v_past = cache ? cache->second[i] : Tensor();
-    if (cache) {
+    Tensor k_past, v_past;
+    if (cache && cache->capacity > 0) {  // static: write in place, attend over every slot (R > 1: the slots, then the fresh keys)
+      k_past = static_slot(cache->first[i], k, *cache).index_copy_(2, fresh_index, first_replicas(k, R));
+      v_past = static_slot(cache->second[i], v, *cache).index_copy_(2, fresh_index, first_replicas(v, R));
+      if (R == 1) k = k_past, v = v_past;
+    } else if (cache) {
+      k_past = cache->first[i], v_past = cache->second[i];
       k = append(cache->first[i], k, R);
       v = append(cache->second[i], v, R);
     }
@@ -320,7 +387,8 @@ class MoeModel final : public Model {
   }
 
   // DeepSeek multi-head latent attention; the cache holds the normalized latent and the rotary key.
-  Tensor mla_attention(const Layer& L, const Tensor& h, const Rotary& freqs, const Tensor& allowed, KVCache* cache, int i) const {
+  Tensor mla_attention(const Layer& L, const Tensor& h, const Rotary& freqs, const Tensor& allowed, KVCache* cache,
+                       const Tensor& fresh_index, int i) const {
     const int64_t B = h.size(0), T = h.size(1), nope = c_.qk_nope_head_dim, rot = c_.qk_rope_head_dim, vd = c_.v_head_dim;
     Tensor q = c_.q_lora_rank > 0 ? torch::matmul(norm(torch::matmul(h, L.q_a.t()), L.q_a_norm), L.q_b.t())
                                   : torch::matmul(h, L.q.t());
@@ -336,8 +404,13 @@ class MoeModel final : public Model {
       k_rot = rope(k_rot, freqs);
     }
     const int64_t R = replicas_of(cache);
-    Tensor latent_past = cache ? cache->first[i] : Tensor(), k_rot_past = cache ? cache->second[i] : Tensor();
-    if (cache) {
+    Tensor latent_past, k_rot_past;
+    if (cache && cache->capacity > 0) {  // static: as in attention()
+      latent_past = static_slot(cache->first[i], latent, *cache).index_copy_(2, fresh_index, first_replicas(latent, R));
+      k_rot_past = static_slot(cache->second[i], k_rot, *cache).index_copy_(2, fresh_index, first_replicas(k_rot, R));
+      if (R == 1) latent = latent_past, k_rot = k_rot_past;
+    } else if (cache) {
+      latent_past = cache->first[i], k_rot_past = cache->second[i];
       latent = append(cache->first[i], latent, R);
       k_rot = append(cache->second[i], k_rot, R);
     }

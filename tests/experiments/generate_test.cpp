@@ -157,6 +157,37 @@ TEST(Generate, MaxNewTokensComesFromGenerationConfigUnlessTheTableSetsIt) {
   EXPECT_EQ(run_stage(dir, run, generate_toml(model, "max_new_tokens = 5\n"), "gen", "from_table")["greedy"]["generated_tokens"], 10);
 }
 
+// The decode loop's fast paths change nothing: a static cache or a growing one, the host reading the
+// tokens every step or every few, give the same text and token counts, with stop strings that cut rows
+// mid-read and RoE (replica forwards over the shared prefix, exact history) as well as greedy.
+TEST(Generate, StaticCacheAndReadEveryGiveTheSameText) {
+  TempDir dir;
+  std::string rows;
+  for (const char* q : {"Name a color.", "Name a planet far away from here.", "Why?", "Count to three, please."})
+    rows += nlohmann::json({{"id", q}, {"question", q}, {"answers", {"x"}}}).dump() + "\n";
+  dir.write("qa.jsonl", rows);
+  auto generate = [&](const std::string& keys, const std::string& folder) {
+    const std::string toml = "stages = []\n[qa]\nplugin = \"jsonl\"\npath = \"qa.jsonl\"\ntext_field = \"question\"\n"
+                             "[greedy]\nplugin = \"plain\"\n[roe]\nplugin = \"roe\"\nk = 3\nhistory = \"exact\"\ntau_mode = \"fixed\"\ntau_middle = 0.5\n"
+                             "[gen]\nplugin = \"generate\"\ndataset = \"qa\"\nbaseline = \"greedy\"\nsampler = \"roe\"\n"
+                             "max_new_tokens = 12\nbatch_size = 3\nstop = [\"e\", \"a\"]\n" + keys;
+    std::unique_ptr<moelab::ExperimentRun> run;
+    nlohmann::json summary = run_stage(dir, run, toml, "gen", folder);
+    return std::make_pair(summary, moelab::read_file(dir.path() / folder / "generations.jsonl"));
+  };
+  const auto reference = generate("static_cache = false\nread_every = 1\n", "reference");
+  const long long greedy_tokens = reference.first["greedy"]["generated_tokens"], roe_tokens = reference.first["roe"]["generated_tokens"];
+  ASSERT_GT(greedy_tokens, 0);
+  ASSERT_LT(greedy_tokens, 4 * 12) << "no stop string met: the test needs other stops";
+  ASSERT_GT(roe_tokens, 0);
+  for (const std::string keys : {"static_cache = true\nread_every = 1\n", "static_cache = true\nread_every = 5\n", "static_cache = false\nread_every = 12\n"}) {
+    const auto other = generate(keys, "other");
+    EXPECT_EQ(other.second, reference.second) << keys;
+    EXPECT_EQ(other.first["greedy"]["generated_tokens"], greedy_tokens) << keys;
+    EXPECT_EQ(other.first["roe"]["generated_tokens"], roe_tokens) << keys;
+  }
+}
+
 // HF's tokenizer(text) puts the post_processor's BOS first; add_special_tokens = false leaves it out.
 TEST(Generate, PromptsGetThePostProcessorsSpecialTokens) {
   TempDir dir;

@@ -134,6 +134,46 @@ TEST_P(PerArchitecture, CachedDecodingMatchesFullForward) {
   EXPECT_LE((torch::cat(pieces, 1) - full).narrow(1, 1, 8).abs().max().item<double>(), 1e-4);
 }
 
+// The static cache (preallocated slots written in place at a device index) decodes as the growing one:
+// a left-padded prompt, single-token steps, RoE's replica forward (K noisy rows reading the clean row's
+// prefix) and its truncation, with the same logits; a forward that would overflow it names the key.
+TEST_P(PerArchitecture, StaticCacheMatchesGrowingCache) {
+  auto model = load(GetParam());
+  torch::NoGradGuard no_grad;
+  Tensor ids = torch::randint(2, 256, {2, 9}, torch::kInt64);
+  Tensor mask = torch::ones({2, 5}, torch::kInt64);
+  mask[0][0] = 0;  // a left-padded row
+  moelab::KVCache growing, fixed;
+  fixed.capacity = 12;
+  fixed.capacity_key = "generate.max_new_tokens";
+  auto both = [&](const Tensor& tokens, const Tensor& m, bool last_only = false) {
+    Tensor a = model->forward(tokens, m, &growing, last_only), b = model->forward(tokens, m, &fixed, last_only);
+    EXPECT_LE((a - b).abs().max().item<double>(), 1e-5) << "after " << growing.length() << " positions";
+  };
+  both(ids.narrow(1, 0, 5), mask);
+  for (long long t = 5; t < 7; ++t) both(ids.narrow(1, t, 1), {});
+  // RoE: 3 replicas of each row (row 0 of each group clean), then drop that forward and append the clean token.
+  growing.replicas = fixed.replicas = 3;
+  both(ids.narrow(1, 7, 1).repeat_interleave(3, 0), {}, true);
+  growing.replicas = fixed.replicas = 1;
+  growing.truncate(7);
+  fixed.truncate(7);
+  EXPECT_EQ(fixed.length(), 7);
+  both(ids.narrow(1, 7, 2), {});
+  EXPECT_EQ(fixed.length(), 9);
+  EXPECT_EQ(growing.length(), 9);
+  EXPECT_EQ(fixed.first.at(0).size(2), 12);  // allocated once, never grown
+  EXPECT_EQ(fixed.cursor.item<int64_t>(), 9);
+  try {
+    model->forward(ids.narrow(1, 0, 4), {}, &fixed);
+    FAIL() << "overflowing a static cache must throw";
+  } catch (const std::runtime_error& e) {
+    EXPECT_THAT(e.what(), testing::HasSubstr("holds 12 positions (generate.max_new_tokens)"));
+    EXPECT_THAT(e.what(), testing::HasSubstr("would need 13"));
+  }
+  EXPECT_EQ(fixed.length(), 9);  // refused before any write
+}
+
 // What quantization relies on, per architecture: the MoE input observer sees every MoE layer's input and
 // choices; expert_weights shares storage with the named checkpoint tensors; GPTQ-quantized experts saved
 // as a quantized checkpoint rebuild the same model from the full-precision one.

@@ -7,6 +7,7 @@
 #include <torch/types.h>
 
 #include <array>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,15 +30,41 @@ struct RouterTrace {
   torch::Tensor topk_weights;  // [N, k] their weights in the layer output
 };
 
-// Keys and values of earlier tokens, per layer; grows along the sequence with every forward.
+// Keys and values of earlier tokens, per layer. By default the cache grows along the sequence with every
+// forward (a concatenation per layer). With `capacity` set before the first forward it is static: that
+// forward allocates every layer's slots for `capacity` positions once, and every forward writes its keys
+// in place at a device-side index (`cursor`) and attends over all slots through the mask, so a decode
+// step neither reallocates nor asks the host where to write (what CUDA graphs need).
 struct KVCache {
-  std::vector<torch::Tensor> first, second;  // per layer: keys/values, or MLA's latent and rotary key
-  torch::Tensor mask;                        // [B, S] 1 for real tokens, 0 for padding
+  std::vector<torch::Tensor> first, second;  // per layer: keys/values [rows, heads, S, dim], or MLA's latent and rotary key
+  torch::Tensor mask;                        // [B, S] 1 for real tokens, 0 for padding (static: S = capacity, 0 past the filled slots)
   // Input rows per cached row in the next forwards, all reading that row's prefix without a copy (RoE:
   // one clean row then K noisy ones). Input row r continues cached row r / replicas; only the rows
   // with r % replicas == 0 are appended to the cache.
   long long replicas = 1;
-  long long length() const { return mask.defined() ? mask.size(1) : 0; }
+  // Static cache: positions it holds (0: a growing cache), and the config key that sets them, which the
+  // error of a forward that would overflow it names.
+  std::int64_t capacity = 0;
+  std::string capacity_key;
+  torch::Tensor cursor;  // static: [1] int64 on the model's device, the slots filled so far
+  std::int64_t filled = 0;  // static: the same count, kept on the host (it never needs a read of the device)
+
+  long long length() const { return capacity > 0 ? filled : mask.defined() ? mask.size(1) : 0; }
+  // Forgets the newest positions so that `keep` remain (RoE's exact history drops its shared forward's).
+  void truncate(long long keep) {
+    const std::int64_t drop = length() - keep;
+    if (drop <= 0) return;
+    if (capacity > 0) {
+      mask.narrow(1, keep, drop).zero_();
+      cursor.sub_(drop);
+      filled = keep;
+      return;
+    }
+    for (auto* slots : {&first, &second})
+      for (auto& t : *slots)
+        if (t.defined()) t = t.narrow(2, 0, keep);
+    mask = mask.narrow(1, 0, keep);
+  }
 };
 
 // Changes a layer's router logits [N, E] before top-k selection (for example RoE's Gumbel noise).
