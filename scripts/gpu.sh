@@ -12,6 +12,9 @@
 #   perf      issue #15's measures in one call, both sides: forward (profile), MC evaluation (benchmarks/mc_eval.toml
 #             vs benchmarks/hf_mc_peer.py), RoMA training by epoch, routing collection; raw lines in $OUT/perf.jsonl
 #             (copied into benchmarks/results_gpu.jsonl). Add `profile` before it for the kernel tables.
+#   decode    issue #16's measures, both sides in one call: moelab_bench_decode (static and growing cache) and
+#             benchmarks/hf_decode_peer.py on the OLMoE-1B-7B-shaped model; raw lines in $OUT/decode.jsonl
+#             (copied into benchmarks/results_gpu.jsonl)
 #   all       test, then bench (default); phases may be joined with commas: test,fixtures
 # Carry .deps (header packages) and .tok.tgz (the npm tokenizer files, made here by
 # `tar czf .tok.tgz -C build/tokenizers .`; the box has no npm). Prepare .deps here first:
@@ -103,6 +106,23 @@ if has perf; then
   fi
   python3 benchmarks/perf_lines.py "$run_id" "$OUT/profile.jsonl" /tmp/perf_runs /tmp/hf_mc.jsonl $( [[ -f /tmp/hf_collect.jsonl ]] && echo /tmp/hf_collect.jsonl ) \
     | tee "$OUT/perf.jsonl"
+fi
+
+if has decode; then
+  [[ -f /tmp/olmoe/config.json ]] || python3 benchmarks/make_olmoe_shaped.py /tmp/olmoe framework/model/tiny/tokenizer.json
+  run_id=decode-$(date -u +%Y%m%dT%H%M%SZ)
+  {
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed "s/^/{\"run\": \"$run_id\", \"device\": \"/; s/$/\"}/"
+    python3 -c 'import torch,transformers,json,sys;print(json.dumps({"run":sys.argv[1],"torch":torch.__version__,"transformers":transformers.__version__}))' "$run_id"
+    for cache in static growing; do
+      flag=(); [[ $cache == growing ]] && flag=(--growing-cache)
+      with_peak build-gpu/bin/moelab_bench_decode /tmp/olmoe --run "$run_id" "${flag[@]}" 2> "$OUT/bench_decode_$cache.log" | tee /tmp/decode_$cache.jsonl || status=1
+      echo "{\"run\": \"$run_id\", \"impl\": \"moelab\", \"static_cache\": $([[ $cache == static ]] && echo true || echo false), \"measure\": \"process_peak\", \"peak_gpu_mib\": $(cat /tmp/peak_mib)}"
+    done
+    with_peak python3 benchmarks/hf_decode_peer.py /tmp/olmoe "$run_id" 2> "$OUT/hf_decode.log" || status=1
+    echo "{\"run\": \"$run_id\", \"impl\": \"transformers\", \"measure\": \"process_peak\", \"peak_gpu_mib\": $(cat /tmp/peak_mib)}"
+  } > "$OUT/decode.jsonl"
+  cat "$OUT/decode.jsonl"
 fi
 
 if has bench; then
