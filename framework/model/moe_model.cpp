@@ -127,8 +127,8 @@ class MoeModel final : public Model {
     const bool fixed = cache && cache->capacity > 0;
     int64_t past = cache ? cache->length() : 0;
     if (fixed) prepare_static(*cache, B / R, T);
-    // Static cache: where this forward's tokens go (a device index, so the host never asks where).
-    Tensor fresh_index = fixed ? cache->cursor + torch::arange(T, cache->cursor.options()) : Tensor();
+    // Static cache: where each row's tokens go [B / R, T] (a device index, so the host never asks where).
+    Tensor fresh_index = fixed ? cache->cursor.unsqueeze(1) + torch::arange(T, cache->cursor.options()) : Tensor();
     Tensor past_mask = fixed ? cache->mask.to(torch::kBool)
                              : past > 0 ? cache->mask.to(device_, torch::kBool) : torch::zeros({B / R, 0}, mask.options());
     Tensor past_rows = R > 1 ? past_mask.repeat_interleave(R, 0) : past_mask;
@@ -145,7 +145,7 @@ class MoeModel final : public Model {
       Tensor query_index = torch::arange(past, past + T, torch::dtype(torch::kInt64).device(device_));
       std::tie(allowed, windowed) = visibility(full_mask, key_index, query_index);
     } else if (R == 1) {
-      cache->mask.index_copy_(1, fresh_index, mask.to(torch::kInt64));
+      cache->mask.scatter_(1, fresh_index, mask.to(torch::kInt64));
       std::tie(allowed, windowed) =
           visibility(cache->mask.to(torch::kBool), torch::arange(cache->capacity, fresh_index.options()), fresh_index);
     } else {
@@ -156,10 +156,10 @@ class MoeModel final : public Model {
       Tensor past_allowed = past_rows.unsqueeze(1).expand({B, T, cache->capacity}).unsqueeze(1);
       allowed = torch::cat({past_allowed, fresh_allowed}, -1);
       if (c_.sliding_window > 0) {
-        Tensor in_window = (slots.unsqueeze(0) > fresh_index.unsqueeze(1) - c_.sliding_window).unsqueeze(0).unsqueeze(0);
+        Tensor in_window = (slots > fresh_index.repeat_interleave(R, 0).unsqueeze(-1) - c_.sliding_window).unsqueeze(1);
         windowed = torch::cat({past_allowed & in_window, fresh_windowed}, -1);
       }
-      cache->mask.index_copy_(1, fresh_index, first_replicas(mask, R).to(torch::kInt64));
+      cache->mask.scatter_(1, fresh_index, first_replicas(mask, R).to(torch::kInt64));
     }
     // Unpadded rows without a cache need no mask: the fused kernels' causal mode (flash attention) takes
     // over. Only a mask given on the host is inspected (a device mask would cost a synchronisation).
@@ -190,7 +190,7 @@ class MoeModel final : public Model {
     }
     if (fixed) {
       cache->cursor.add_(T);
-      cache->filled += T;
+      for (std::int64_t& n : cache->filled) n += T;
     } else if (cache) {
       cache->mask = torch::cat({past_mask, first_replicas(mask, R)}, 1).to(torch::kInt64);
     }
@@ -265,11 +265,11 @@ class MoeModel final : public Model {
   // Which keys each query sees: allowed [B, 1, T, S] from the keys' mask [B, S] and the keys' and queries'
   // sequence indices; `windowed` the same within the sliding window (undefined without one).
   std::pair<Tensor, Tensor> visibility(const Tensor& key_mask, const Tensor& key_index, const Tensor& query_index) const {
-    Tensor causal = key_index.unsqueeze(0) <= query_index.unsqueeze(1);  // [T, S]
-    Tensor itself = (key_index.unsqueeze(0) == query_index.unsqueeze(1)).unsqueeze(0);
-    Tensor allowed = ((causal.unsqueeze(0) & key_mask.unsqueeze(1)) | itself).unsqueeze(1);
+    const Tensor query = query_index.unsqueeze(-1);  // [T, 1], or [B, T, 1] for per-row positions
+    Tensor causal = key_index <= query;              // [T, S] or [B, T, S]
+    Tensor allowed = ((causal & key_mask.unsqueeze(1)) | (key_index == query)).unsqueeze(-3);
     // Sliding layers: query i sees keys j > i - sliding_window (cache indices, as transformers' mask).
-    Tensor windowed = c_.sliding_window > 0 ? allowed & (key_index.unsqueeze(0) > query_index.unsqueeze(1) - c_.sliding_window) : Tensor();
+    Tensor windowed = c_.sliding_window > 0 ? allowed & (key_index > query - c_.sliding_window).unsqueeze(-3) : Tensor();
     return {allowed, windowed};
   }
 
@@ -277,15 +277,22 @@ class MoeModel final : public Model {
   // every forward must fit in it.
   void prepare_static(KVCache& cache, int64_t rows, int64_t T) const {
     const std::string key = cache.capacity_key.empty() ? "KVCache::capacity" : cache.capacity_key;
-    if (cache.filled + T > cache.capacity)
+    const int64_t held = cache.length();
+    if (held + T > cache.capacity)
       throw std::runtime_error(fmt::format("the KV cache holds {} positions ({}); {} more after the {} cached would need {}", cache.capacity,
-                                           key, T, cache.filled, cache.filled + T));
+                                           key, T, held, held + T));
     if (!cache.mask.defined()) {
       cache.mask = torch::zeros({rows, cache.capacity}, torch::dtype(torch::kInt64).device(device_));
-      cache.cursor = torch::zeros({1}, torch::dtype(torch::kInt64).device(device_));
+      cache.cursor = torch::zeros({rows}, torch::dtype(torch::kInt64).device(device_));
+      cache.filled.assign(static_cast<std::size_t>(rows), 0);
     } else if (cache.mask.size(0) != rows) {
       throw std::runtime_error(fmt::format("forward: the static KV cache holds {} rows, this forward continues {}", cache.mask.size(0), rows));
     }
+  }
+
+  // Writes fresh [rows, heads, T, dim] into slot [rows, heads, capacity, dim] at each row's index [rows, T].
+  static Tensor& write_slots(Tensor& slot, const Tensor& index, const Tensor& fresh) {
+    return slot.scatter_(2, index.view({index.size(0), 1, index.size(1), 1}).expand(fresh.sizes()), fresh);
   }
 
   // A static cache's slot of one layer, allocated on first use: [rows, heads, capacity, dim] like `fresh`.
@@ -372,8 +379,8 @@ class MoeModel final : public Model {
     const int64_t R = replicas_of(cache);
     Tensor k_past, v_past;
     if (cache && cache->capacity > 0) {  // static: write in place, attend over every slot (R > 1: the slots, then the fresh keys)
-      k_past = static_slot(cache->first[i], k, *cache).index_copy_(2, fresh_index, first_replicas(k, R));
-      v_past = static_slot(cache->second[i], v, *cache).index_copy_(2, fresh_index, first_replicas(v, R));
+      k_past = write_slots(static_slot(cache->first[i], k, *cache), fresh_index, first_replicas(k, R));
+      v_past = write_slots(static_slot(cache->second[i], v, *cache), fresh_index, first_replicas(v, R));
       if (R == 1) k = k_past, v = v_past;
     } else if (cache) {
       k_past = cache->first[i], v_past = cache->second[i];
@@ -406,8 +413,8 @@ class MoeModel final : public Model {
     const int64_t R = replicas_of(cache);
     Tensor latent_past, k_rot_past;
     if (cache && cache->capacity > 0) {  // static: as in attention()
-      latent_past = static_slot(cache->first[i], latent, *cache).index_copy_(2, fresh_index, first_replicas(latent, R));
-      k_rot_past = static_slot(cache->second[i], k_rot, *cache).index_copy_(2, fresh_index, first_replicas(k_rot, R));
+      latent_past = write_slots(static_slot(cache->first[i], latent, *cache), fresh_index, first_replicas(latent, R));
+      k_rot_past = write_slots(static_slot(cache->second[i], k_rot, *cache), fresh_index, first_replicas(k_rot, R));
       if (R == 1) latent = latent_past, k_rot = k_rot_past;
     } else if (cache) {
       latent_past = cache->first[i], k_rot_past = cache->second[i];

@@ -103,7 +103,7 @@ class RoeSampler final : public moelab::Sampler {
     cache.replicas = 1;
     model.set_router_transform({});
     if (exact_history_) {  // drop the shared forward's clean keys and values, then append greedy's own
-      cache.truncate(cache.length() - tokens.size(1));
+      cache.drop_newest(tokens.size(1));
       model.forward(tokens, {}, &cache, /*last_only=*/true);
     }
     return logits.select(1, 0).view({rows, replicas, -1}).narrow(1, 1, k_).softmax(-1).mean(1).to(torch::kFloat64).log();

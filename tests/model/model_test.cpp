@@ -156,14 +156,14 @@ TEST_P(PerArchitecture, StaticCacheMatchesGrowingCache) {
   growing.replicas = fixed.replicas = 3;
   both(ids.narrow(1, 7, 1).repeat_interleave(3, 0), {}, true);
   growing.replicas = fixed.replicas = 1;
-  growing.truncate(7);
-  fixed.truncate(7);
+  growing.drop_newest(1);
+  fixed.drop_newest(1);
   EXPECT_EQ(fixed.length(), 7);
   both(ids.narrow(1, 7, 2), {});
   EXPECT_EQ(fixed.length(), 9);
   EXPECT_EQ(growing.length(), 9);
   EXPECT_EQ(fixed.first.at(0).size(2), 12);  // allocated once, never grown
-  EXPECT_EQ(fixed.cursor.item<int64_t>(), 9);
+  EXPECT_TRUE(fixed.cursor.eq(9).all().item<bool>());
   try {
     model->forward(ids.narrow(1, 0, 4), {}, &fixed);
     FAIL() << "overflowing a static cache must throw";
@@ -172,6 +172,31 @@ TEST_P(PerArchitecture, StaticCacheMatchesGrowingCache) {
     EXPECT_THAT(e.what(), testing::HasSubstr("would need 13"));
   }
   EXPECT_EQ(fixed.length(), 9);  // refused before any write
+}
+
+// Continuous batching: a static cache's row takes a new prompt's prefill from another cache and decodes
+// on as if that prompt had been decoded alone, while the other row decodes on unchanged.
+TEST_P(PerArchitecture, StaticCacheRowTakesAnotherPromptsPrefill) {
+  auto model = load(GetParam());
+  torch::NoGradGuard no_grad;
+  Tensor ids = torch::randint(2, 256, {2, 6}, torch::kInt64), newcomer = torch::randint(2, 256, {1, 4}, torch::kInt64);
+  Tensor steps = torch::randint(2, 256, {2, 3}, torch::kInt64);
+  moelab::KVCache batch, alone_first, alone_new, prefill;
+  batch.capacity = alone_first.capacity = alone_new.capacity = 10;
+  model->forward(ids, {}, &batch);
+  model->forward(ids.narrow(0, 0, 1), {}, &alone_first);
+  model->forward(newcomer, {}, &prefill);  // a growing cache: its row is copied into the static one
+  model->forward(newcomer, {}, &alone_new);
+  batch.replace_row(1, prefill, 0);
+  EXPECT_EQ(batch.filled, (std::vector<std::int64_t>{6, 4}));
+  for (long long t = 0; t < 3; ++t) {
+    Tensor both = model->forward(steps.narrow(1, t, 1), {}, &batch);
+    Tensor first = model->forward(steps.narrow(1, t, 1).narrow(0, 0, 1), {}, &alone_first);
+    Tensor second = model->forward(steps.narrow(1, t, 1).narrow(0, 1, 1), {}, &alone_new);
+    EXPECT_LE((both[0] - first[0]).abs().max().item<double>(), 1e-5) << "step " << t;
+    EXPECT_LE((both[1] - second[0]).abs().max().item<double>(), 1e-5) << "step " << t;
+  }
+  EXPECT_EQ(batch.filled, (std::vector<std::int64_t>{9, 7}));
 }
 
 // What quantization relies on, per architecture: the MoE input observer sees every MoE layer's input and

@@ -46,25 +46,17 @@ struct KVCache {
   // error of a forward that would overflow it names.
   std::int64_t capacity = 0;
   std::string capacity_key;
-  torch::Tensor cursor;  // static: [1] int64 on the model's device, the slots filled so far
-  std::int64_t filled = 0;  // static: the same count, kept on the host (it never needs a read of the device)
+  torch::Tensor cursor;               // static: [rows] int64 on the model's device, each row's filled slots
+  std::vector<std::int64_t> filled;   // static: the same counts, kept on the host (never read from the device)
 
-  long long length() const { return capacity > 0 ? filled : mask.defined() ? mask.size(1) : 0; }
-  // Forgets the newest positions so that `keep` remain (RoE's exact history drops its shared forward's).
-  void truncate(long long keep) {
-    const std::int64_t drop = length() - keep;
-    if (drop <= 0) return;
-    if (capacity > 0) {
-      mask.narrow(1, keep, drop).zero_();
-      cursor.sub_(drop);
-      filled = keep;
-      return;
-    }
-    for (auto* slots : {&first, &second})
-      for (auto& t : *slots)
-        if (t.defined()) t = t.narrow(2, 0, keep);
-    mask = mask.narrow(1, 0, keep);
-  }
+  // Positions held: the longest row's (static), the mask's width (growing).
+  long long length() const;
+  // Forgets every row's `count` newest positions (RoE's exact history drops its shared forward's).
+  void drop_newest(std::int64_t count);
+  // Static cache: row `row` becomes a copy of row `from_row` of `from` (a static or growing cache of the same
+  // model that holds at most `capacity` positions), so a finished row takes a new prompt's prefill
+  // (continuous batching). Both caches must have run a forward; device copies only.
+  void replace_row(std::int64_t row, const KVCache& from, std::int64_t from_row);
 };
 
 // Changes a layer's router logits [N, E] before top-k selection (for example RoE's Gumbel noise).
