@@ -38,7 +38,7 @@ struct Settings {
   std::vector<std::string> stop;
   bool add_special_tokens;
   std::size_t batch_size;
-  bool static_cache, sort_by_length;
+  bool static_cache, sort_by_length, continuous_batching;
   long long read_every;
   std::string qa_template;
   moelab::PromptOptions prompt;
@@ -66,6 +66,9 @@ const moelab::Options<Settings>& options() {
                 "in place (false: a cache that grows by a concatenation per token); both give the same tokens")
           .flag("sort_by_length", &Settings::sort_by_length, true,
                 "batches group prompts of similar length, longest first (less padding); generations.jsonl keeps the dataset's order")
+          .flag("continuous_batching", &Settings::continuous_batching, true,
+                "with static_cache, a row whose prompt ended takes the next waiting prompt at the next read instead of waiting for "
+                "the whole batch (greedy text is the same either way; sampled text draws other noise)")
           .integer("read_every", &Settings::read_every, 8,
                    "decoding steps between the host's reads of the new tokens (stop strings, all rows ended); stop ids end a row on "
                    "the device at every step, so any value gives the same text")
@@ -279,67 +282,133 @@ class Generate final : public moelab::Stage {
     if (settings_.sort_by_length)
       std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return prompts[a].prompt_ids.size() > prompts[b].prompt_ids.size(); });
     std::vector<std::string> texts(tasks.size());
-    moelab::Progress progress("generate " + name, static_cast<long long>((tasks.size() + batch_size - 1) / batch_size), "tokens");
-    for (std::size_t start = 0; start < tasks.size(); start += batch_size) {
-      std::vector<const moelab::McItem*> rows;
-      std::vector<std::size_t> members(order.begin() + static_cast<std::ptrdiff_t>(start),
-                                       order.begin() + static_cast<std::ptrdiff_t>(std::min(tasks.size(), start + batch_size)));
-      for (std::size_t i : members) rows.push_back(&prompts[i]);
-      moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
-      const std::int64_t width = batch.input_ids.size(1);
+    moelab::Progress progress("generate " + name, static_cast<long long>(tasks.size()), "tokens");
+    std::size_t longest = 0;
+    for (const auto& p : prompts) longest = std::max(longest, p.prompt_ids.size());
+    const bool continuous = settings_.continuous_batching && settings_.static_cache;
+    const auto on_device = torch::dtype(torch::kInt64).device(model.device());
+    const torch::Tensor stop_ids = torch::tensor(stop_ids_, torch::kInt64).to(model.device());
+    constexpr std::size_t kIdle = static_cast<std::size_t>(-1);
+    // Batches of batch_size rows; with continuous batching one batch, whose finished rows take waiting prompts.
+    for (std::size_t queued = 0; queued < order.size();) {
+      const std::size_t batch_start = queued;
+      std::vector<std::size_t> member;  // per row: the task it decodes, kIdle when none
+      for (; queued < order.size() && member.size() < batch_size; ++queued) member.push_back(order[queued]);
+      const std::int64_t B = static_cast<std::int64_t>(member.size());
+      Prefill first = prefill(model, prompts, member, nullptr);
       moelab::KVCache cache;
       if (settings_.static_cache) {
-        cache.capacity = width - 1 + max_new_;
+        cache.capacity = (continuous ? static_cast<std::int64_t>(longest) : first.width) - 1 + max_new_;
         cache.capacity_key = fmt::format("[{}] prompt.max_len + max_new_tokens", config_.id());
       }
-      if (width > 1) model.forward(batch.input_ids.narrow(1, 0, width - 1), batch.attention_mask.narrow(1, 0, width - 1), &cache, true);
-      torch::Tensor last = batch.input_ids.narrow(1, width - 1, 1).to(model.device());
-      // Every row's tokens so far for the pickers (repetition_penalty), -1 on the left padding.
-      torch::Tensor history = batch.input_ids.masked_fill(batch.attention_mask.eq(0), -1).to(model.device());
-      const auto on_device = torch::dtype(torch::kInt64).device(model.device());
-      const torch::Tensor stop_ids = torch::tensor(stop_ids_, torch::kInt64).to(model.device());
-      // On the device: each step's token per row (-1 once the row met a stop id, which is not kept).
-      torch::Tensor decoded = torch::full({static_cast<std::int64_t>(rows.size()), max_new_}, -1, on_device);
-      torch::Tensor ended = torch::zeros({static_cast<std::int64_t>(rows.size())}, on_device.dtype(torch::kBool));
-      std::vector<std::vector<std::int64_t>> out(rows.size());
-      std::vector<bool> done(rows.size(), false);
-      long long before = generated, read = 0;
-      CountTopkChanges count_changes(model, cache, static_cast<long long>(rows.size()), changes);
-      for (long long step = 0; step < max_new_; ++step) {
-        torch::Tensor next = sampler.next(model, last, cache, static_cast<std::int64_t>(start) * max_new_ + step, history);
+      if (first.width > 1) model.forward(first.context, first.context_mask, &cache, true);
+      torch::Tensor last = first.last, history = first.history;
+      // On the device: each row's tokens by its own step (-1 once the row met a stop id, which is not kept).
+      torch::Tensor decoded = torch::full({B, max_new_}, -1, on_device);
+      torch::Tensor ended = torch::zeros({B}, on_device.dtype(torch::kBool));
+      torch::Tensor row_step = torch::zeros({B}, on_device);
+      std::vector<long long> steps(member.size(), 0), read(member.size(), 0);
+      std::vector<std::vector<std::int64_t>> out(member.size());
+      CountTopkChanges count_changes(model, cache, B, changes);
+      for (long long step = 0;; ++step) {
+        torch::Tensor next = sampler.next(model, last, cache, static_cast<std::int64_t>(batch_start) * max_new_ + step, history);
         if (stop_ids.numel() > 0) ended.logical_or_(torch::isin(next, stop_ids));
-        decoded.select(1, step).copy_(next.masked_fill(ended, -1));
+        decoded.scatter_(1, row_step.clamp_max(static_cast<std::int64_t>(max_new_ - 1)).unsqueeze(1), next.masked_fill(ended, -1).unsqueeze(1));
+        row_step.add_(1);
         last = next.unsqueeze(1);
         history = torch::cat({history, last}, 1);
-        if ((step + 1) % settings_.read_every != 0 && step + 1 != max_new_) continue;
-        // The host's read: new tokens of the rows still going, stop strings, and whether every row ended.
-        const torch::Tensor host = decoded.narrow(1, read, step + 1 - read).cpu();
-        read = step + 1;
-        bool all_done = true;
-        for (std::size_t r = 0; r < rows.size(); ++r) {
-          if (done[r]) continue;
-          const std::size_t kept = out[r].size();
-          const auto* fresh = host[static_cast<std::int64_t>(r)].data_ptr<std::int64_t>();
-          for (std::int64_t i = 0; i < host.size(1) && !done[r]; ++i) {
-            if (fresh[i] < 0) done[r] = true;
-            else out[r].push_back(fresh[i]);
-          }
-          if (end_at_stop_string(tokenizer, out[r], kept)) done[r] = true;
-          generated += static_cast<long long>(out[r].size() - kept);
-          all_done = all_done && done[r];
+        bool row_at_limit = false;
+        for (std::size_t r = 0; r < member.size(); ++r) {
+          ++steps[r];
+          row_at_limit = row_at_limit || (member[r] != kIdle && steps[r] >= max_new_);
         }
-        if (all_done) break;
+        if ((step + 1) % settings_.read_every != 0 && !row_at_limit) continue;
+        // The host's read: each row's new tokens, stop strings, rows that ended.
+        const torch::Tensor host = decoded.cpu();
+        std::vector<std::int64_t> freed;
+        for (std::size_t r = 0; r < member.size(); ++r) {
+          if (member[r] == kIdle) continue;
+          const std::size_t kept = out[r].size();
+          const auto* row = host[static_cast<std::int64_t>(r)].data_ptr<std::int64_t>();
+          bool done = false;
+          for (long long i = read[r]; i < std::min<long long>(steps[r], max_new_) && !done; ++i) {
+            if (row[i] < 0) done = true;
+            else out[r].push_back(row[i]);
+          }
+          read[r] = std::min<long long>(steps[r], max_new_);
+          done = end_at_stop_string(tokenizer, out[r], kept) || done || steps[r] >= max_new_;
+          generated += static_cast<long long>(out[r].size() - kept);
+          if (!done) continue;
+          texts[member[r]] = cut_at_stop(tokenizer.decode(out[r]));
+          progress.advance(static_cast<long long>(out[r].size()));
+          member[r] = kIdle;
+          freed.push_back(static_cast<std::int64_t>(r));
+        }
+        if (std::all_of(member.begin(), member.end(), [](std::size_t m) { return m == kIdle; }) && (!continuous || queued == order.size())) break;
+        if (!continuous || freed.empty()) continue;
+        // Continuous batching: freed rows take the next prompts (their prefill in a batch of their own); rows
+        // left without one restart from an empty cache row, so an idle row never outgrows the cache.
+        std::vector<std::size_t> newcomers;
+        for (; queued < order.size() && newcomers.size() < freed.size(); ++queued) newcomers.push_back(order[queued]);
+        Prefill fresh = prefill(model, prompts, newcomers, &history);
+        moelab::KVCache fresh_cache;
+        if (!newcomers.empty() && fresh.width > 1) model.forward(fresh.context, fresh.context_mask, &fresh_cache, true);
+        for (std::size_t j = 0; j < freed.size(); ++j) {
+          const std::int64_t r = freed[j];
+          if (j < newcomers.size() && fresh.width > 1) cache.replace_row(r, fresh_cache, static_cast<std::int64_t>(j));
+          else cache.clear_row(r);
+          if (j < newcomers.size()) {
+            member[static_cast<std::size_t>(r)] = newcomers[j];
+            last[r].copy_(fresh.last[static_cast<std::int64_t>(j)]);
+            history[r].copy_(fresh.history[static_cast<std::int64_t>(j)]);
+          }
+          steps[static_cast<std::size_t>(r)] = read[static_cast<std::size_t>(r)] = 0;
+          out[static_cast<std::size_t>(r)].clear();
+        }
+        const torch::Tensor rows = torch::tensor(freed, torch::kInt64).to(model.device());
+        ended.index_fill_(0, rows, false);
+        row_step.index_fill_(0, rows, 0);
+        decoded.index_fill_(0, rows, -1);
       }
-      for (std::size_t r = 0; r < out.size(); ++r) {
-        std::string text = tokenizer.decode(out[r]);
-        for (const auto& stop : stops_)
-          if (!stop.empty() && text.find(stop) != std::string::npos) text = text.substr(0, text.find(stop));
-        texts[members[r]] = text;
-      }
-      progress.advance(generated - before);
     }
     progress.finish();
     return texts;
+  }
+
+  // A batch's prompts ready to decode: all but the last token (the context, left-padded) and the last
+  // token of each row, and each row's tokens so far for the pickers (-1 on the padding).
+  struct Prefill {
+    torch::Tensor context, context_mask, last, history;
+    std::int64_t width = 0;
+  };
+
+  // `history_like`: widen the newcomers' history (left, -1) to that batch's history width, or that one to theirs.
+  Prefill prefill(moelab::Model& model, const std::vector<moelab::McItem>& prompts, const std::vector<std::size_t>& members,
+                  torch::Tensor* history_like) const {
+    Prefill p;
+    if (members.empty()) return p;
+    std::vector<const moelab::McItem*> rows;
+    for (std::size_t i : members) rows.push_back(&prompts[i]);
+    moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
+    p.width = batch.input_ids.size(1);
+    p.context = batch.input_ids.narrow(1, 0, p.width - 1);
+    p.context_mask = batch.attention_mask.narrow(1, 0, p.width - 1);
+    p.last = batch.input_ids.narrow(1, p.width - 1, 1).to(model.device());
+    p.history = batch.input_ids.masked_fill(batch.attention_mask.eq(0), -1).to(model.device());
+    if (history_like) {
+      const std::int64_t wide = history_like->size(1);
+      if (p.history.size(1) < wide)
+        p.history = torch::cat({torch::full({p.history.size(0), wide - p.history.size(1)}, -1, p.history.options()), p.history}, 1);
+      else if (p.history.size(1) > wide)
+        *history_like = torch::cat({torch::full({history_like->size(0), p.history.size(1) - wide}, -1, history_like->options()), *history_like}, 1);
+    }
+    return p;
+  }
+
+  std::string cut_at_stop(std::string text) const {
+    for (const auto& stop : stops_)
+      if (!stop.empty() && text.find(stop) != std::string::npos) text = text.substr(0, text.find(stop));
+    return text;
   }
 
   // Whether the row's text now holds a stop string; if so its tokens end with the one that completed the

@@ -50,4 +50,11 @@ void KVCache::replace_row(std::int64_t row, const KVCache& from, std::int64_t fr
   filled.at(row) = width;
 }
 
+void KVCache::clear_row(std::int64_t row) {
+  if (capacity <= 0 || !mask.defined()) throw std::logic_error("KVCache::clear_row: needs a static cache that ran a forward");
+  mask[row].zero_();
+  cursor[row].fill_(0);
+  filled.at(static_cast<std::size_t>(row)) = 0;
+}
+
 }  // namespace moelab

@@ -180,11 +180,41 @@ TEST(Generate, StaticCacheAndReadEveryGiveTheSameText) {
   ASSERT_GT(greedy_tokens, 0);
   ASSERT_LT(greedy_tokens, 4 * 12) << "no stop string met: the test needs other stops";
   ASSERT_GT(roe_tokens, 0);
-  for (const std::string keys : {"static_cache = true\nread_every = 1\n", "static_cache = true\nread_every = 5\n", "static_cache = false\nread_every = 12\n"}) {
+  for (const std::string keys : {"static_cache = true\ncontinuous_batching = false\nread_every = 1\n",
+                                  "static_cache = true\ncontinuous_batching = false\nread_every = 5\n",
+                                  "static_cache = false\nread_every = 12\n"}) {
     const auto other = generate(keys, "other");
     EXPECT_EQ(other.second, reference.second) << keys;
     EXPECT_EQ(other.first["greedy"]["generated_tokens"], greedy_tokens) << keys;
     EXPECT_EQ(other.first["roe"]["generated_tokens"], roe_tokens) << keys;
+  }
+}
+
+// Continuous batching: rows whose prompt ended take waiting prompts; greedy text and token counts equal
+// decoding the prompts in whole batches, and every prompt gets its text in the dataset's order.
+TEST(Generate, ContinuousBatchingGivesGreedysText) {
+  TempDir dir;
+  std::string rows;
+  int n = 0;
+  for (const char* q : {"Name a color.", "Name a planet far away from here.", "Why?", "Count to three, please.", "A", "Tell me a story about",
+                        "Is water wet?", "Sum 2 and 2."})
+    rows += nlohmann::json({{"id", std::to_string(n++)}, {"question", q}, {"answers", {"x"}}}).dump() + "\n";
+  dir.write("qa.jsonl", rows);
+  auto generate = [&](const std::string& keys, const std::string& folder) {
+    const std::string toml = "stages = []\n[qa]\nplugin = \"jsonl\"\npath = \"qa.jsonl\"\ntext_field = \"question\"\n"
+                             "[greedy]\nplugin = \"plain\"\n[gen]\nplugin = \"generate\"\ndataset = \"qa\"\nsampler = \"greedy\"\n"
+                             "max_new_tokens = 10\nbatch_size = 3\nstop = [\"e\"]\n" + keys;
+    std::unique_ptr<moelab::ExperimentRun> run;
+    nlohmann::json summary = run_stage(dir, run, toml, "gen", folder);
+    return std::make_pair(summary["greedy"]["generated_tokens"].get<long long>(), moelab::read_file(dir.path() / folder / "generations.jsonl"));
+  };
+  const auto whole = generate("continuous_batching = false\nsort_by_length = false\nread_every = 1\n", "whole");
+  ASSERT_LT(whole.first, 8 * 10) << "no row ended early: the test needs another stop";
+  for (const std::string keys : {"continuous_batching = true\nread_every = 1\n", "continuous_batching = true\nread_every = 4\n",
+                                  "continuous_batching = true\nsort_by_length = false\nread_every = 3\n"}) {
+    const auto other = generate(keys, "other");
+    EXPECT_EQ(other.second, whole.second) << keys;
+    EXPECT_EQ(other.first, whole.first) << keys;
   }
 }
 

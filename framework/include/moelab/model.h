@@ -57,6 +57,8 @@ struct KVCache {
   // model that holds at most `capacity` positions), so a finished row takes a new prompt's prefill
   // (continuous batching). Both caches must have run a forward; device copies only.
   void replace_row(std::int64_t row, const KVCache& from, std::int64_t from_row);
+  // Static cache: row `row` holds nothing (a row left without a prompt, which then never outgrows the cache).
+  void clear_row(std::int64_t row);
 };
 
 // Changes a layer's router logits [N, E] before top-k selection (for example RoE's Gumbel noise).
