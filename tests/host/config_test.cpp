@@ -97,9 +97,9 @@ TEST(Config, HostKeysAreReadIntoTypedOptions) {
 TEST(Config, UnknownHostKeysListTheAcceptedOnes) {
   TempDir dir;
   EXPECT_THAT(error_of([&] { resolve_text(dir, std::string("sed = 3\n") + kBase); }),
-              HasSubstr("(the top level accepts: name, seed, run_dir, plugin_path, log_level, stages)"));
+              HasSubstr("(the top level accepts: name, seed, run_dir, plugin_path, log_level, stages, tensorboard)"));
   EXPECT_THAT(error_of([&] { resolve_text(dir, std::string(kBase) + "[model]\ndtyp = \"float32\"\n"); }),
-              HasSubstr("experiment.toml:12: unknown key 'dtyp' in [model] (did you mean 'dtype'?) ([model] accepts: path, device, dtype, fused_kernels, grouped_mm, quantized)"));
+              HasSubstr("experiment.toml:12: unknown key 'dtyp' in [model] (did you mean 'dtype'?) ([model] accepts: path, device, dtype, fused_kernels, grouped_mm, quantized, tokenizer)"));
   // A [model] made only by --set keeps the override's name in errors.
   EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"model.device=gpu"}); }),
               HasSubstr("--set model.device=gpu: key 'device' must be one of: auto, cpu, cuda; found \"gpu\""));
