@@ -157,7 +157,7 @@ void ExperimentRun::record_image(const std::string& tag, const fs::path& png, st
   if (!tb_) return;
   const std::string bytes = read_file(png);
   const auto [width, height] = png_size(bytes, png.string());
-  to_tensorboard([&] { tb_->add_image(tag, bytes, width, height, step); });
+  to_tensorboard([&, width = width, height = height] { tb_->add_image(tag, bytes, width, height, step); });
 }
 
 template <class Write>
