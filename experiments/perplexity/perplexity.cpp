@@ -82,7 +82,7 @@ class Perplexity final : public moelab::Stage {
       tokens += s[1].get<long long>();
     }
     const double ppl = std::exp(nll / static_cast<double>(tokens));
-    moelab::log::info("perplexity [{}]: {:.4f} over {} predicted tokens", label, ppl, tokens);
+    moelab::log::result(fmt::format("[{}] perplexity:", config_.id()), fmt::format("{}: {:.4f} over {} predicted tokens", label, ppl, tokens));
     return {{"perplexity", ppl}, {"tokens", tokens}, {"mean_nll", nll / static_cast<double>(tokens)}};
   }
 
