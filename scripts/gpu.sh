@@ -20,7 +20,7 @@
 # `tar czf .tok.tgz -C build/tokenizers .`; the box has no npm). Prepare .deps here first:
 #   (mkdir -p .deps && cd .deps && apt-get download libboost1.74-dev libtomlplusplus-dev libtomlplusplus3 \
 #     libfmt-dev libfmt9 nlohmann-json3-dev libgtest-dev libgmock-dev googletest libpcre2-dev libpcre2-8-0 \
-#     libicu-dev libicu72)
+#     libicu-dev libicu72 protobuf-compiler libprotobuf-dev libprotobuf32 libprotoc32 libprotobuf-lite32)
 set -euo pipefail
 phase=${1:-all}
 [[ $phase == all ]] && phase=test,bench
@@ -33,7 +33,7 @@ mkdir -p /tmp/tok && tar xzf .tok.tgz -C /tmp/tok
 export MOELAB_TOKENIZERS_FROM=/tmp/tok
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cmake -S . -B build-gpu -G Ninja -DMOELAB_CUDA_TESTS=ON -DMOELAB_CUDA_KERNELS=ON \
-  "-DCMAKE_PREFIX_PATH=$torch_prefix;/tmp/deps/usr" -DCMAKE_CXX_FLAGS=-I/tmp/deps/usr/include > "$OUT/configure.log" 2>&1
+  "-DCMAKE_PREFIX_PATH=$torch_prefix;/tmp/deps/usr" -DCMAKE_CXX_FLAGS=-I/tmp/deps/usr/include > "$OUT/configure.log" 2>&1 || { grep -E -A8 "CMake Error" "$OUT/configure.log" | head -40; exit 1; }
 ( time cmake --build build-gpu -j 16 ) > "$OUT/build.log" 2>&1 || { grep -E -A3 "error|FAILED" "$OUT/build.log" | head -60; exit 1; }
 tail -3 "$OUT/build.log"
 status=0
