@@ -97,6 +97,25 @@ const Options<Settings>& settings_options() {
 
 bool launched() { return variable("RANK") && variable("WORLD_SIZE"); }
 
+bool built_with(Backend backend) {
+#ifdef MOELAB_C10D_NCCL
+  constexpr bool kNccl = true;
+#else
+  constexpr bool kNccl = false;
+#endif
+#ifdef MOELAB_C10D_GLOO
+  constexpr bool kGloo = true;
+#else
+  constexpr bool kGloo = false;
+#endif
+  switch (backend) {
+    case Backend::gloo: return kGloo;
+    case Backend::nccl: return kNccl;
+    case Backend::automatic: return kGloo || kNccl;
+  }
+  return false;
+}
+
 void init(const Settings& settings, bool cuda) {
   if (!launched()) return;
   Group& g = group();
@@ -115,16 +134,7 @@ void init(const Settings& settings, bool cuda) {
   if (cuda) c10::impl::getDeviceGuardImpl(c10::kCUDA)->setDevice(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(g.local_rank)));
 
   Backend backend = settings.backend;
-#ifdef MOELAB_C10D_NCCL
-  constexpr bool kNccl = true;
-#else
-  constexpr bool kNccl = false;
-#endif
-#ifdef MOELAB_C10D_GLOO
-  constexpr bool kGloo = true;
-#else
-  constexpr bool kGloo = false;
-#endif
+  const bool kNccl = built_with(Backend::nccl), kGloo = built_with(Backend::gloo);
   if (backend == Backend::automatic) backend = cuda && kNccl ? Backend::nccl : Backend::gloo;
   if (backend == Backend::nccl && !kNccl)
     throw std::runtime_error("[distributed] backend = \"nccl\": this LibTorch build has no c10d NCCL process group (see README, Several GPUs)");

@@ -45,7 +45,7 @@ fs::path make_router_checkpoint(moelab::Model& model, const fs::path& file, cons
 torch::Tensor ids() { return torch::tensor({{5, 17, 42, 7, 99, 3, 64, 12}, {8, 1, 250, 33, 2, 77, 19, 4}}, torch::kInt64); }
 
 std::string config(const fs::path& model, const std::string& export_keys) {
-  return "stages = []\n[model]\npath = \"" + model.string() + "\"\n[export]\nplugin = \"export_hf\"\n" + export_keys;
+  return "stages = []\n[model]\npath = \"" + model.string() + "\"\ndevice = \"cpu\"\n[export]\nplugin = \"export_hf\"\n" + export_keys;
 }
 
 TEST(ExportHf, FullExportLoadsAsTheModelWithTheRoutersApplied) {

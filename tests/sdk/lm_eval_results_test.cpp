@@ -143,7 +143,7 @@ TEST(LmEvalResults, HellaswagResultsAndSamplesAreTheStagesOwnNumbers) {
   EXPECT_EQ(e.results["configs"]["hellaswag"]["dataset_path"], "Rowan/hellaswag");
   EXPECT_EQ(e.results["configs"]["hellaswag"]["metadata"]["moelab"]["scoring"], "loglik");
   EXPECT_THAT(e.results["config"]["model_args"].get<std::string>(), HasSubstr("pretrained="));
-  EXPECT_EQ(e.results["config"]["device"], "cpu");
+  EXPECT_EQ(e.results["config"]["device"], e.run->model().device().str());  // "cpu" here, "cuda" on the GPU box
   for (std::size_t i = 0; i < e.samples.size(); ++i) {
     EXPECT_EQ(e.samples[i]["target"], static_cast<int>(e.predictions[i]["gold"].get<std::string>()[0] - 'A'));
     // The requests are the record's lm-eval requests (context, " " + ending).

@@ -51,6 +51,7 @@ int world_size();     // 1 when not active
 int local_rank();     // LOCAL_RANK, 0 when not active
 bool is_main();       // rank() == 0: the one rank that writes run-folder files
 std::string backend_name();  // "gloo", "nccl", or "none"
+bool built_with(Backend backend);  // this LibTorch build has that c10d process group (automatic: either)
 double timeout_s();
 
 // [begin, end) of `n` items for `rank` of `world`: contiguous, in order, sizes differing by at most one
