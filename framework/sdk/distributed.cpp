@@ -7,6 +7,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <fmt/format.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
@@ -147,13 +148,23 @@ void init(const Settings& settings, bool cuda) {
 
   const auto timeout = std::chrono::milliseconds(static_cast<long long>(settings.timeout_s * 1000));
   try {
+    // torchrun's agent already serves a TCPStore at MASTER_PORT and says so with TORCHELASTIC_USE_AGENT_STORE:
+    // every rank is then a client, under the attempt's prefix (as torch.distributed's env:// does).
+    const char* agent = variable("TORCHELASTIC_USE_AGENT_STORE");
+    const bool agent_store = agent && std::string(agent) == "True";
     c10d::TCPStoreOptions store_options;
     store_options.port = static_cast<std::uint16_t>(port);
-    store_options.isServer = g.rank == 0;
+    store_options.isServer = g.rank == 0 && !agent_store;
     store_options.numWorkers = g.world;
-    store_options.waitWorkers = true;
+    store_options.waitWorkers = !agent_store;
     store_options.timeout = timeout;
-    g.store = c10::make_intrusive<c10d::TCPStore>(addr, store_options);
+    auto tcp_store = c10::make_intrusive<c10d::TCPStore>(addr, store_options);
+    if (agent_store) {
+      const char* attempt = variable("TORCHELASTIC_RESTART_COUNT");
+      g.store = c10::make_intrusive<c10d::PrefixStore>(fmt::format("/worker/attempt_{}", attempt ? attempt : "0"), tcp_store);
+    } else {
+      g.store = tcp_store;
+    }
 #ifdef MOELAB_C10D_NCCL
     if (backend == Backend::nccl) {
       auto options = c10d::ProcessGroupNCCL::Options::create();

@@ -13,6 +13,7 @@
 #include "test_run.h"
 
 #include <gmock/gmock.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -79,8 +80,10 @@ struct Rank {
   }
 };
 
-std::vector<Rank> launch(int world, const std::string& arguments, const fs::path& logs) {
-  const int port = free_port();
+// Starts `world` runexp ranks with torchrun's variables; `port`: MASTER_PORT (a free one when -1);
+// `agent_store`: as under torchrun, whose agent serves the TCPStore (TORCHELASTIC_USE_AGENT_STORE=True).
+std::vector<Rank> launch(int world, const std::string& arguments, const fs::path& logs, int port = -1, bool agent_store = false) {
+  if (port < 0) port = free_port();
   std::vector<Rank> ranks(static_cast<std::size_t>(world));
   for (int r = 0; r < world; ++r) {
     Rank& rank = ranks[static_cast<std::size_t>(r)];
@@ -94,6 +97,10 @@ std::vector<Rank> launch(int world, const std::string& arguments, const fs::path
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       ::setenv("OMP_NUM_THREADS", "1", 1);
+      if (agent_store) {
+        ::setenv("TORCHELASTIC_USE_AGENT_STORE", "True", 1);
+        ::setenv("TORCHELASTIC_RESTART_COUNT", "0", 1);
+      }
       ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
@@ -292,6 +299,34 @@ TEST(Distributed, TwoRanksPerplexityAsOneProcess) {
   const auto sb = nlohmann::json::parse(moelab::read_file(only_run(dir.path() / "two" / "ppl") / "summary.json"));
   EXPECT_GT(sa["stages"]["ppl"]["windows"].get<long long>(), 4);  // more batches than ranks
   EXPECT_EQ(sa["stages"]["ppl"]["base"], sb["stages"]["ppl"]["base"]);  // to the last bit
+}
+
+// Under torchrun the agent serves the TCPStore at MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE=True): the ranks
+// join it as clients, under the attempt's key prefix, instead of binding the port themselves.
+TEST(Distributed, RanksJoinTorchrunsAgentStore) {
+  SKIP_WITHOUT_GLOO();
+  TempDir dir;
+  const std::string file = dir.write("ppl.toml", "name = \"ppl\"\nseed = 1\nstages = [\"ppl\"]\n"
+                                                 "[model]\npath = \"builtin:tiny-olmoe\"\ndevice = \"cpu\"\n"
+                                                 "[text]\nplugin = \"text\"\npath = \"" + std::string(MOELAB_SOURCE_DIR) +
+                                                 "/configs/data/text/prose.txt\"\n"
+                                                 "[ppl]\nplugin = \"perplexity\"\ndataset = \"text\"\nseqlen = 16\nbatch_size = 2\nmax_windows = 8\n").string();
+  const int port = free_port();
+  c10d::TCPStoreOptions options;  // the agent's store
+  options.port = static_cast<std::uint16_t>(port);
+  options.isServer = true;
+  options.waitWorkers = false;
+  c10d::TCPStore agent("127.0.0.1", options);
+  std::vector<Rank> ranks = launch(2, file + " --set run_dir=" + (dir.path() / "runs").string(), dir.path(), port, /*agent_store=*/true);
+  for (Rank& rank : ranks) {
+    ASSERT_TRUE(rank.wait(600)) << rank.output();
+    EXPECT_EQ(rank.status, 0) << rank.output();
+  }
+  EXPECT_THAT(ranks[0].output(), HasSubstr("gloo process group"));
+  // Rank 0 shared the run folder through the agent's store, under torchrun's prefix.
+  ASSERT_TRUE(agent.check({"/worker/attempt_0/moelab/run_dir/0"}));
+  const std::vector<uint8_t> shared = agent.get("/worker/attempt_0/moelab/run_dir/0");
+  EXPECT_EQ(fs::path(std::string(shared.begin(), shared.end())), only_run(dir.path() / "runs" / "ppl"));
 }
 
 // Router training long enough to be stopped in the middle, saving resume/ after every step.
