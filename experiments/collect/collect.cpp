@@ -103,12 +103,15 @@ class ChunkWriter {
     std::vector<std::pair<std::string, Tensor>> tensors;
     for (auto& [name, parts] : buffer_) tensors.emplace_back(name, torch::cat(parts));
     // torchrun: each rank writes the chunks of its share of the forwards; the names sort in one-process order.
-    const fs::path file = dir_ / (moelab::distributed::world_size() > 1
-                                      ? fmt::format("chunk_r{:03d}_{:05d}.safetensors", moelab::distributed::rank(), chunks_)
-                                      : fmt::format("chunk_{:05d}.safetensors", chunks_));
+    // Without data sharding (expert placement) every rank ran every forward, and rank 0 alone writes them.
+    const bool sharded = moelab::distributed::data_parallel() && moelab::distributed::world_size() > 1;
+    const fs::path file = dir_ / (sharded ? fmt::format("chunk_r{:03d}_{:05d}.safetensors", moelab::distributed::rank(), chunks_)
+                                          : fmt::format("chunk_{:05d}.safetensors", chunks_));
     try {
-      moelab::write_safetensors(file, tensors, {{"moelab", meta_.dump()}});
-      bytes_ += static_cast<long long>(fs::file_size(file));
+      if (moelab::distributed::data_parallel() || moelab::distributed::is_main()) {
+        moelab::write_safetensors(file, tensors, {{"moelab", meta_.dump()}});
+        bytes_ += static_cast<long long>(fs::file_size(file));
+      }
     } catch (const std::exception& e) {
       throw std::runtime_error(fmt::format("collect: cannot write the routing chunk {}: {}", file.string(), e.what()));
     }

@@ -3,6 +3,7 @@
 // other stacks.
 #include "moelab/moelab.h"
 #include "moelab/lib/log.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/safetensors.h"
 
 namespace {
@@ -36,7 +37,8 @@ class DumpLogits final : public moelab::Stage {
     torch::Tensor logits = model.forward(ids, mask);
     std::vector<std::pair<std::string, torch::Tensor>> out = {{"logits", logits}};
     for (const auto& trace : model.routing()) out.emplace_back("router_logits." + std::to_string(trace.layer), trace.logits);
-    moelab::write_safetensors(out_dir / settings_.output, out, {{"model_type", model.info().model_type}, {"source", settings_.input.string()}});
+    if (moelab::distributed::is_main())  // torchrun: every rank ran the whole input; rank 0 writes
+      moelab::write_safetensors(out_dir / settings_.output, out, {{"model_type", model.info().model_type}, {"source", settings_.input.string()}});
     summary = {{"batch", ids.size(0)}, {"tokens", ids.numel()}, {"output", (out_dir / settings_.output).string()}};
     moelab::log::info("dump_logits: {} rows x {} tokens -> {}", ids.size(0), ids.size(1), (out_dir / settings_.output).string());
   }

@@ -79,6 +79,8 @@ int earlier_attempts(const fs::path& run_dir) {
 
 ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry& registry, bool resume, RunPlacement placement)
     : experiment_(std::move(experiment)), registry_(registry), config_text_(to_toml(experiment_.table)), reuse_(std::move(placement.reuse)) {
+  // Expert placement: every rank runs every example in lockstep (the MoE layers' all-to-alls); no data sharding.
+  distributed::set_data_parallel(experiment_.model.placement != ModelPlacement::experts);
   if (!distributed::is_main()) {  // torchrun (#17): rank 0 picks, locks and writes the run folder; the others use it
     run_dir_ = distributed::share_from_main("run_dir", "");
     attempt_ = std::stoi(distributed::share_from_main("attempt", ""));
@@ -225,8 +227,16 @@ Model& ExperimentRun::model() {
   bool cuda = m.device == ModelDevice::cuda || (m.device == ModelDevice::automatic && torch::cuda::is_available());
   const torch::Device gpu = distributed::active() ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(distributed::local_rank()))
                                                   : torch::Device(torch::kCUDA);  // torchrun: GPU LOCAL_RANK
-  model_ = load_model(path, cuda ? gpu : torch::Device(torch::kCPU),
-                      m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32, ForwardPaths{m.fused_kernels, m.grouped_mm});
+  ForwardPaths paths{m.fused_kernels, m.grouped_mm};
+  if (m.placement == ModelPlacement::experts) {
+    if (!m.quantized.empty())
+      throw std::runtime_error(fmt::format("[model] placement = \"experts\" ({}) and quantized ({}) do not go together yet: a quantized "
+                                           "checkpoint replaces whole expert tensors",
+                                           table.where("placement"), table.where("quantized")));
+    paths.expert_rank = distributed::rank();
+    paths.expert_ranks = distributed::world_size();
+  }
+  model_ = load_model(path, cuda ? gpu : torch::Device(torch::kCPU), m.dtype == ModelDtype::bfloat16 ? torch::kBFloat16 : torch::kFloat32, paths);
   if (!m.quantized.empty()) apply_quantized_checkpoint(run_path(m.quantized), *model_);
   model_files_state_ = file_state(path);
   return *model_;

@@ -32,6 +32,11 @@ const Options<ModelOptions>& model_options() {
                 "autograd does not track; false: LibTorch's own ops (the same result, to rounding)")
           .flag("grouped_mm", &ModelOptions::grouped_mm, true,
                 "one grouped matmul for all routed experts (CUDA, bfloat16); false: one matmul chain per expert")
+          .choice("placement", &ModelOptions::placement, ModelPlacement::single,
+                  {{"single", ModelPlacement::single}, {"experts", ModelPlacement::experts}},
+                  "single: the whole model on each rank's device; experts (under torchrun): each rank holds a contiguous "
+                  "share of every MoE layer's routed experts, tokens go to their experts' ranks by all-to-all, and every "
+                  "rank runs every example (no data sharding)")
           .path("quantized", &ModelOptions::quantized, "",
                 "moelab quantized checkpoint applied after loading (a quantize or finetune_lm stage's output)")
           .path("tokenizer", &ModelOptions::tokenizer, "",

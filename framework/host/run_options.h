@@ -24,6 +24,7 @@ const Options<RunOptions>& run_options();
 
 enum class ModelDevice { automatic, cpu, cuda };
 enum class ModelDtype { float32, bfloat16 };
+enum class ModelPlacement { single, experts };
 
 struct ModelOptions {
   std::filesystem::path path;  // a Hugging Face model folder, or "builtin:<name>"
@@ -33,6 +34,7 @@ struct ModelOptions {
   std::filesystem::path tokenizer;  // "": the model folder's tokenizer.json
   bool fused_kernels = true;        // ForwardPaths (moe_model.h)
   bool grouped_mm = true;
+  ModelPlacement placement = ModelPlacement::single;  // experts: each torchrun rank holds a contiguous share
 };
 const Options<ModelOptions>& model_options();
 

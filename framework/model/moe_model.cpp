@@ -5,6 +5,7 @@
 #include "kernels/kernels.h"
 #include "route.h"
 #include "moelab/lib/compat.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/safetensors.h"
 
@@ -67,6 +68,14 @@ class MoeModel final : public Model {
  public:
   MoeModel(ModelConfig config, const std::filesystem::path& folder, torch::Device device, torch::ScalarType dtype, ForwardPaths paths)
       : c_(std::move(config)), device_(device), dtype_(dtype), fused_(paths.fused_kernels) {
+    ep_rank_ = paths.expert_rank;
+    ep_ranks_ = paths.expert_ranks;
+    if (ep_ranks_ > c_.num_experts)
+      throw std::runtime_error(fmt::format("[model] placement = \"experts\": {} ranks for {} experts per layer; use at most {} ranks", ep_ranks_,
+                                           c_.num_experts, c_.num_experts));
+    const auto [first, end] = distributed::shard_range(static_cast<std::size_t>(c_.num_experts), ep_rank_, ep_ranks_);
+    first_expert_ = static_cast<int64_t>(first);
+    local_experts_ = static_cast<int64_t>(end - first);
     info_.model_type = c_.arch.model_type;
     info_.num_layers = c_.num_layers;
     info_.vocab_size = c_.vocab_size;
@@ -78,7 +87,7 @@ class MoeModel final : public Model {
     for (int i = 0; i < c_.num_layers; ++i)
       if (c_.moe_layer[i]) info_.moe_layers.push_back(i);
     load(folder);
-    grouped_mm_ = paths.grouped_mm && compat::kHasGroupedMm && device_.is_cuda() && dtype_ == torch::kBFloat16 && c_.hidden_size % 8 == 0 &&
+    grouped_mm_ = ep_ranks_ == 1 && paths.grouped_mm && compat::kHasGroupedMm && device_.is_cuda() && dtype_ == torch::kBFloat16 && c_.hidden_size % 8 == 0 &&
                   c_.expert_intermediate_size % 8 == 0;
     rotary_dim_ = c_.arch.mla ? c_.qk_rope_head_dim : c_.head_dim;
     inv_freq_ = rope_inv_freq(c_.rope, rotary_dim_).to(device_);
@@ -88,6 +97,7 @@ class MoeModel final : public Model {
   torch::Device device() const override { return device_; }
   torch::ScalarType dtype() const override { return dtype_; }
   bool uses_grouped_mm() const { return grouped_mm_; }
+  int64_t local_experts() const { return local_experts_; }
   // moelab's own kernels run where they may: built, on the GPU, and not under autograd (kernels.h).
   bool uses_fused_kernels() const { return fused_ && kernels::available(embed_); }
   const std::vector<RouterTrace>& routing() const override { return routing_; }
@@ -104,6 +114,10 @@ class MoeModel final : public Model {
 
   ExpertWeights expert_weights(int layer) override {
     router_weight(layer);  // validates the layer
+    if (ep_ranks_ > 1)
+      throw std::runtime_error(fmt::format("layer {}'s expert weights: with [model] placement = \"experts\" this rank holds experts {}..{} of "
+                                           "{} only; stages that read or replace whole expert tensors (alpha, quantize) need placement = \"single\"",
+                                           layer, first_expert_, first_expert_ + local_experts_ - 1, c_.num_experts));
     const Layer& L = layers_[layer];
     return {L.expert_gate, L.expert_up, L.expert_down, fmt::format("model.layers.{}.{}.experts.", layer, c_.arch.moe_module),
             {c_.arch.expert_names[0], c_.arch.expert_names[1], c_.arch.expert_names[2]}};
@@ -457,7 +471,7 @@ class MoeModel final : public Model {
     routing_.push_back({layer, logits, r.ids, r.weights});
     if (observer_) observer_(layer, x, r.ids);
 
-    Tensor out = dispatch(L, x, r.ids, r.weights.to(x.scalar_type()));
+    Tensor out = dispatch(L, x, r.ids, r.weights.to(x.scalar_type()), layer);
     if (L.shared.gate.defined()) {
       Tensor s = L.shared(x, fused_);
       if (L.shared_gate.defined()) s = torch::sigmoid(torch::matmul(x, L.shared_gate.t())) * s;
@@ -468,7 +482,8 @@ class MoeModel final : public Model {
 
   // Tokens grouped by expert (one sort), then either one grouped matmul per projection (CUDA bf16,
   // no host sync) or one matmul chain per expert that received tokens.
-  Tensor dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights) const {
+  Tensor dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights, int layer) const {
+    if (ep_ranks_ > 1) return expert_parallel_dispatch(L, x, ids, weights, layer);
     const ExpertOrder order = expert_order(ids);
     const Tensor counts = torch::bincount(ids.reshape(-1), {}, c_.num_experts);
     if (grouped_mm_) {
@@ -497,6 +512,43 @@ class MoeModel final : public Model {
       start += count[e];
     }
     return out;
+  }
+
+  // Expert parallelism: each token's k rows go to the ranks holding their experts (one all-to-all), each rank
+  // runs its experts on what it received, and the outputs come back (a second all-to-all) to be combined
+  // with the routing weights where the tokens live. Both exchanges are differentiable (distributed.h).
+  Tensor expert_parallel_dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights, int layer) const {
+    const ExpertOrder order = expert_order(ids);
+    const Tensor slot_expert = ids.reshape(-1).index_select(0, order.order);  // [N * k], ascending
+    const Tensor counts = torch::bincount(ids.reshape(-1), {}, c_.num_experts).cpu();
+    const auto* count = counts.data_ptr<int64_t>();
+    std::vector<int64_t> send(static_cast<std::size_t>(ep_ranks_), 0), recv, recv_again;
+    for (int r = 0; r < ep_ranks_; ++r) {
+      const auto [e0, e1] = distributed::shard_range(static_cast<std::size_t>(c_.num_experts), r, ep_ranks_);
+      for (std::size_t e = e0; e < e1; ++e) send[static_cast<std::size_t>(r)] += count[e];
+    }
+    const std::string what = fmt::format("layer {}'s expert all-to-all", layer);
+    const Tensor got_x = distributed::all_to_all(x.index_select(0, order.token_of), send, recv, what);
+    const Tensor got_local = distributed::all_to_all(slot_expert, send, recv_again, what + " (expert ids)") - first_expert_;
+    // The received rows grouped by local expert (stable), run, and put back in received order.
+    const Tensor by_expert = std::get<1>(torch::sort(got_local, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+    const Tensor rows = got_x.index_select(0, by_expert);
+    const Tensor local_counts = torch::bincount(got_local, {}, local_experts_).cpu();
+    const auto* local_count = local_counts.data_ptr<int64_t>();
+    std::vector<Tensor> parts;
+    int64_t start = 0;
+    for (int64_t e = 0; e < local_experts_; ++e) {
+      if (local_count[e] == 0) continue;
+      Tensor xe = rows.narrow(0, start, local_count[e]);
+      parts.push_back(torch::matmul(silu_mul(torch::matmul(xe, L.expert_gate[e].t()), torch::matmul(xe, L.expert_up[e].t()), fused_),
+                                    L.expert_down[e].t()));
+      start += local_count[e];
+    }
+    Tensor y = parts.empty() ? torch::zeros({0, c_.hidden_size}, x.options()) : torch::cat(parts);
+    y = y.index_select(0, torch::argsort(by_expert));  // received order
+    const Tensor back = distributed::all_to_all(y, recv, recv_again, what + " (outputs)");  // [N * k, H] in expert order
+    const Tensor sorted_w = weights.reshape(-1).index_select(0, order.order).unsqueeze(1);
+    return torch::zeros_like(x).index_add(0, order.token_of, back * sorted_w);
   }
 
   void load(const std::filesystem::path& folder) {
@@ -566,7 +618,7 @@ class MoeModel final : public Model {
         L.routing = c_.router;
         if (!a.router_bias.empty()) L.routing.bias = take(m + a.router + "." + a.router_bias, router_dtype);
         std::vector<Tensor> g, u, d;
-        for (int64_t e = 0; e < c_.num_experts; ++e) {
+        for (int64_t e = first_expert_; e < first_expert_ + local_experts_; ++e) {  // this rank's share (all without placement)
           std::string ep = fmt::format("{}experts.{}.", m, e);
           g.push_back(take(ep + a.expert_names[0] + ".weight"));
           u.push_back(take(ep + a.expert_names[1] + ".weight"));
@@ -593,7 +645,7 @@ class MoeModel final : public Model {
     for (auto& [name, t] : named_) {
       if (name.rfind(m + "experts.", 0) != 0) continue;
       std::string rest = name.substr(m.size() + 8);
-      int64_t e = std::stoll(rest.substr(0, rest.find('.')));
+      int64_t e = std::stoll(rest.substr(0, rest.find('.'))) - first_expert_;
       std::string proj = rest.substr(rest.find('.') + 1);
       if (proj == a.expert_names[0] + ".weight") t = L.expert_gate[e];
       else if (proj == a.expert_names[1] + ".weight") t = L.expert_up[e];
@@ -607,6 +659,8 @@ class MoeModel final : public Model {
   torch::ScalarType dtype_;
   bool fused_ = true;
   bool grouped_mm_ = false;
+  int ep_rank_ = 0, ep_ranks_ = 1;              // expert parallelism (ForwardPaths)
+  int64_t first_expert_ = 0, local_experts_ = 0;  // this rank's routed experts
   int64_t rotary_dim_ = 0;
   Tensor embed_, final_norm_, lm_head_, inv_freq_, hidden_;
   std::vector<Layer> layers_;
@@ -625,7 +679,10 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& folder, torch::De
   log::info("model {} ({}, {} layers, {} experts, top-{}) on {} in {}; MoE dispatch: {}; fused kernels: {}", folder.string(),
             model->info().model_type, model->info().num_layers, model->info().num_experts, model->info().top_k, device.str(),
             c10::toString(dtype),
-            model->uses_grouped_mm() ? "at::_grouped_mm over tokens grouped by expert"
+            paths.expert_ranks > 1 ? fmt::format("expert parallel over {} ranks (this one holds {} of {} experts per layer; tokens "
+                                                 "exchanged by all-to-all)",
+                                                 paths.expert_ranks, model->local_experts(), model->info().num_experts)
+            : model->uses_grouped_mm() ? "at::_grouped_mm over tokens grouped by expert"
                                      : "per-expert loop over tokens grouped by expert (grouped_mm needs CUDA, bf16, LibTorch >= 2.8)",
             model->uses_fused_kernels() ? "on (RMSNorm, RoPE, SiLU*up, softmax top-k router, combine; forward only)"
                                         : paths.fused_kernels ? "off (not built, or not on a GPU)" : "off ([model] fused_kernels = false)");

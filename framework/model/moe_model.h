@@ -16,6 +16,9 @@ namespace moelab {
 struct ForwardPaths {
   bool fused_kernels = true;  // moelab's kernels (framework/kernels) where they may run: forward only
   bool grouped_mm = true;     // at::_grouped_mm for the routed experts (CUDA, bf16, LibTorch >= 2.8)
+  // Expert parallelism: this process is rank `expert_rank` of `expert_ranks` (distributed.h's process group)
+  // and holds only its contiguous share of each MoE layer's routed experts (shard_range of num_experts).
+  int expert_rank = 0, expert_ranks = 1;
 };
 
 // Loads `folder` (config.json + model.safetensors or shards) onto `device` in `dtype`; routers stay float32.

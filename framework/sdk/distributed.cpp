@@ -223,7 +223,20 @@ std::pair<std::size_t, std::size_t> shard_range(std::size_t n, int rank, int wor
   return {begin, begin + base + (r < extra ? 1 : 0)};
 }
 
-std::pair<std::size_t, std::size_t> shard_range(std::size_t n) { return shard_range(n, rank(), world_size()); }
+namespace {
+bool& data_parallel_flag() {
+  static bool on = true;
+  return on;
+}
+bool splits_data() { return active() && data_parallel_flag(); }
+}  // namespace
+
+void set_data_parallel(bool on) { data_parallel_flag() = on; }
+bool data_parallel() { return data_parallel_flag(); }
+
+std::pair<std::size_t, std::size_t> shard_range(std::size_t n) {
+  return data_parallel_flag() ? shard_range(n, rank(), world_size()) : std::pair<std::size_t, std::size_t>{0, n};
+}
 
 void barrier(const std::string& what) {
   if (!active()) return;
@@ -234,7 +247,7 @@ void barrier(const std::string& what) {
 }
 
 void all_reduce_sum(std::vector<torch::Tensor>& tensors, const std::string& what, double bucket_mib) {
-  if (!active() || tensors.empty()) return;
+  if (!splits_data() || tensors.empty()) return;
   const auto bucket_bytes = static_cast<long long>(bucket_mib * 1024 * 1024);
   std::size_t first = 0;
   while (first < tensors.size()) {
@@ -261,7 +274,7 @@ void all_reduce_sum(std::vector<torch::Tensor>& tensors, const std::string& what
 }
 
 std::vector<nlohmann::json> all_gather_json(const nlohmann::json& value, const std::string& what) {
-  if (!active()) return {value};
+  if (!splits_data()) return {value};
   const int world = world_size();
   const std::string text = value.dump();
   std::vector<torch::Tensor> length{to_backend(torch::tensor({static_cast<int64_t>(text.size())}, torch::kInt64))};
@@ -287,11 +300,61 @@ std::vector<nlohmann::json> all_gather_json(const nlohmann::json& value, const s
 }
 
 nlohmann::json gather_list(const nlohmann::json& part, const std::string& what) {
-  if (!active()) return part;
+  if (!splits_data()) return part;
   nlohmann::json joined = nlohmann::json::array();
   for (const auto& rank_part : all_gather_json(part, what))
     for (const auto& item : rank_part) joined.push_back(item);
   return joined;
+}
+
+namespace {
+
+// One exchange: rows [sum(send), ...] contiguous on the backend's device.
+torch::Tensor exchange(const torch::Tensor& rows, const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts,
+                       const std::string& what) {
+  int64_t received = 0;
+  for (int64_t n : recv_counts) received += n;
+  std::vector<int64_t> out_shape = rows.sizes().vec();
+  out_shape[0] = received;
+  torch::Tensor input = to_backend(rows).contiguous();
+  torch::Tensor output = torch::empty(out_shape, input.options());
+  std::vector<int64_t> in_splits = send_counts, out_splits = recv_counts;
+  collective(what, [&] { return group().backend->alltoall_base(output, input, out_splits, in_splits); });
+  return output.to(rows.device());
+}
+
+struct AllToAll : torch::autograd::Function<AllToAll> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& rows, std::vector<int64_t> send_counts,
+                               std::vector<int64_t> recv_counts, std::string what) {
+    ctx->saved_data["send"] = send_counts;
+    ctx->saved_data["recv"] = recv_counts;
+    ctx->saved_data["what"] = what;
+    return exchange(rows, send_counts, recv_counts, what);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const auto send = ctx->saved_data["send"].toIntVector(), recv = ctx->saved_data["recv"].toIntVector();
+    const std::string what = ctx->saved_data["what"].toStringRef() + " (backward)";
+    return {exchange(grads[0], recv, send, what), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send_counts, std::vector<int64_t>& recv_counts,
+                         const std::string& what) {
+  const int world = world_size();
+  if (static_cast<int>(send_counts.size()) != world)
+    throw std::logic_error(fmt::format("all_to_all: {} send counts for {} ranks", send_counts.size(), world));
+  if (!active()) {
+    recv_counts = send_counts;
+    return rows;
+  }
+  // The counts first: each rank learns how many rows every other sends it.
+  torch::Tensor counts = torch::tensor(send_counts, torch::kInt64);
+  std::vector<int64_t> ones(static_cast<std::size_t>(world), 1);
+  torch::Tensor got = exchange(counts, ones, ones, what + " (counts)").cpu();
+  recv_counts.assign(got.data_ptr<int64_t>(), got.data_ptr<int64_t>() + world);
+  return AllToAll::apply(rows, send_counts, recv_counts, what);
 }
 
 std::string share_from_main(const std::string& key, const std::string& value) {

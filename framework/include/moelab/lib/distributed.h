@@ -54,6 +54,12 @@ std::string backend_name();  // "gloo", "nccl", or "none"
 bool built_with(Backend backend);  // this LibTorch build has that c10d process group (automatic: either)
 double timeout_s();
 
+// Whether the ranks split the data (the default). Expert placement ([model] placement = "experts") turns it
+// off: every rank then runs every example, in lockstep, and the data-parallel helpers below (this rank's
+// shard_range, all_reduce_sum, all_gather_json, gather_list) act as in one process.
+void set_data_parallel(bool on);
+bool data_parallel();
+
 // [begin, end) of `n` items for `rank` of `world`: contiguous, in order, sizes differing by at most one
 // (the first n % world ranks take one more); concatenated over ranks 0..world-1 they are 0..n-1.
 std::pair<std::size_t, std::size_t> shard_range(std::size_t n, int rank, int world);
@@ -68,6 +74,13 @@ void all_reduce_sum(std::vector<torch::Tensor>& tensors, const std::string& what
 std::vector<nlohmann::json> all_gather_json(const nlohmann::json& value, const std::string& what);
 // Each rank's part of a list (its shard, in order) joined in rank order: the one-process list.
 nlohmann::json gather_list(const nlohmann::json& part, const std::string& what);
+// Rows exchanged between all ranks (expert parallelism): `rows` [N, ...] holds send_counts[r] rows for rank r,
+// in rank order; returns the rows every rank sent to this one, in rank order, on rows' device, and the
+// counts received from each rank in `recv_counts`. Differentiable: the backward sends the gradients back.
+// Without a process group it returns `rows`. Every rank must call it, in the same order.
+torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send_counts, std::vector<int64_t>& recv_counts,
+                         const std::string& what);
+
 // Rank 0's `value` on every rank (through the TCPStore); every rank calls it with the same keys in the same order.
 std::string share_from_main(const std::string& key, const std::string& value);
 
