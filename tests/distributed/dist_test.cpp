@@ -395,7 +395,6 @@ TEST(Distributed, ExpertPlacementFinetunesAsOneProcess) {
   }
   const fs::path a = only_run(dir.path() / "one" / "ft") / "train" / "routers.safetensors";
   const fs::path b = only_run(dir.path() / "ep" / "ft") / "train" / "routers.safetensors";
-  EXPECT_GT(max_difference(a, only_run(dir.path() / "one" / "ft") / "train" / "routers.safetensors"), -1.0);
   EXPECT_LT(max_difference(a, b), 1e-5);
 }
 
