@@ -4,6 +4,7 @@
 // [...]}), accuracy when the answer is a letter, and the paired comparison. For a sampler that decodes
 // replicas of each row (RoE: KVCache::replicas, row 0 clean), the top-k change rate per MoE layer.
 #include "moelab/moelab.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/generation_config.h"
 #include "moelab/lib/log.h"
@@ -281,8 +282,17 @@ class Generate final : public moelab::Stage {
     std::iota(order.begin(), order.end(), 0);
     if (settings_.sort_by_length)
       std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return prompts[a].prompt_ids.size() > prompts[b].prompt_ids.size(); });
+    // torchrun: each rank decodes every world-th prompt of that order (similar lengths on every rank); the texts,
+    // token counts and top-k changes are gathered below.
+    const int world = moelab::distributed::data_parallel() ? moelab::distributed::world_size() : 1;
+    if (world > 1) {
+      std::vector<std::size_t> mine;
+      for (std::size_t i = static_cast<std::size_t>(moelab::distributed::rank()); i < order.size(); i += static_cast<std::size_t>(world))
+        mine.push_back(order[i]);
+      order = std::move(mine);
+    }
     std::vector<std::string> texts(tasks.size());
-    moelab::Progress progress("generate " + name, static_cast<long long>(tasks.size()), "tokens");
+    moelab::Progress progress("generate " + name, static_cast<long long>(order.size()), "tokens");
     std::size_t longest = 0;
     for (const auto& p : prompts) longest = std::max(longest, p.prompt_ids.size());
     const bool continuous = settings_.continuous_batching && settings_.static_cache;
@@ -372,7 +382,29 @@ class Generate final : public moelab::Stage {
       }
     }
     progress.finish();
+    if (world > 1) gather_generations(name, order, texts, generated, changes);
     return texts;
+  }
+
+  // Every rank's texts (by task), generated token counts and top-k change counts, on every rank.
+  void gather_generations(const std::string& name, const std::vector<std::size_t>& mine, std::vector<std::string>& texts, long long& generated,
+                          ChangeCounts& changes) const {
+    nlohmann::json part = {{"texts", nlohmann::json::array()}, {"generated", generated}, {"changes", nlohmann::json::object()}};
+    for (std::size_t task : mine) part["texts"].push_back({task, texts[task]});
+    for (const auto& [layer, counted] : changes)
+      part["changes"][std::to_string(layer)] = {counted.first.item<double>(), counted.second};
+    generated = 0;
+    changes.clear();
+    for (const auto& rank_part : moelab::distributed::all_gather_json(part, fmt::format("[{}] gathering the {} generations", config_.id(), name))) {
+      for (const auto& t : rank_part["texts"]) texts[t[0].get<std::size_t>()] = t[1].get<std::string>();
+      generated += rank_part["generated"].get<long long>();
+      for (const auto& [layer, counted] : rank_part["changes"].items()) {
+        auto& [count, seen] = changes[std::stoi(layer)];
+        if (!count.defined()) count = torch::zeros({}, torch::kFloat64);
+        count = count + counted[0].get<double>();
+        seen += counted[1].get<long long>();
+      }
+    }
   }
 
   // A batch's prompts ready to decode: all but the last token (the context, left-padded) and the last

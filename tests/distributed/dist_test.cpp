@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <sstream>
 #include <thread>
 
 namespace {
@@ -327,6 +328,46 @@ TEST(Distributed, RanksJoinTorchrunsAgentStore) {
   ASSERT_TRUE(agent.check({"/worker/attempt_0/moelab/run_dir/0"}));
   const std::vector<uint8_t> shared = agent.get("/worker/attempt_0/moelab/run_dir/0");
   EXPECT_EQ(fs::path(std::string(shared.begin(), shared.end())), only_run(dir.path() / "runs" / "ppl"));
+}
+
+// generate on 2 ranks: each decodes every other prompt (of the length order); the texts come back in the
+// dataset's order. Greedy text equals one process's; RoE's top-k change counts cover every prompt.
+TEST(Distributed, TwoRanksGenerateAsOneProcess) {
+  SKIP_WITHOUT_GLOO();
+  TempDir dir;
+  std::string rows;
+  for (const char* q : {"Name a color.", "Name a planet far away from here.", "Why?", "Count to three, please.", "Say hello."})
+    rows += nlohmann::json({{"id", q}, {"question", q}, {"answers", {"x"}}}).dump() + "\n";
+  const fs::path data = dir.write("qa.jsonl", rows);
+  const std::string file =
+      dir.write("gen.toml", "name = \"gen\"\nseed = 5\nstages = [\"gen\"]\n[model]\npath = \"builtin:tiny-olmoe\"\ndevice = \"cpu\"\n"
+                            "[qa]\nplugin = \"jsonl\"\npath = \"" + data.string() + "\"\ntext_field = \"question\"\n"
+                            "[greedy]\nplugin = \"plain\"\n[roe]\nplugin = \"roe\"\nk = 3\nhistory = \"exact\"\ntau_mode = \"fixed\"\ntau_middle = 0.5\n"
+                            "[gen]\nplugin = \"generate\"\ndataset = \"qa\"\nbaseline = \"greedy\"\nsampler = \"roe\"\nmax_new_tokens = 10\n"
+                            "batch_size = 2\nstop = []\n")
+          .string();
+  auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" +
+                                       (dir.path() / "one").string());
+  ASSERT_EQ(one.status, 0) << one.output;
+  std::vector<Rank> ranks = launch(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
+  for (Rank& rank : ranks) {
+    ASSERT_TRUE(rank.wait(600)) << rank.output();
+    EXPECT_EQ(rank.status, 0) << rank.output();
+  }
+  const fs::path a = only_run(dir.path() / "one" / "gen"), b = only_run(dir.path() / "two" / "gen");
+  std::istringstream la(moelab::read_file(a / "gen" / "generations.jsonl")), lb(moelab::read_file(b / "gen" / "generations.jsonl"));
+  int lines = 0;
+  for (std::string x, y; std::getline(la, x) && std::getline(lb, y); ++lines) {
+    const auto ja = nlohmann::json::parse(x), jb = nlohmann::json::parse(y);
+    EXPECT_EQ(ja["id"], jb["id"]);
+    EXPECT_EQ(ja["greedy"], jb["greedy"]) << ja["id"];
+    EXPECT_FALSE(jb["roe"].get<std::string>().empty()) << jb["id"];
+  }
+  EXPECT_EQ(lines, 5);
+  const auto sa = nlohmann::json::parse(moelab::read_file(a / "summary.json"))["stages"]["gen"];
+  const auto sb = nlohmann::json::parse(moelab::read_file(b / "summary.json"))["stages"]["gen"];
+  EXPECT_EQ(sa["greedy"]["generated_tokens"], sb["greedy"]["generated_tokens"]);
+  EXPECT_EQ(sa["roe"]["topk_change_rate"]["noisy_rows"], sb["roe"]["topk_change_rate"]["noisy_rows"]);
 }
 
 // Expert placement: each rank holds a share of every MoE layer's experts and tokens travel by all-to-all;

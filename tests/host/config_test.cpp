@@ -99,7 +99,7 @@ TEST(Config, UnknownHostKeysListTheAcceptedOnes) {
   EXPECT_THAT(error_of([&] { resolve_text(dir, std::string("sed = 3\n") + kBase); }),
               HasSubstr("(the top level accepts: name, seed, run_dir, plugin_path, log_level, stages, tensorboard)"));
   EXPECT_THAT(error_of([&] { resolve_text(dir, std::string(kBase) + "[model]\ndtyp = \"float32\"\n"); }),
-              HasSubstr("experiment.toml:12: unknown key 'dtyp' in [model] (did you mean 'dtype'?) ([model] accepts: path, device, dtype, fused_kernels, grouped_mm, quantized, tokenizer)"));
+              HasSubstr("experiment.toml:12: unknown key 'dtyp' in [model] (did you mean 'dtype'?) ([model] accepts: path, device, dtype, fused_kernels, grouped_mm, placement, quantized, tokenizer)"));
   // A [model] made only by --set keeps the override's name in errors.
   EXPECT_THAT(error_of([&] { resolve_text(dir, kBase, {"model.device=gpu"}); }),
               HasSubstr("--set model.device=gpu: key 'device' must be one of: auto, cpu, cuda; found \"gpu\""));
