@@ -289,6 +289,8 @@ class Generate final : public moelab::Stage {
       std::vector<std::size_t> mine;
       for (std::size_t i = static_cast<std::size_t>(moelab::distributed::rank()); i < order.size(); i += static_cast<std::size_t>(world))
         mine.push_back(order[i]);
+      moelab::log::info("[{}] {}: rank {} of {} decodes {} of the {} prompts", config_.id(), name, moelab::distributed::rank(), world, mine.size(),
+                        order.size());
       order = std::move(mine);
     }
     std::vector<std::string> texts(tasks.size());

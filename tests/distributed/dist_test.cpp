@@ -354,6 +354,7 @@ TEST(Distributed, TwoRanksGenerateAsOneProcess) {
     ASSERT_TRUE(rank.wait(600)) << rank.output();
     EXPECT_EQ(rank.status, 0) << rank.output();
   }
+  EXPECT_THAT(ranks[0].output(), HasSubstr("greedy: rank 0 of 2 decodes 3 of the 5 prompts"));
   const fs::path a = only_run(dir.path() / "one" / "gen"), b = only_run(dir.path() / "two" / "gen");
   std::istringstream la(moelab::read_file(a / "gen" / "generations.jsonl")), lb(moelab::read_file(b / "gen" / "generations.jsonl"));
   int lines = 0;
