@@ -572,7 +572,8 @@ bool RouterTrainer::step(ObjectiveBatch batch, torch::optim::Optimizer& optimize
   }
   if (distributed::active()) {
     reduce_step(batch, row);
-    loss.total = torch::tensor(row["loss"].get<double>());
+    // The ranks' weighted mean, on the loss's device (NCCL: the GPU), where the finiteness check below reads it.
+    loss.total = torch::full({}, row["loss"].get<double>(), torch::dtype(torch::kFloat64).device(loss.total.device()));
   }
   if (settings_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(params_, settings_.grad_clip);
   // One read per step: the loss, each router's gradient, and each router as the last step left it, all finite.

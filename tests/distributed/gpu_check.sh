@@ -29,7 +29,9 @@ for i in $(seq 1 "$REPEATS"); do
   "$RUNEXP" "$ROOT/configs/roma_last5.toml" "${COMMON[@]}" --set "run_dir=\"$OUT/one_$i\""
   launch_world1 "$ROOT/configs/roma_last5.toml" "${COMMON[@]}" --set 'distributed.backend="nccl"' --set "run_dir=\"$OUT/nccl_$i\""
 done
-grep -h "nccl process group" "$OUT"/nccl_1/roma_last5/*/log.txt || { echo "FAIL: the world-size-1 run made no NCCL process group"; exit 1; }
+# The process group is made before the run folder exists; summary.json records it.
+python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])).get("distributed", {}).get("backend") != "nccl")' \
+  "$(ls -d "$OUT"/nccl_1/roma_last5/*/ | head -1)summary.json" || { echo "FAIL: the world-size-1 run made no NCCL process group"; exit 1; }
 
 python3 - "$OUT" "$REPEATS" <<'PY'
 import glob, json, statistics, struct, sys
