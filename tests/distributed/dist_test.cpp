@@ -109,6 +109,21 @@ std::vector<Rank> launch(int world, const std::string& arguments, const fs::path
   return ranks;
 }
 
+// runexp `file` in one process (one thread) with its runs under `run_dir`.
+moelab::test::CommandResult run_alone(const std::string& file, const fs::path& run_dir) {
+  return moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" + run_dir.string());
+}
+
+// launch(), then waits for every rank (at most 600 s each), each expected to exit 0.
+std::vector<Rank> run_ranks(int world, const std::string& arguments, const fs::path& logs, int port = -1, bool agent_store = false) {
+  std::vector<Rank> ranks = launch(world, arguments, logs, port, agent_store);
+  for (Rank& rank : ranks) {
+    EXPECT_TRUE(rank.wait(600)) << rank.output();
+    EXPECT_EQ(rank.status, 0) << rank.output();
+  }
+  return ranks;
+}
+
 fs::path only_run(const fs::path& experiment_dir) {
   std::vector<fs::path> runs;
   for (const auto& entry : fs::directory_iterator(experiment_dir)) runs.push_back(entry.path());
@@ -199,14 +214,9 @@ TEST(Distributed, TwoGlooRanksFinetuneAndEvaluateAsOneProcess) {
   // batch_size 25: the 64 questions make batches of 25, 25 and 14, split 13 + 12 and 7 + 7 over the ranks, so
   // the ranks' gradients must be weighted by their shares (a plain mean of the ranks' means would differ).
   const std::string config = std::string(MOELAB_SOURCE_DIR) + "/configs/roma_last5.toml --set model.device=cpu --set train.batch_size=25";
-  auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + config + " --set run_dir=" +
-                                       (dir.path() / "one").string());
+  auto one = run_alone(config, dir.path() / "one");
   ASSERT_EQ(one.status, 0) << one.output;
-  std::vector<Rank> ranks = launch(2, config + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
-  for (Rank& rank : ranks) {
-    ASSERT_TRUE(rank.wait(600)) << rank.output();
-    EXPECT_EQ(rank.status, 0) << rank.output();
-  }
+  std::vector<Rank> ranks = run_ranks(2, config + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
   const fs::path a = only_run(dir.path() / "one" / "roma_last5"), b = only_run(dir.path() / "two" / "roma_last5");
   EXPECT_THAT(ranks[0].output(), HasSubstr("distributed: rank 0 of 2 (local rank 0), gloo process group"));
 
@@ -259,14 +269,9 @@ TEST(Distributed, TwoRanksCollectAsOneProcess) {
                                                      "[study]\nplugin = \"collect\"\nsets = [\"sets.prose\", \"sets.math\"]\n"
                                                      "analyzers = [\"usage\", \"entropy\"]\nmax_len = 32\nbatch_tokens = 64\n"
                                                      "chunk_tokens = 200\nprecision = \"float32\"\n").string();
-  auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" +
-                                       (dir.path() / "one").string());
+  auto one = run_alone(file, dir.path() / "one");
   ASSERT_EQ(one.status, 0) << one.output;
-  std::vector<Rank> ranks = launch(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
-  for (Rank& rank : ranks) {
-    ASSERT_TRUE(rank.wait(600)) << rank.output();
-    EXPECT_EQ(rank.status, 0) << rank.output();
-  }
+  std::vector<Rank> ranks = run_ranks(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
   const fs::path a = only_run(dir.path() / "one" / "study") / "study", b = only_run(dir.path() / "two" / "study") / "study";
   EXPECT_EQ(moelab::read_file(a / "routing_results.json"), moelab::read_file(b / "routing_results.json"));
   for (const char* analyzer : {"usage", "entropy"})
@@ -288,14 +293,9 @@ TEST(Distributed, TwoRanksPerplexityAsOneProcess) {
                                                  "[text]\nplugin = \"text\"\npath = \"" + std::string(MOELAB_SOURCE_DIR) +
                                                  "/configs/data/text/prose.txt\"\n"
                                                  "[ppl]\nplugin = \"perplexity\"\ndataset = \"text\"\nseqlen = 16\nbatch_size = 2\n").string();
-  auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" +
-                                       (dir.path() / "one").string());
+  auto one = run_alone(file, dir.path() / "one");
   ASSERT_EQ(one.status, 0) << one.output;
-  std::vector<Rank> ranks = launch(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
-  for (Rank& rank : ranks) {
-    ASSERT_TRUE(rank.wait(600)) << rank.output();
-    EXPECT_EQ(rank.status, 0) << rank.output();
-  }
+  std::vector<Rank> ranks = run_ranks(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
   const auto sa = nlohmann::json::parse(moelab::read_file(only_run(dir.path() / "one" / "ppl") / "summary.json"));
   const auto sb = nlohmann::json::parse(moelab::read_file(only_run(dir.path() / "two" / "ppl") / "summary.json"));
   EXPECT_GT(sa["stages"]["ppl"]["windows"].get<long long>(), 4);  // more batches than ranks
@@ -318,11 +318,7 @@ TEST(Distributed, RanksJoinTorchrunsAgentStore) {
   options.isServer = true;
   options.waitWorkers = false;
   c10d::TCPStore agent("127.0.0.1", options);
-  std::vector<Rank> ranks = launch(2, file + " --set run_dir=" + (dir.path() / "runs").string(), dir.path(), port, /*agent_store=*/true);
-  for (Rank& rank : ranks) {
-    ASSERT_TRUE(rank.wait(600)) << rank.output();
-    EXPECT_EQ(rank.status, 0) << rank.output();
-  }
+  std::vector<Rank> ranks = run_ranks(2, file + " --set run_dir=" + (dir.path() / "runs").string(), dir.path(), port, /*agent_store=*/true);
   EXPECT_THAT(ranks[0].output(), HasSubstr("gloo process group"));
   // Rank 0 shared the run folder through the agent's store, under torchrun's prefix.
   ASSERT_TRUE(agent.check({"/worker/attempt_0/moelab/run_dir/0"}));
@@ -346,14 +342,9 @@ TEST(Distributed, TwoRanksGenerateAsOneProcess) {
                             "[gen]\nplugin = \"generate\"\ndataset = \"qa\"\nbaseline = \"greedy\"\nsampler = \"roe\"\nmax_new_tokens = 10\n"
                             "batch_size = 2\nstop = []\n")
           .string();
-  auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" +
-                                       (dir.path() / "one").string());
+  auto one = run_alone(file, dir.path() / "one");
   ASSERT_EQ(one.status, 0) << one.output;
-  std::vector<Rank> ranks = launch(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
-  for (Rank& rank : ranks) {
-    ASSERT_TRUE(rank.wait(600)) << rank.output();
-    EXPECT_EQ(rank.status, 0) << rank.output();
-  }
+  std::vector<Rank> ranks = run_ranks(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
   EXPECT_THAT(ranks[0].output(), HasSubstr("greedy: rank 0 of 2 decodes 3 of the 5 prompts"));
   const fs::path a = only_run(dir.path() / "one" / "gen"), b = only_run(dir.path() / "two" / "gen");
   std::istringstream la(moelab::read_file(a / "gen" / "generations.jsonl")), lb(moelab::read_file(b / "gen" / "generations.jsonl"));
@@ -396,17 +387,12 @@ TEST(Distributed, ExpertPlacementGivesOneProcesssLogitsOnEveryArchitecture) {
     const std::string file = dir.write("dump.toml", "name = \"dump\"\nstages = [\"dump\"]\n[model]\npath = \"" + model.string() +
                                                         "\"\ndevice = \"cpu\"\n[dump]\nplugin = \"dump_logits\"\ninput = \"" +
                                                         (model / "expected.safetensors").string() + "\"\n").string();
-    auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" +
-                                         (dir.path() / "one").string());
+    auto one = run_alone(file, dir.path() / "one");
     ASSERT_EQ(one.status, 0) << one.output;
     for (int world : {2, 3}) {
       if (world == 3 && model.filename() != "olmoe") continue;
       const fs::path runs = dir.path() / ("ep" + std::to_string(world));
-      std::vector<Rank> ranks = launch(world, file + " --set model.placement=experts --set run_dir=" + runs.string(), dir.path());
-      for (Rank& rank : ranks) {
-        ASSERT_TRUE(rank.wait(300)) << rank.output();
-        EXPECT_EQ(rank.status, 0) << rank.output();
-      }
+      std::vector<Rank> ranks = run_ranks(world, file + " --set model.placement=experts --set run_dir=" + runs.string(), dir.path());
       EXPECT_THAT(ranks[0].output(), HasSubstr("expert parallel over " + std::to_string(world) + " ranks"));
       EXPECT_LE(dumped_difference(only_run(dir.path() / "one" / "dump") / "dump" / "logits.safetensors",
                                   only_run(runs / "dump") / "dump" / "logits.safetensors"),
@@ -427,14 +413,9 @@ TEST(Distributed, ExpertPlacementFinetunesAsOneProcess) {
                                                 "[train]\nplugin = \"finetune\"\ndataset = \"data.train\"\nobjective = \"task\"\n"
                                                 "last_layers = 3\nepochs = 2\nbatch_size = 8\nlr = 1e-3\nwarmup_steps = 0\ncache_hidden = false\n")
                                .string();
-  auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" +
-                                       (dir.path() / "one").string());
+  auto one = run_alone(file, dir.path() / "one");
   ASSERT_EQ(one.status, 0) << one.output;
-  std::vector<Rank> ranks = launch(2, file + " --set model.placement=experts --set run_dir=" + (dir.path() / "ep").string(), dir.path());
-  for (Rank& rank : ranks) {
-    ASSERT_TRUE(rank.wait(600)) << rank.output();
-    EXPECT_EQ(rank.status, 0) << rank.output();
-  }
+  run_ranks(2, file + " --set model.placement=experts --set run_dir=" + (dir.path() / "ep").string(), dir.path());
   const fs::path a = only_run(dir.path() / "one" / "ft") / "train" / "routers.safetensors";
   const fs::path b = only_run(dir.path() / "ep" / "ft") / "train" / "routers.safetensors";
   EXPECT_LT(max_difference(a, b), 1e-5);
@@ -489,15 +470,10 @@ void stopped_rank_stops_the_other(int signal) {
   EXPECT_EQ(nlohmann::json::parse(moelab::read_file(run / "summary.json"))["status"], "failed");
 
   // --resume on 2 ranks continues from the last checkpoint to the routers of an uninterrupted run.
-  std::vector<Rank> again = launch(2, file + " --resume --set run_dir=" + runs.string(), dir.path());
-  for (Rank& rank : again) {
-    ASSERT_TRUE(rank.wait(600)) << rank.output();
-    EXPECT_EQ(rank.status, 0) << rank.output();
-  }
+  std::vector<Rank> again = run_ranks(2, file + " --resume --set run_dir=" + runs.string(), dir.path());
   EXPECT_THAT(again[0].output(), HasSubstr("resuming from"));
   EXPECT_EQ(nlohmann::json::parse(moelab::read_file(run / "summary.json"))["status"], "complete");
-  auto one = moelab::test::run_command("OMP_NUM_THREADS=1 " + moelab::test::runexp_binary() + " " + file + " --set run_dir=" +
-                                       (dir.path() / "one").string());
+  auto one = run_alone(file, dir.path() / "one");
   ASSERT_EQ(one.status, 0) << one.output;
   EXPECT_LT(max_difference(run / "train" / "routers.safetensors", only_run(dir.path() / "one" / "fault") / "train" / "routers.safetensors"), 1e-5);
 }
