@@ -7,6 +7,7 @@
 #include "moelab/lib/distributed.h"
 #include "moelab/lib/files.h"
 #include "moelab/lib/generation_config.h"
+#include "moelab/lib/kv_cache_memory.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/multiple_choice.h"
 #include "moelab/lib/paired.h"
@@ -297,6 +298,15 @@ class Generate final : public moelab::Stage {
     moelab::Progress progress("generate " + name, static_cast<long long>(order.size()), "tokens");
     std::size_t longest = 0;
     for (const auto& p : prompts) longest = std::max(longest, p.prompt_ids.size());
+    // The largest cache a batch of this stage holds, checked against the device's memory before any forward.
+    if (!order.empty()) {
+      const auto rows = static_cast<std::int64_t>(std::min(batch_size, order.size()));
+      const std::int64_t positions = static_cast<std::int64_t>(longest) - 1 + max_new_;
+      const std::int64_t bytes = moelab::require_kv_cache_fits(
+          model, rows, positions, fmt::format("[{0}] batch_size rows, the longest prompt (at most [{0}] prompt.max_len) + max_new_tokens positions", config_.id()));
+      moelab::log::info("[{}] {}: KV cache of {} rows x {} positions: {:.2f} GiB", config_.id(), name, rows, positions,
+                        static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+    }
     const bool continuous = settings_.continuous_batching && settings_.static_cache;
     const auto on_device = torch::dtype(torch::kInt64).device(model.device());
     const torch::Tensor stop_ids = torch::tensor(stop_ids_, torch::kInt64).to(model.device());

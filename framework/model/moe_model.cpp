@@ -112,6 +112,11 @@ class MoeModel final : public Model {
 
   NamedTensors named_weights() override { return named_; }
 
+  int64_t kv_cache_bytes_per_position() const override {
+    const int64_t per_layer = c_.arch.mla ? c_.kv_lora_rank + c_.qk_rope_head_dim : 2 * c_.num_kv_heads * c_.head_dim;
+    return c_.num_layers * per_layer * static_cast<int64_t>(c10::elementSize(dtype_)) + static_cast<int64_t>(sizeof(int64_t));
+  }
+
   ExpertWeights expert_weights(int layer) override {
     router_weight(layer);  // validates the layer
     if (ep_ranks_ > 1)

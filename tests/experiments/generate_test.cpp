@@ -13,6 +13,7 @@
 
 #include <gmock/gmock.h>
 
+#include <chrono>
 #include <sstream>
 
 using moelab::test::TempDir;
@@ -311,3 +312,27 @@ TEST(ModelMean, IsTheUnitMeanOfTheFinalHiddenStates) {
 }
 
 }  // namespace
+
+// A batch whose KV cache cannot fit stops before any forward, with what it needs, what there is and the
+// keys that set it (here the CPU's MemAvailable: 4 rows x ~1e9 positions of the tiny model are terabytes).
+TEST(Generate, ABatchWhoseCacheCannotFitStopsBeforeAnyWorkNamingTheKeys) {
+  TempDir dir;
+  dir.write("qa.jsonl", R"({"id": "a", "question": "Name a color.", "answers": ["red"]})" "\n");
+  std::unique_ptr<moelab::ExperimentRun> run;
+  const std::string toml = "stages = []\n[model]\ndevice = \"cpu\"\n[qa]\nplugin = \"jsonl\"\npath = \"qa.jsonl\"\ntext_field = \"question\"\n"
+                           "[greedy]\nplugin = \"plain\"\n[gen]\nplugin = \"generate\"\ndataset = \"qa\"\nsampler = \"greedy\"\nstop = []\n"
+                           "batch_size = 4\nmax_new_tokens = 1000000000\n";
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    run_stage(dir, run, toml, "gen", "out");
+    FAIL() << "a terabyte cache was not refused";
+  } catch (const std::exception& e) {
+    EXPECT_THAT(e.what(), testing::HasSubstr("the KV cache needs"));
+    EXPECT_THAT(e.what(), testing::HasSubstr("1 rows x 1000000"));  // one prompt: one row, whatever batch_size says
+    EXPECT_THAT(e.what(), testing::HasSubstr("[gen] batch_size rows"));
+    EXPECT_THAT(e.what(), testing::HasSubstr("max_new_tokens"));
+    EXPECT_THAT(e.what(), testing::HasSubstr("MemAvailable"));
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), 30.0);
+  EXPECT_FALSE(fs::exists(dir.path() / "out" / "generations.jsonl"));
+}

@@ -164,6 +164,11 @@ TEST_P(PerArchitecture, StaticCacheMatchesGrowingCache) {
   EXPECT_EQ(growing.length(), 9);
   EXPECT_EQ(fixed.first.at(0).size(2), 12);  // allocated once, never grown
   EXPECT_TRUE(fixed.cursor.eq(9).all().item<bool>());
+  // kv_cache_bytes_per_position (the memory check before generation) is what the static cache allocated.
+  int64_t allocated = fixed.mask.nbytes();
+  for (const auto* slots : {&fixed.first, &fixed.second})
+    for (const Tensor& slot : *slots) allocated += slot.defined() ? static_cast<int64_t>(slot.nbytes()) : 0;
+  EXPECT_EQ(allocated, 2 * 12 * model->kv_cache_bytes_per_position());
   try {
     model->forward(ids.narrow(1, 0, 4), {}, &fixed);
     FAIL() << "overflowing a static cache must throw";

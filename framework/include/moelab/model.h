@@ -123,6 +123,10 @@ class Model {
   virtual ExpertWeights expert_weights(int layer) = 0;
   // Installs (or, with an empty function, removes) the observer of MoE layer inputs.
   virtual void set_moe_input_observer(MoeInputObserver observer) = 0;
+  // Bytes a KV cache holds per row and position (every layer's keys and values, or MLA's latent and
+  // rotary key, in the model's dtype, and the cache's int64 mask): what a static cache of R rows and P
+  // positions allocates is R x P x this. 0 when unknown.
+  virtual int64_t kv_cache_bytes_per_position() const { return 0; }
   // Installs (or, with layer -1, removes) the layer input hooks. False when this model has none: it then
   // runs every layer and calls no hook.
   virtual bool set_layer_input_hooks(LayerInputHooks hooks) {
