@@ -2,6 +2,7 @@
 // question the prompt, the routing at its last prompt token in every MoE layer (full softmax by
 // default, as the public files record it), the model's answer and whether it is correct.
 #include "moelab/moelab.h"
+#include "moelab/lib/distributed.h"
 #include "moelab/lib/finite.h"
 #include "moelab/lib/log.h"
 #include "moelab/lib/multiple_choice.h"
@@ -41,8 +42,15 @@ class CollectRouting final : public moelab::Stage {
     torch::NoGradGuard no_grad;
     std::vector<moelab::RoutingResult> results;
     long long correct = 0;
-    moelab::Progress progress("collect_routing", static_cast<long long>((items.size() + batch_size - 1) / batch_size), "questions");
-    for (std::size_t start = 0; start < items.size(); start += batch_size) {
+    // torchrun: this rank runs its contiguous share of the batches (the same batches as one process); the
+    // results are gathered below in one-process order.
+    const auto [b0, b1] = moelab::distributed::shard_range((items.size() + batch_size - 1) / batch_size);
+    const std::size_t first = std::min(items.size(), b0 * batch_size), end = std::min(items.size(), b1 * batch_size);
+    if (moelab::distributed::active() && moelab::distributed::data_parallel())
+      moelab::log::info("[{}] rank {} of {} runs batches {}-{} of {}", id_, moelab::distributed::rank(), moelab::distributed::world_size(), b0 + 1,
+                        b1, (items.size() + batch_size - 1) / batch_size);
+    moelab::Progress progress("collect_routing", static_cast<long long>(end - first), "questions");
+    for (std::size_t start = first; start < end; start += batch_size) {
       std::vector<const moelab::McItem*> rows;
       for (std::size_t i = start; i < std::min(items.size(), start + batch_size); ++i) rows.push_back(&items[i]);
       moelab::McBatch batch = moelab::make_batch(rows, std::max<long long>(model.info().pad_token_id, 0));
@@ -87,6 +95,7 @@ class CollectRouting final : public moelab::Stage {
       progress.advance(static_cast<long long>(rows.size()));
     }
     progress.finish();
+    if (moelab::distributed::active()) gather(results, correct);
     moelab::write_routing_results(out_dir / "routing_results.json", results,
                                   settings_.top_k_only ? moelab::RoutingWeights::nonzero : moelab::RoutingWeights::all);
     double accuracy = items.empty() ? 0.0 : static_cast<double>(correct) / items.size();
@@ -97,6 +106,31 @@ class CollectRouting final : public moelab::Stage {
   }
 
  private:
+  // Every rank's results in rank order (one-process order) and the correct count, on every rank.
+  void gather(std::vector<moelab::RoutingResult>& results, long long& correct) const {
+    nlohmann::json mine = nlohmann::json::array();
+    for (const auto& r : results)
+      mine.push_back({{"key", r.key}, {"input_text", r.input_text}, {"correct_answer", r.correct_answer}, {"is_correct", r.is_correct},
+                      {"letters", r.letters}, {"routing", r.routing}, {"token_id", r.token_id}, {"token_text", r.token_text},
+                      {"model_answer", r.model_answer}});
+    results.clear();
+    correct = 0;
+    for (const auto& j : moelab::distributed::gather_list(mine, fmt::format("[{}] gathering the routing results", id_))) {
+      moelab::RoutingResult r;
+      r.key = j["key"].get<std::string>();
+      r.input_text = j["input_text"].get<std::string>();
+      r.correct_answer = j["correct_answer"].get<std::string>();
+      r.is_correct = j["is_correct"].get<bool>();
+      r.letters = j["letters"].get<std::vector<std::string>>();
+      r.routing = j["routing"].get<std::map<int, std::vector<double>>>();
+      r.token_id = j["token_id"].get<std::int64_t>();
+      r.token_text = j["token_text"].get<std::string>();
+      r.model_answer = j["model_answer"].get<std::string>();
+      correct += r.is_correct;
+      results.push_back(std::move(r));
+    }
+  }
+
   std::string id_;
   Settings settings_;
   std::shared_ptr<moelab::Dataset> dataset_;

@@ -222,6 +222,9 @@ TEST(Distributed, TwoGlooRanksFinetuneAndEvaluateAsOneProcess) {
 
   // The finetuned routers.
   EXPECT_LT(max_difference(a / "train" / "routers.safetensors", b / "train" / "routers.safetensors"), 1e-5);
+  // RoMA's success set (collect_routing, its batches split over the ranks and gathered): byte for byte.
+  EXPECT_EQ(moelab::read_file(a / "collect" / "routing_results.json"), moelab::read_file(b / "collect" / "routing_results.json"));
+  EXPECT_THAT(ranks[0].output(), HasSubstr("[collect] rank 0 of 2 runs batches 1-2 of 4"));
   // The evaluation: every question's answer from the base and the finetuned routers.
   const auto pa = nlohmann::json::parse(moelab::read_file(a / "eval" / "predictions.json"));
   const auto pb = nlohmann::json::parse(moelab::read_file(b / "eval" / "predictions.json"));
