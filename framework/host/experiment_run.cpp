@@ -1,4 +1,5 @@
 #include "experiment_run.h"
+#include "local_time.h"
 
 #include "log_sink.h"
 #include "moe_model.h"
@@ -30,12 +31,6 @@ namespace moelab {
 namespace fs = std::filesystem;
 
 namespace {
-std::string now_text(const char* format) {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, format, std::localtime(&t));
-  return buf;
-}
 
 // The newest earlier run of this experiment (the folder names sort by start time).
 fs::path newest_run(const fs::path& experiment_dir) {
@@ -59,7 +54,7 @@ std::string builtin_model_folder(const std::string& name, const std::string& whe
 // A new folder named by the time, claimed with one mkdir: two runs started in the same second never share one.
 fs::path new_run_dir(const fs::path& experiment_dir) {
   fs::create_directories(experiment_dir);
-  const fs::path base = experiment_dir / now_text("%Y%m%d-%H%M%S");
+  const fs::path base = experiment_dir / local_time_text("%Y%m%d-%H%M%S");
   fs::path dir = base;
   for (int n = 2; !fs::create_directory(dir); ++n) dir = base.string() + "-" + std::to_string(n);
   return dir;
@@ -126,7 +121,7 @@ ExperimentRun::ExperimentRun(ResolvedExperiment experiment, const PluginRegistry
   summary_ = {{"experiment", experiment_.run.name},
               {"seed", seed()},
               {"run_dir", run_dir_.string()},
-              {"started", now_text("%Y-%m-%dT%H:%M:%S")},
+              {"started", local_time_text("%Y-%m-%dT%H:%M:%S")},
               {"attempt", attempt_},
               {"status", "running"},
               {"versions", versions()},
@@ -145,7 +140,7 @@ ExperimentRun::~ExperimentRun() {
 
 void ExperimentRun::record_metrics(nlohmann::json row) {
   if (!distributed::is_main()) return;
-  row["time"] = now_text("%Y-%m-%dT%H:%M:%S");
+  row["time"] = local_time_text("%Y-%m-%dT%H:%M:%S");
   row["attempt"] = attempt_;
   metrics_ << row.dump() << "\n" << std::flush;
   to_tensorboard([&] { tb_->add_metrics_row(row); });
@@ -328,7 +323,7 @@ void ExperimentRun::run_stages() {
       throw RunInterrupted(message);
     }
   }
-  summary_["finished"] = now_text("%Y-%m-%dT%H:%M:%S");
+  summary_["finished"] = local_time_text("%Y-%m-%dT%H:%M:%S");
   summary_["status"] = "complete";
   write_summary();
   log::summarize_repeats();
@@ -358,7 +353,7 @@ void ExperimentRun::record_failure(const std::string& stage, const fs::path& sta
                                    const std::string& message, const std::string& status) {
   if (status == "interrupted") log::warn("stage [{}] interrupted: {}", stage, message);
   else log::error("stage [{}] failed: {}", stage, message);
-  const nlohmann::json error = {{"stage", stage}, {"message", message}, {"time", now_text("%Y-%m-%dT%H:%M:%S")}, {"attempt", attempt_}};
+  const nlohmann::json error = {{"stage", stage}, {"message", message}, {"time", local_time_text("%Y-%m-%dT%H:%M:%S")}, {"attempt", attempt_}};
   stage_summary["status"] = status;
   stage_summary["error"] = error;
   summary_["stages"][stage] = stage_summary;

@@ -1,4 +1,5 @@
 #include "sweep.h"
+#include "local_time.h"
 
 #include "compare.h"
 #include "experiment_file.h"
@@ -37,12 +38,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string now_text(const char* format) {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, format, std::localtime(&t));
-  return buf;
-}
 
 std::string trim(const std::string& s) {
   const auto first = s.find_first_not_of(" \t");
@@ -446,7 +441,7 @@ int run_sweep(const SweepRequest& request, const PluginRegistry& registry) {
   }
 
   fs::path sweep_dir = request.resume ? matching_sweep(experiment_dir, request) : fs::path();
-  std::string started = now_text("%Y-%m-%dT%H:%M:%S");
+  std::string started = local_time_text("%Y-%m-%dT%H:%M:%S");
   if (!sweep_dir.empty()) {
     const toml::table earlier = read_toml(sweep_dir / "sweep.toml");
     started = earlier["started"].value_or(started);
@@ -455,7 +450,7 @@ int run_sweep(const SweepRequest& request, const PluginRegistry& registry) {
   } else {
     if (request.resume) log::info("--resume: no earlier sweep of '{}' over this grid; starting a new sweep", name);
     fs::create_directories(experiment_dir);
-    const std::string stamp = now_text("%Y%m%d-%H%M%S");
+    const std::string stamp = local_time_text("%Y%m%d-%H%M%S");
     sweep_dir = claim_folder(experiment_dir / ("sweep-" + stamp));
     const std::string suffix = sweep_dir.filename().string().substr(6);  // the stamp, "-2" when it was taken
     for (Point& p : points) p.run_dir = claim_folder(experiment_dir / fmt::format("{}-p{}", suffix, p.index));
