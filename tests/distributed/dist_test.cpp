@@ -287,15 +287,19 @@ TEST(Distributed, TwoRanksCollectAsOneProcess) {
   EXPECT_EQ(sa["collection"]["primary"]["tokens"], sb["collection"]["primary"]["tokens"]);
 }
 
+// The perplexity experiment of the tiny model on prose, 16-token windows in batches of 2; `keys`: more [ppl] keys.
+std::string perplexity_experiment(const TempDir& dir, const std::string& keys) {
+  return dir.write("ppl.toml", "name = \"ppl\"\nseed = 1\nstages = [\"ppl\"]\n[model]\npath = \"builtin:tiny-olmoe\"\ndevice = \"cpu\"\n"
+                               "[text]\nplugin = \"text\"\npath = \"" + std::string(MOELAB_SOURCE_DIR) + "/configs/data/text/prose.txt\"\n"
+                               "[ppl]\nplugin = \"perplexity\"\ndataset = \"text\"\nseqlen = 16\nbatch_size = 2\n" + keys)
+      .string();
+}
+
 // Perplexity on 2 ranks: each scores half of the batches; the sums are added in one-process order.
 TEST(Distributed, TwoRanksPerplexityAsOneProcess) {
   SKIP_WITHOUT_GLOO();
   TempDir dir;
-  const std::string file = dir.write("ppl.toml", "name = \"ppl\"\nseed = 1\nstages = [\"ppl\"]\n"
-                                                 "[model]\npath = \"builtin:tiny-olmoe\"\ndevice = \"cpu\"\n"
-                                                 "[text]\nplugin = \"text\"\npath = \"" + std::string(MOELAB_SOURCE_DIR) +
-                                                 "/configs/data/text/prose.txt\"\n"
-                                                 "[ppl]\nplugin = \"perplexity\"\ndataset = \"text\"\nseqlen = 16\nbatch_size = 2\n").string();
+  const std::string file = perplexity_experiment(dir, "");
   auto one = run_alone(file, dir.path() / "one");
   ASSERT_EQ(one.status, 0) << one.output;
   std::vector<Rank> ranks = run_ranks(2, file + " --set run_dir=" + (dir.path() / "two").string(), dir.path());
@@ -310,11 +314,7 @@ TEST(Distributed, TwoRanksPerplexityAsOneProcess) {
 TEST(Distributed, RanksJoinTorchrunsAgentStore) {
   SKIP_WITHOUT_GLOO();
   TempDir dir;
-  const std::string file = dir.write("ppl.toml", "name = \"ppl\"\nseed = 1\nstages = [\"ppl\"]\n"
-                                                 "[model]\npath = \"builtin:tiny-olmoe\"\ndevice = \"cpu\"\n"
-                                                 "[text]\nplugin = \"text\"\npath = \"" + std::string(MOELAB_SOURCE_DIR) +
-                                                 "/configs/data/text/prose.txt\"\n"
-                                                 "[ppl]\nplugin = \"perplexity\"\ndataset = \"text\"\nseqlen = 16\nbatch_size = 2\nmax_windows = 8\n").string();
+  const std::string file = perplexity_experiment(dir, "max_windows = 8\n");
   const int port = free_port();
   c10d::TCPStoreOptions options;  // the agent's store
   options.port = static_cast<std::uint16_t>(port);
