@@ -7,6 +7,7 @@
 // 4.8 TB/s that reading them at that rate takes. Greedy and RoE run the model API the generate stage
 // uses (a static KV cache unless --growing-cache, RoE's replica rows reading the clean row's prefix).
 // The process's peak GPU memory is polled outside (scripts/gpu.sh, as for moelab_bench).
+#include "command_line.h"
 #include "moe_model.h"
 
 #include <nlohmann/json.hpp>
@@ -29,34 +30,24 @@ Options parse(int argc, char** argv) {
                                          "[--roe-k K] [--ttft-prompt N] [--device D] [--dtype T] [--run ID] [--growing-cache]");
   Options o;
   o.model = argv[1];
-  for (int i = 2; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> long long {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return std::stoll(argv[++i]);
-    };
-    auto text = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--prompt") o.prompt = value();
-    else if (a == "--new") o.fresh = value();
-    else if (a == "--batched-prompts") o.batched_prompts = value();
-    else if (a == "--batch") o.batch = value();
-    else if (a == "--roe-k") o.roe_k = value();
-    else if (a == "--ttft-prompt") o.ttft_prompt = value();
-    else if (a == "--device") o.device = text();
-    else if (a == "--dtype") o.dtype = text();
-    else if (a == "--run") o.run = text();
+  moelab::bench::CommandLine args(argc, argv, 2);
+  for (std::string a; args.next(a);) {
+    if (a == "--prompt") o.prompt = args.integer();
+    else if (a == "--new") o.fresh = args.integer();
+    else if (a == "--batched-prompts") o.batched_prompts = args.integer();
+    else if (a == "--batch") o.batch = args.integer();
+    else if (a == "--roe-k") o.roe_k = args.integer();
+    else if (a == "--ttft-prompt") o.ttft_prompt = args.integer();
+    else if (a == "--device") o.device = args.text();
+    else if (a == "--dtype") o.dtype = args.text();
+    else if (a == "--run") o.run = args.text();
     else if (a == "--growing-cache") o.static_cache = false;
     else throw std::runtime_error("unknown argument " + a);
   }
   return o;
 }
 
-void synchronize(const torch::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? 0 : device.index());
-}
+using moelab::bench::synchronize;
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -5,6 +5,7 @@
 // Prints one JSON line per measure (`forward`, `forward_last_only`, `train_step`) with tokens/s, and
 // one `profile` line per profiled measure: every GPU kernel's name, launches and total microseconds per
 // call, from LibTorch's Kineto profiler (benchmarks/profile_table.py groups them into blocks).
+#include "command_line.h"
 #include "moe_model.h"
 #include "moelab/lib/compat.h"
 
@@ -30,30 +31,24 @@ Options parse(int argc, char** argv) {
                                          "[--train-seq T] [--train-last N] [--device D] [--dtype T] [--run ID] [--no-profile]");
   Options o;
   o.model = argv[1];
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--batch") o.batch = std::stoll(value());
-    else if (a == "--seq") o.seq = std::stoll(value());
-    else if (a == "--iters") o.iters = std::stoll(value());
-    else if (a == "--train-batch") o.train_batch = std::stoll(value());
-    else if (a == "--train-seq") o.train_seq = std::stoll(value());
-    else if (a == "--train-last") o.train_last = std::stoll(value());
-    else if (a == "--device") o.device = value();
-    else if (a == "--dtype") o.dtype = value();
-    else if (a == "--run") o.run = value();
+  moelab::bench::CommandLine args(argc, argv, 2);
+  for (std::string a; args.next(a);) {
+    if (a == "--batch") o.batch = args.integer();
+    else if (a == "--seq") o.seq = args.integer();
+    else if (a == "--iters") o.iters = args.integer();
+    else if (a == "--train-batch") o.train_batch = args.integer();
+    else if (a == "--train-seq") o.train_seq = args.integer();
+    else if (a == "--train-last") o.train_last = args.integer();
+    else if (a == "--device") o.device = args.text();
+    else if (a == "--dtype") o.dtype = args.text();
+    else if (a == "--run") o.run = args.text();
     else if (a == "--no-profile") o.profile = false;
     else throw std::runtime_error("unknown argument " + a);
   }
   return o;
 }
 
-void synchronize(const torch::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? 0 : device.index());
-}
+using moelab::bench::synchronize;
 
 // Seconds per call of f, after two warm-up calls.
 template <class F>
