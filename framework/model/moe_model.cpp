@@ -519,22 +519,23 @@ class MoeModel final : public Model {
     return out;
   }
 
-  // Expert parallelism: each token's k rows go to the ranks holding their experts (one all-to-all), each rank
-  // runs its experts on what it received, and the outputs come back (a second all-to-all) to be combined
+  // Expert parallelism: after one exchange of row counts, each token's k rows (and their expert ids) go to the
+  // ranks holding their experts, each rank runs its experts on what it received, and the outputs come back to be combined
   // with the routing weights where the tokens live. Both exchanges are differentiable (distributed.h).
   Tensor expert_parallel_dispatch(const Layer& L, const Tensor& x, const Tensor& ids, const Tensor& weights, int layer) const {
     const ExpertOrder order = expert_order(ids);
     const Tensor slot_expert = ids.reshape(-1).index_select(0, order.order);  // [N * k], ascending
     const Tensor counts = torch::bincount(ids.reshape(-1), {}, c_.num_experts).cpu();
     const auto* count = counts.data_ptr<int64_t>();
-    std::vector<int64_t> send(static_cast<std::size_t>(ep_ranks_), 0), recv, recv_again;
+    std::vector<int64_t> send(static_cast<std::size_t>(ep_ranks_), 0);
     for (int r = 0; r < ep_ranks_; ++r) {
       const auto [e0, e1] = distributed::shard_range(static_cast<std::size_t>(c_.num_experts), r, ep_ranks_);
       for (std::size_t e = e0; e < e1; ++e) send[static_cast<std::size_t>(r)] += count[e];
     }
     const std::string what = fmt::format("layer {}'s expert all-to-all", layer);
+    const std::vector<int64_t> recv = distributed::all_to_all_counts(send, what);
     const Tensor got_x = distributed::all_to_all(x.index_select(0, order.token_of), send, recv, what);
-    const Tensor got_local = distributed::all_to_all(slot_expert, send, recv_again, what + " (expert ids)") - first_expert_;
+    const Tensor got_local = distributed::all_to_all(slot_expert, send, recv, what + " (expert ids)") - first_expert_;
     // The received rows grouped by local expert (stable), run, and put back in received order.
     const Tensor by_expert = std::get<1>(torch::sort(got_local, /*stable=*/true, /*dim=*/0, /*descending=*/false));
     const Tensor rows = got_x.index_select(0, by_expert);
@@ -551,7 +552,7 @@ class MoeModel final : public Model {
     }
     Tensor y = parts.empty() ? torch::zeros({0, c_.hidden_size}, x.options()) : torch::cat(parts);
     y = y.index_select(0, torch::argsort(by_expert));  // received order
-    const Tensor back = distributed::all_to_all(y, recv, recv_again, what + " (outputs)");  // [N * k, H] in expert order
+    const Tensor back = distributed::all_to_all(y, recv, send, what + " (outputs)");  // [N * k, H] in expert order
     const Tensor sorted_w = weights.reshape(-1).index_select(0, order.order).unsqueeze(1);
     return torch::zeros_like(x).index_add(0, order.token_of, back * sorted_w);
   }

@@ -340,20 +340,19 @@ struct AllToAll : torch::autograd::Function<AllToAll> {
 
 }  // namespace
 
-torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send_counts, std::vector<int64_t>& recv_counts,
-                         const std::string& what) {
+std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send_counts, const std::string& what) {
   const int world = world_size();
   if (static_cast<int>(send_counts.size()) != world)
-    throw std::logic_error(fmt::format("all_to_all: {} send counts for {} ranks", send_counts.size(), world));
-  if (!active()) {
-    recv_counts = send_counts;
-    return rows;
-  }
-  // The counts first: each rank learns how many rows every other sends it.
-  torch::Tensor counts = torch::tensor(send_counts, torch::kInt64);
+    throw std::logic_error(fmt::format("all_to_all_counts: {} send counts for {} ranks", send_counts.size(), world));
+  if (!active()) return send_counts;
   std::vector<int64_t> ones(static_cast<std::size_t>(world), 1);
-  torch::Tensor got = exchange(counts, ones, ones, what + " (counts)").cpu();
-  recv_counts.assign(got.data_ptr<int64_t>(), got.data_ptr<int64_t>() + world);
+  const torch::Tensor got = exchange(torch::tensor(send_counts, torch::kInt64), ones, ones, what + " (counts)").cpu();
+  return {got.data_ptr<int64_t>(), got.data_ptr<int64_t>() + world};
+}
+
+torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts,
+                         const std::string& what) {
+  if (!active()) return rows;
   return AllToAll::apply(rows, send_counts, recv_counts, what);
 }
 

@@ -74,11 +74,14 @@ void all_reduce_sum(std::vector<torch::Tensor>& tensors, const std::string& what
 std::vector<nlohmann::json> all_gather_json(const nlohmann::json& value, const std::string& what);
 // Each rank's part of a list (its shard, in order) joined in rank order: the one-process list.
 nlohmann::json gather_list(const nlohmann::json& part, const std::string& what);
-// Rows exchanged between all ranks (expert parallelism): `rows` [N, ...] holds send_counts[r] rows for rank r,
-// in rank order; returns the rows every rank sent to this one, in rank order, on rows' device, and the
-// counts received from each rank in `recv_counts`. Differentiable: the backward sends the gradients back.
-// Without a process group it returns `rows`. Every rank must call it, in the same order.
-torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send_counts, std::vector<int64_t>& recv_counts,
+// Expert parallelism's exchange of rows between all ranks. all_to_all_counts: every rank tells every other
+// how many rows it will send it (send_counts[r] for rank r); returns the counts this rank receives, by
+// rank. all_to_all: `rows` [N, ...] holds send_counts[r] rows for rank r, in rank order; returns the rows
+// every rank sent this one, in rank order, on rows' device. Differentiable: the backward sends the
+// gradients back. Without a process group both give back what they were given. Every rank must call
+// them, in the same order.
+std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send_counts, const std::string& what);
+torch::Tensor all_to_all(const torch::Tensor& rows, const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts,
                          const std::string& what);
 
 // Rank 0's `value` on every rank (through the TCPStore); every rank calls it with the same keys in the same order.
